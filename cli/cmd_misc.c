@@ -1,0 +1,206 @@
+// lightmoe logits / tokenize / info.
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char *logits_help =
+    "usage: lightmoe logits -m DIR --ids 1,2,3 --out FILE [--threads N]\n"
+    "\n"
+    "Runs the ids as one prompt and writes the logits of every position as raw\n"
+    "little-endian float32, row-major [n_ids, vocab]. Needs only config.json and the\n"
+    "weights (no tokenizer). This is the interface the golden tests verify.\n";
+
+static int parse_ids(const char *s, int32_t **ids, int *n) {
+    int cap = 16;
+    *n = 0;
+    *ids = malloc((size_t)cap * sizeof **ids);
+    if (!*ids) return -1;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',')) return -1;
+        if (*n == cap) {
+            cap *= 2;
+            int32_t *t = realloc(*ids, (size_t)cap * sizeof *t);
+            if (!t) return -1;
+            *ids = t;
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+        p = *end ? end + 1 : end;
+        if (*end == ',' && !*p) return -1;  // trailing comma
+    }
+    return *n ? 0 : -1;
+}
+
+int cmd_logits(int argc, char **argv) {
+    args a = {argc, 1, argv, "logits", false};
+    const char *dir = NULL, *ids_s = NULL, *out_path = NULL;
+    int threads = 0;
+    for (; a.i < argc && !a.failed; a.i++) {
+        if (arg_flag(&a, "--help", "-h")) {
+            fputs(logits_help, stdout);
+            return 0;
+        }
+        if (arg_val(&a, "--model", "-m", &dir) || arg_val(&a, "--ids", NULL, &ids_s) ||
+            arg_val(&a, "--out", "-o", &out_path) || arg_int(&a, "--threads", "-t", 1, 1024, &threads))
+            continue;
+        arg_fail(&a, "unknown option '%s'", argv[a.i]);
+    }
+    if (!a.failed && (!dir || !ids_s || !out_path)) arg_fail(&a, "-m DIR, --ids and --out are required");
+    int32_t *ids = NULL;
+    int n = 0;
+    if (!a.failed && parse_ids(ids_s, &ids, &n))
+        arg_fail(&a, "--ids: expected comma-separated non-negative integers, got '%s'", ids_s);
+    if (a.failed) {
+        free(ids);
+        return EXIT_USAGE;
+    }
+    lm_model *model = NULL;
+    lm_context *ctx = NULL;
+    FILE *f = NULL;
+    int rc = cli_load_model("logits", dir, NULL, threads, &model);
+    if (rc) goto done;
+    lm_model_info mi;
+    lm_model_get_info(model, &mi);
+    lm_context_params cp = lm_context_default_params();
+    cp.n_seq = 1;
+    cp.n_ctx = n;
+    cp.n_batch = n;
+    lm_status st = lm_context_init(model, &cp, &ctx);
+    int32_t *seq = calloc((size_t)n, sizeof *seq);
+    if (!st && seq) {
+        lm_batch b = {n, ids, seq, NULL};
+        st = lm_decode(ctx, &b);
+    }
+    free(seq);
+    if (st) {
+        rc = cli_error("logits", st);
+        goto done;
+    }
+    f = fopen(out_path, "wb");
+    if (!f) {
+        fprintf(stderr, "lightmoe logits: %s: cannot open for writing: %s\n", out_path, strerror(errno));
+        rc = 1;
+        goto done;
+    }
+    for (int i = 0; i < n; i++)
+        if (fwrite(lm_get_logits(ctx, i), sizeof(float), (size_t)mi.vocab, f) != (size_t)mi.vocab) {
+            fprintf(stderr, "lightmoe logits: %s: write failed\n", out_path);
+            rc = 1;
+            break;
+        }
+    if (fclose(f) != 0 && !rc) {
+        fprintf(stderr, "lightmoe logits: %s: write failed\n", out_path);
+        rc = 1;
+    }
+    f = NULL;
+done:
+    free(ids);
+    lm_context_free(ctx);
+    lm_model_free(model);
+    return rc;
+}
+
+static const char *tokenize_help =
+    "usage: lightmoe tokenize --tokenizer PATH/tokenizer.json [--add-special] TEXT\n"
+    "\n"
+    "Prints the token ids of TEXT, comma-separated. --add-special adds BOS/EOS as the\n"
+    "tokenizer's post-processor does (transformers' add_special_tokens=True).\n";
+
+int cmd_tokenize(int argc, char **argv) {
+    args a = {argc, 1, argv, "tokenize", false};
+    const char *path = NULL, *text = NULL;
+    bool special = false;
+    for (; a.i < argc && !a.failed; a.i++) {
+        if (arg_flag(&a, "--help", "-h")) {
+            fputs(tokenize_help, stdout);
+            return 0;
+        }
+        if (arg_val(&a, "--tokenizer", NULL, &path)) continue;
+        if (arg_flag(&a, "--add-special", NULL)) special = true;
+        else if (argv[a.i][0] == '-' && argv[a.i][1] == '-' && !text) arg_fail(&a, "unknown option '%s'", argv[a.i]);
+        else if (!text) text = argv[a.i];
+        else arg_fail(&a, "more than one TEXT argument (quote the text)");
+    }
+    if (!a.failed && (!path || !text)) arg_fail(&a, "--tokenizer PATH and TEXT are required");
+    if (a.failed) return EXIT_USAGE;
+    lm_tokenizer *tok;
+    lm_status st = lm_tokenizer_load(path, &tok);
+    if (st) return cli_error("tokenize", st);
+    int32_t *ids;
+    size_t n;
+    st = lm_tokenize(tok, text, strlen(text), special, &ids, &n);
+    lm_tokenizer_free(tok);
+    if (st) return cli_error("tokenize", st);
+    for (size_t i = 0; i < n; i++) printf("%s%d", i ? "," : "", ids[i]);
+    printf("\n");
+    free(ids);
+    return 0;
+}
+
+static const char *info_help =
+    "usage: lightmoe info (-m DIR | --synthetic CONFIG.json[:LAYERS]) [--ctx N]\n"
+    "\n"
+    "Describes a checkpoint: architecture, shapes, parameter count (total and active\n"
+    "per token), bytes stored per dtype, and the memory a run needs (weights + fp32 KV\n"
+    "cache for N tokens, default 4096).\n";
+
+static void human(char *buf, size_t cap, double bytes) {
+    const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (bytes >= 1024 && u < 4) bytes /= 1024, u++;
+    snprintf(buf, cap, "%.2f %s", bytes, unit[u]);
+}
+
+int cmd_info(int argc, char **argv) {
+    args a = {argc, 1, argv, "info", false};
+    const char *dir = NULL, *syn = NULL;
+    int n_ctx = 4096;
+    for (; a.i < argc && !a.failed; a.i++) {
+        if (arg_flag(&a, "--help", "-h")) {
+            fputs(info_help, stdout);
+            return 0;
+        }
+        if (arg_val(&a, "--model", "-m", &dir) || arg_val(&a, "--synthetic", NULL, &syn) ||
+            arg_int(&a, "--ctx", NULL, 1, 1 << 24, &n_ctx))
+            continue;
+        arg_fail(&a, "unknown option '%s'", argv[a.i]);
+    }
+    if (!a.failed && !!dir == !!syn) arg_fail(&a, "give exactly one of -m DIR or --synthetic CONFIG");
+    if (a.failed) return EXIT_USAGE;
+    lm_model *model;
+    int rc = cli_load_model("info", dir, syn, 1, &model);
+    if (rc) return rc;
+    lm_model_info mi;
+    lm_model_get_info(model, &mi);
+    char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];
+    printf("architecture      %s\n", mi.architecture);
+    printf("layers            %d (%d MoE, %d dense)\n", mi.n_layers, mi.n_moe_layers, mi.n_layers - mi.n_moe_layers);
+    printf("hidden            %d, vocab %d, max positions %d\n", mi.hidden, mi.vocab, mi.max_positions);
+    printf("attention         %d query heads, %d KV heads, head_dim %d\n", mi.n_heads, mi.n_kv_heads, mi.head_dim);
+    printf("experts           %d routed, top-%d, intermediate %d", mi.n_experts, mi.top_k, mi.moe_intermediate);
+    if (mi.shared_intermediate) printf(", shared expert %d", mi.shared_intermediate);
+    if (mi.dense_intermediate) printf(", dense MLP %d", mi.dense_intermediate);
+    printf("\n");
+    printf("parameters        %.4g total, %.4g active per token (%.1f%%)\n", (double)mi.n_params_total,
+           (double)mi.n_params_active, 100.0 * (double)mi.n_params_active / (double)mi.n_params_total);
+    human(b1, sizeof b1, (double)mi.bytes_bf16);
+    human(b2, sizeof b2, (double)mi.bytes_f16);
+    human(b3, sizeof b3, (double)mi.bytes_f32);
+    human(b4, sizeof b4, (double)mi.bytes_weights);
+    printf("weights           %s (bf16 %s, f16 %s, f32 %s)\n", b4, b1, b2, b3);
+    human(b5, sizeof b5, (double)mi.bytes_kv_per_token);
+    human(b6, sizeof b6, (double)mi.bytes_weights + (double)mi.bytes_kv_per_token * n_ctx);
+    printf("KV cache          %s per token (fp32)\n", b5);
+    printf("expected memory   %s for weights + KV cache of %d tokens\n", b6, n_ctx);
+    double active_bytes = (double)mi.bytes_weights * (double)mi.n_params_active / (double)mi.n_params_total;
+    human(b1, sizeof b1, active_bytes);
+    printf("bytes per token   %s of weights read per decoded token at batch 1\n", b1);
+    lm_model_free(model);
+    return 0;
+}

@@ -1,0 +1,35 @@
+// lightmoe command-line tool: dispatches to one file per command group.
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char *usage =
+    "lightmoe — run Mixture-of-Experts language models from Hugging Face checkpoints\n"
+    "\n"
+    "usage: lightmoe COMMAND [options]     (lightmoe COMMAND --help for details)\n"
+    "\n"
+    "commands:\n"
+    "  generate   generate text from a prompt or a JSONL file of prompts\n"
+    "  logits     write the logits of a list of token ids (verification interface)\n"
+    "  tokenize   print the token ids of a text\n"
+    "  info       describe a checkpoint: architecture, parameters, memory\n"
+    "  bench      measure prefill and decode throughput against the memory-bandwidth bound\n"
+    "\n"
+    "supported architectures: MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM,\n"
+    "OlmoeForCausalLM (bf16, f16 or f32 safetensors, single file or sharded)\n";
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "logits")) return cmd_logits(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+    fprintf(stderr, "lightmoe: unknown command '%s'\n\n%s", cmd, usage);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,263 @@
+// Kernel lab: lm_matmul_rows on Mixtral-like shapes (bf16 weights) at several
+// token counts, single-threaded and with N pthreads splitting the output rows
+// (as the CPU executor does), against the machine's measured read bandwidth
+// and FMA peak. See README.md for the command and recorded results.
+//
+//   bench_matmul [-t threads] [-r reps] [-i isa] [-n 1,4,16,64,256] [-q]
+//     -q: skip the scalar reference timing (slow) and the 1 GiB bandwidth test
+#include "kernels/cpu/kernels.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t rng = 88172645463325252ull;
+static float rndf(void) {
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((int)(rng % 2001) - 1000) * 1e-3f;
+}
+
+// ---------------------------------------------------- thread team helper ---
+// N threads run job(tid) `reps` times between barriers; thread 0 times each
+// repetition and the best time is kept (the machine is shared, noise is up).
+
+typedef struct team {
+    int nthr, reps;
+    void (*job)(struct team *, int tid);
+    void *arg;
+    pthread_barrier_t bar;
+    double best;
+} team;
+
+typedef struct {
+    team *tm;
+    int tid;
+} targ;
+
+static void *team_main(void *p) {
+    targ *a = p;
+    team *tm = a->tm;
+    for (int r = 0; r < tm->reps; r++) {
+        pthread_barrier_wait(&tm->bar);
+        double t0 = now();
+        tm->job(tm, a->tid);
+        pthread_barrier_wait(&tm->bar);
+        double dt = now() - t0;
+        if (a->tid == 0 && dt < tm->best) tm->best = dt;
+    }
+    return NULL;
+}
+
+static double team_run(int nthr, int reps, void (*job)(team *, int), void *arg) {
+    team tm = {.nthr = nthr, .reps = reps, .job = job, .arg = arg, .best = 1e30};
+    pthread_barrier_init(&tm.bar, NULL, (unsigned)nthr);
+    pthread_t th[64];
+    targ ta[64];
+    for (int i = 0; i < nthr; i++) {
+        ta[i] = (targ){&tm, i};
+        if (i) pthread_create(&th[i], NULL, team_main, &ta[i]);
+    }
+    team_main(&ta[0]);
+    for (int i = 1; i < nthr; i++) pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&tm.bar);
+    return tm.best;
+}
+
+// --------------------------------------------------------- read bandwidth ---
+
+typedef struct {
+    const char *buf;
+    size_t bytes;
+    volatile uint64_t sink;
+} bw_arg;
+
+__attribute__((target("avx2"))) static uint64_t read_sum(const char *p, size_t bytes) {
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    for (size_t i = 0; i + 128 <= bytes; i += 128) {
+        s0 = _mm256_add_epi64(s0, _mm256_load_si256((const __m256i *)(p + i)));
+        s1 = _mm256_add_epi64(s1, _mm256_load_si256((const __m256i *)(p + i + 32)));
+        s2 = _mm256_add_epi64(s2, _mm256_load_si256((const __m256i *)(p + i + 64)));
+        s3 = _mm256_add_epi64(s3, _mm256_load_si256((const __m256i *)(p + i + 96)));
+    }
+    s0 = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
+    return (uint64_t)_mm256_extract_epi64(s0, 0) + (uint64_t)_mm256_extract_epi64(s0, 3);
+}
+
+static void bw_job(team *tm, int tid) {
+    bw_arg *a = tm->arg;
+    size_t per = a->bytes / tm->nthr / 4096 * 4096;
+    a->sink += read_sum(a->buf + per * tid, per);
+}
+
+static double read_bandwidth(int nthr) {
+    static char *buf;
+    const size_t bytes = (size_t)1 << 30;
+    if (!buf) {
+        buf = aligned_alloc(4096, bytes);
+        memset(buf, 1, bytes);  // fault the pages in
+    }
+    bw_arg a = {buf, bytes, 0};
+    double t = team_run(nthr, 5, bw_job, &a);
+    return (double)(bytes / nthr / 4096 * 4096 * nthr) / t;
+}
+
+// -------------------------------------------------------------- FMA peak ---
+// 16 independent FMA chains per thread: the throughput ceiling of the tile.
+
+__attribute__((target("avx512f"))) static float peak512(long iters) {
+    __m512 a[16], m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-3f);
+    for (int j = 0; j < 16; j++) a[j] = _mm512_set1_ps((float)j);
+    for (long i = 0; i < iters; i++)
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) a[j] = _mm512_fmadd_ps(a[j], m, c);
+    __m512 s = a[0];
+    for (int j = 1; j < 16; j++) s = _mm512_add_ps(s, a[j]);
+    return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx2,fma"))) static float peak256(long iters) {
+    __m256 a[12], m = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-3f);
+    for (int j = 0; j < 12; j++) a[j] = _mm256_set1_ps((float)j);
+    for (long i = 0; i < iters; i++)
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(a[j], m, c);
+    __m256 s = a[0];
+    for (int j = 1; j < 12; j++) s = _mm256_add_ps(s, a[j]);
+    float l[8];
+    _mm256_storeu_ps(l, s);
+    return l[0];
+}
+
+static volatile float g_sink;
+static void peak_job(team *tm, int tid) {
+    lm_isa isa = *(lm_isa *)tm->arg;
+    g_sink = isa == LM_ISA_AVX512 ? peak512(20000000) : peak256(20000000);
+}
+
+static double fma_peak(lm_isa isa, int nthr) {  // GFLOP/s
+    if (isa == LM_ISA_SCALAR) return 0;
+    double t = team_run(nthr, 3, peak_job, &isa);
+    double flops = isa == LM_ISA_AVX512 ? 20000000.0 * 16 * 16 * 2 : 20000000.0 * 12 * 8 * 2;
+    return flops * nthr / t * 1e-9;
+}
+
+// ----------------------------------------------------------------- matmul ---
+
+typedef struct {
+    const float *x;
+    const uint16_t *W;
+    float *y;
+    int n, in, out;
+    int ref;
+} mm_arg;
+
+static void mm_job(team *tm, int tid) {
+    mm_arg *a = tm->arg;
+    // split rows in multiples of 16 (a thread pool would do the same)
+    int blocks = (a->out + 15) / 16, per = blocks / tm->nthr, rem = blocks % tm->nthr;
+    int b0 = tid * per + (tid < rem ? tid : rem), b1 = b0 + per + (tid < rem);
+    int o0 = b0 * 16, o1 = b1 * 16 < a->out ? b1 * 16 : a->out;
+    (a->ref ? lm_matmul_rows_ref : lm_matmul_rows)(a->x, a->n, a->in, a->W, LM_DT_BF16,
+                                                   (size_t)a->in, a->in, a->y, a->out, o0, o1);
+}
+
+static void parse_list(const char *s, int *v, int *nv) {
+    *nv = 0;
+    while (*s && *nv < 16) {
+        v[(*nv)++] = atoi(s);
+        s = strchr(s, ',');
+        if (!s) break;
+        s++;
+    }
+}
+
+int main(int argc, char **argv) {
+    int nthr = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, force = -1, quick = 0;
+    int ns[16] = {1, 4, 16, 64, 256}, nn = 5;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-t") && i + 1 < argc) nthr = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-r") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-n") && i + 1 < argc) parse_list(argv[++i], ns, &nn);
+        else if (!strcmp(argv[i], "-q")) quick = 1;
+        else if (!strcmp(argv[i], "-i") && i + 1 < argc) {
+            const char *s = argv[++i];
+            force = !strcmp(s, "scalar") ? 0 : !strcmp(s, "avx2") ? 1 : 2;
+        } else {
+            fprintf(stderr, "usage: %s [-t threads] [-r reps] [-i scalar|avx2|avx512] [-n list] [-q]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (nthr < 1) nthr = 1;
+    if (nthr > 64) nthr = 64;
+    lm_isa isa = lm_cpu_kernels_init(force);
+    printf("isa %s, threads 1 and %d, best of %d reps\n", lm_isa_name(isa), nthr, reps);
+
+    int tcounts[2] = {1, nthr}, ntc = nthr > 1 ? 2 : 1;
+    double bw[2] = {0, 0}, peak[2];
+    for (int c = 0; c < ntc; c++) {
+        if (!quick) bw[c] = read_bandwidth(tcounts[c]);
+        peak[c] = fma_peak(isa, tcounts[c]);
+        printf("threads %d: read bandwidth %.1f GB/s (1 GiB buffer), FMA peak %.0f GFLOP/s\n",
+               tcounts[c], bw[c] * 1e-9, peak[c]);
+    }
+
+    const int shapes[2][2] = {{4096, 14336}, {14336, 4096}};  // {in, out}: w1/w3 and w2
+    int nmax = 0;
+    for (int i = 0; i < nn; i++) nmax = ns[i] > nmax ? ns[i] : nmax;
+    printf("\n%-13s %4s %3s %9s %9s %8s %9s %8s\n", "shape in>out", "n", "thr", "ms", "GFLOP/s",
+           "GB/s(W)", "%bw/%pk", "x ref");
+    for (int s = 0; s < 2; s++) {
+        const int in = shapes[s][0], out = shapes[s][1];
+        uint16_t *W = aligned_alloc(64, (size_t)in * out * 2);
+        float *x = aligned_alloc(64, (size_t)nmax * in * 4);
+        float *y = aligned_alloc(64, (size_t)nmax * out * 4);
+        float *yr = aligned_alloc(64, (size_t)nmax * out * 4);
+        for (size_t i = 0; i < (size_t)in * out; i++) W[i] = lm_f32_to_bf16(rndf());
+        for (size_t i = 0; i < (size_t)nmax * in; i++) x[i] = rndf();
+        for (int k = 0; k < nn; k++) {
+            const int n = ns[k];
+            mm_arg a = {x, W, y, n, in, out, 0};
+            // reference speed (scalar, all threads) only where it is quick enough
+            double tref = 0;
+            if (!quick && n <= 4) {
+                mm_arg r = a;
+                r.y = yr, r.ref = 1;
+                tref = team_run(nthr, 1, mm_job, &r);
+            }
+            for (int c = 0; c < ntc; c++) {
+                double t = team_run(tcounts[c], reps, mm_job, &a);
+                double flops = 2.0 * n * in * out, wbytes = (double)in * out * 2;
+                double gf = flops / t * 1e-9, gbs = wbytes / t * 1e-9;
+                // memory-bound regime: % of read bandwidth; compute-bound: % of FMA peak
+                double pct = n <= 4 ? (bw[c] > 0 ? 100 * wbytes / t / bw[c] : 0) : 100 * gf / peak[c];
+                char xr[16] = "";
+                if (tref > 0 && c == ntc - 1) snprintf(xr, sizeof xr, "%.1fx", tref / t);
+                printf("%5d>%-7d %4d %3d %9.3f %9.1f %8.1f %7.0f%%%s %8s\n", in, out, n,
+                       tcounts[c], t * 1e3, gf, gbs, pct, n <= 4 ? "b" : "p", xr);
+            }
+            if (tref > 0) {  // sanity: fast path vs reference
+                double maxd = 0, maxv = 0;
+                for (size_t i = 0; i < (size_t)n * out; i++) {
+                    double d = y[i] - yr[i];
+                    maxd = d < 0 ? (-d > maxd ? -d : maxd) : (d > maxd ? d : maxd);
+                    maxv = yr[i] > maxv ? yr[i] : -yr[i] > maxv ? -yr[i] : maxv;
+                }
+                if (maxd > 1e-4 * maxv) printf("  MISMATCH vs ref: %g (max %g)\n", maxd, maxv);
+            }
+        }
+        free(W), free(x), free(y), free(yr);
+    }
+    printf("\n%%bw (b): weight bytes / time as a share of the measured read bandwidth (n <= 4);\n"
+           "%%pk (p): GFLOP/s as a share of the measured FMA peak (n > 4).\n");
+    return 0;
+}

@@ -1,0 +1,213 @@
+// lightmoe — public C API.
+//
+// Conventions (after llama.h/ggml): opaque handles, *_default_params() for
+// every params struct, init/free pairs, and an lm_status return code on every
+// fallible call. On failure lm_last_error() returns a message for the calling
+// thread that names the file and the problem. The library never exits or
+// prints; the CLI decides what to show.
+#ifndef LIGHTMOE_H
+#define LIGHTMOE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---------------------------------------------------------------- status ---
+
+typedef enum lm_status {
+    LM_OK = 0,
+    LM_ERR_IO,           // file missing / unreadable
+    LM_ERR_FORMAT,       // malformed file contents
+    LM_ERR_UNSUPPORTED,  // valid input we do not handle (architecture, dtype)
+    LM_ERR_INVALID_ARG,  // bad argument from the caller
+    LM_ERR_OOM,          // allocation failed
+    LM_ERR_RANGE,        // value out of range (token id >= vocab, context full)
+    LM_ERR_NOT_FOUND,    // a required tensor / key is missing
+} lm_status;
+
+const char *lm_status_str(lm_status st);
+const char *lm_last_error(void);  // message of the calling thread's last failure
+
+// ----------------------------------------------------------------- model ---
+
+typedef struct lm_model lm_model;
+
+typedef struct lm_model_params {
+    int n_threads;  // worker threads for the CPU executor; <= 0: one per core
+} lm_model_params;
+
+lm_model_params lm_model_default_params(void);
+
+// Loads a Hugging Face checkpoint directory: config.json plus model.safetensors
+// or model.safetensors.index.json with its shards. Weights are mmap'ed, not
+// copied. Every header is validated before any tensor data is touched.
+lm_status lm_model_load(const char *dir, const lm_model_params *params, lm_model **out);
+
+typedef struct lm_synthetic_params {
+    const char *config_path;  // a config.json describing the shapes
+    int n_layers;             // <= 0: as in the config; else truncate to this many
+    uint64_t seed;            // weights are a deterministic function of the seed
+} lm_synthetic_params;
+
+lm_synthetic_params lm_synthetic_default_params(void);
+
+// Builds a model with random bf16 weights in memory with the shapes of a
+// config.json, for benchmarks at real sizes without a download.
+lm_status lm_model_load_synthetic(const lm_synthetic_params *sp, const lm_model_params *params,
+                                  lm_model **out);
+
+void lm_model_free(lm_model *model);
+
+typedef struct lm_model_info {
+    const char *architecture;  // e.g. "MixtralForCausalLM"
+    int n_layers, n_moe_layers, hidden, vocab, n_heads, n_kv_heads, head_dim;
+    int n_experts, top_k, moe_intermediate, dense_intermediate, shared_intermediate;
+    int max_positions;
+    uint64_t n_params_total;      // every weight element
+    uint64_t n_params_active;     // elements touched per token (top_k experts)
+    uint64_t bytes_bf16, bytes_f16, bytes_f32;  // weight bytes stored per dtype
+    uint64_t bytes_weights;       // sum of the above
+    uint64_t bytes_kv_per_token;  // fp32 KV cache bytes per token (all layers)
+    int bos_token_id;             // -1 if none
+    int n_eos;
+    int eos_token_ids[8];
+} lm_model_info;
+
+void lm_model_get_info(const lm_model *model, lm_model_info *out);
+
+// ------------------------------------------------------------- tokenizer ---
+
+typedef struct lm_tokenizer lm_tokenizer;
+
+// Loads tokenizer.json; reads tokenizer_config.json from the same directory
+// when present (BOS/EOS handling, added tokens).
+lm_status lm_tokenizer_load(const char *tokenizer_json_path, lm_tokenizer **out);
+void lm_tokenizer_free(lm_tokenizer *tok);
+
+// Encodes UTF-8 text. add_special: add BOS/EOS as the tokenizer's
+// post-processor would (transformers' add_special_tokens=True).
+// *ids is allocated with malloc(); the caller frees it with free().
+lm_status lm_tokenize(const lm_tokenizer *tok, const char *text, size_t len, bool add_special,
+                      int32_t **ids, size_t *n_ids);
+
+int lm_tokenizer_vocab_size(const lm_tokenizer *tok);  // including added tokens
+int32_t lm_tokenizer_bos(const lm_tokenizer *tok);     // -1 if none
+int32_t lm_tokenizer_eos(const lm_tokenizer *tok);     // -1 if none
+
+// Streaming decoder: push ids one at a time and get back only complete UTF-8
+// text; bytes of a character split across tokens are held until complete.
+typedef struct lm_detok lm_detok;
+
+lm_status lm_detok_init(const lm_tokenizer *tok, bool skip_special, lm_detok **out);
+// Appends the text made complete by `id` to out (NUL-terminated, truncated to
+// cap). *n_out receives the number of bytes written (excluding the NUL).
+lm_status lm_detok_push(lm_detok *d, int32_t id, char *out, size_t cap, size_t *n_out);
+// Emits whatever is still held (invalid UTF-8 becomes U+FFFD).
+lm_status lm_detok_flush(lm_detok *d, char *out, size_t cap, size_t *n_out);
+void lm_detok_free(lm_detok *d);
+
+// Whole-sequence decode, convenience over the streaming decoder. *text is
+// malloc()'ed and NUL-terminated.
+lm_status lm_detokenize(const lm_tokenizer *tok, const int32_t *ids, size_t n_ids,
+                        bool skip_special, char **text);
+
+// --------------------------------------------------------------- context ---
+
+// A context owns the KV cache of up to n_seq sequences and the activation
+// scratch for batches of up to n_batch tokens. Nothing is allocated in
+// lm_decode: every limit is checked against what was sized here.
+typedef struct lm_context lm_context;
+
+typedef struct lm_context_params {
+    int n_seq;    // sequences decoded together
+    int n_ctx;    // max tokens per sequence (prompt + generated)
+    int n_batch;  // max tokens in one lm_decode call (all sequences together)
+} lm_context_params;
+
+lm_context_params lm_context_default_params(void);
+
+lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_context **out);
+void lm_context_free(lm_context *ctx);
+
+// A batch: token i belongs to sequence seq[i] and is appended at the end of
+// that sequence's cache (tokens of one sequence must appear in order).
+// Logits are produced for tokens with want_logits[i] != 0 (NULL: all tokens).
+typedef struct lm_batch {
+    int n_tokens;
+    const int32_t *tokens;
+    const int32_t *seq;
+    const uint8_t *want_logits;
+} lm_batch;
+
+lm_status lm_decode(lm_context *ctx, const lm_batch *batch);
+
+// Logits of the batch's j-th token that asked for logits ([vocab] floats);
+// valid until the next lm_decode.
+const float *lm_get_logits(const lm_context *ctx, int j);
+
+int lm_seq_len(const lm_context *ctx, int seq);  // -1 for an invalid id
+lm_model *lm_context_model(const lm_context *ctx);
+lm_context_params lm_context_get_params(const lm_context *ctx);
+void lm_seq_clear(lm_context *ctx, int seq);
+
+// -------------------------------------------------------------- sampling ---
+
+typedef struct lm_sampler_params {
+    float temperature;  // <= 0: greedy
+    int top_k;          // <= 0: disabled
+    float top_p;        // >= 1: disabled
+    uint64_t seed;
+} lm_sampler_params;
+
+lm_sampler_params lm_sampler_default_params(void);
+
+typedef struct lm_sampler lm_sampler;
+
+lm_status lm_sampler_init(const lm_sampler_params *params, int vocab, lm_sampler **out);
+int32_t lm_sampler_sample(lm_sampler *s, const float *logits);
+void lm_sampler_free(lm_sampler *s);
+
+// ------------------------------------------------------------ generation ---
+
+typedef struct lm_gen_params {
+    int max_tokens;              // new tokens per prompt
+    lm_sampler_params sampler;   // each prompt gets its own stream seeded with sampler.seed
+    const char *const *stop;     // stop strings (not included in the output); may be NULL
+    int n_stop;
+    bool ignore_eos;
+    bool add_special;            // add BOS as the tokenizer does (default true)
+} lm_gen_params;
+
+lm_gen_params lm_gen_default_params(void);
+
+typedef enum lm_finish { LM_FINISH_LENGTH = 0, LM_FINISH_EOS, LM_FINISH_STOP } lm_finish;
+
+typedef struct lm_gen_result {
+    char *text;          // generated text (malloc'ed; free with lm_gen_results_free)
+    int n_prompt_tokens;
+    int n_gen_tokens;
+    lm_finish finish;
+} lm_gen_result;
+
+// Called with each newly completed piece of text of prompt `idx`. Return
+// non-zero to stop that prompt early.
+typedef int (*lm_piece_cb)(void *user, int idx, const char *piece, size_t len);
+
+// Generates continuations of n prompts together: prompts are prefilled as one
+// batch, then every live sequence advances one token per step in a shared
+// batch. The context needs n_seq >= n and n_ctx >= longest prompt + max_tokens.
+lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *const *prompts, int n,
+                      const lm_gen_params *params, lm_piece_cb cb, void *user,
+                      lm_gen_result *results);
+
+void lm_gen_results_free(lm_gen_result *results, int n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,80 @@
+// CPU kernels. Each has a scalar reference (`*_ref`) and a fast path chosen at
+// run time (AVX-512F > AVX2+FMA+F16C > scalar) by lm_cpu_kernels_init().
+// Kernels take raw pointers and sizes only: they never see engine structs.
+#ifndef LM_KERNELS_CPU_H
+#define LM_KERNELS_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/safetensors.h"  // lm_dtype
+
+typedef enum lm_isa { LM_ISA_SCALAR = 0, LM_ISA_AVX2, LM_ISA_AVX512 } lm_isa;
+
+// Picks the best ISA this CPU supports; `force` < 0 means auto, otherwise use
+// that ISA (tests compare all available paths). Returns the ISA chosen.
+lm_isa lm_cpu_kernels_init(int force);
+lm_isa lm_cpu_isa(void);
+const char *lm_isa_name(lm_isa isa);
+
+// y[t*ldy + o] = sum_i x[t*ldx + i] * W[o][i]   for t in [0,n), o in [o0,o1)
+// W is row-major [out][in] of dtype dt with row stride w_stride *elements*
+// (so a row slice of a fused tensor can be passed). Accumulates in fp32.
+// The weight rows are streamed once for all n tokens (tiles of tokens), so
+// prefill is not n separate GEMVs.
+void lm_matmul_rows(const float *x, int n, int ldx, const void *W, lm_dtype dt, size_t w_stride,
+                    int in, float *y, int ldy, int o0, int o1);
+void lm_matmul_rows_ref(const float *x, int n, int ldx, const void *W, lm_dtype dt,
+                        size_t w_stride, int in, float *y, int ldy, int o0, int o1);
+
+// Convert n elements of dtype dt to fp32.
+void lm_to_f32(const void *src, lm_dtype dt, float *dst, size_t n);
+
+// y = x * rsqrt(mean(x^2) + eps) * w     (w of dtype dt; may alias x==y)
+void lm_rmsnorm(float *y, const float *x, const void *w, lm_dtype dt, int n, float eps);
+
+// dot product and axpy in fp32 (attention inner loops)
+float lm_dot_f32(const float *a, const float *b, int n);
+void lm_axpy_f32(float *y, float a, const float *x, int n);  // y += a*x
+
+// h[i] = silu(g[i]) * u[i]
+void lm_swiglu(float *h, const float *g, const float *u, int n);
+
+// float <-> bf16/f16 scalar helpers (round to nearest even)
+float lm_bf16_to_f32(uint16_t v);
+uint16_t lm_f32_to_bf16(float f);
+float lm_f16_to_f32(uint16_t v);
+uint16_t lm_f32_to_f16(float f);
+
+// ---- per-ISA entry points ------------------------------------------------
+// Used by the dispatcher and the kernel lab (dev/kernels). Call them only when
+// the CPU supports the ISA (lm_cpu_kernels_init(isa) == isa); everything else
+// should call the dispatched functions above.
+//
+// Reduction order of lm_matmul_rows (all ISAs): every output element y[t][o]
+// is reduced in an order that depends only on `in` (per-lane partial sums over
+// i in steps of the vector width, then a fixed horizontal reduction), never on
+// n, o0/o1, the strides or the other tokens of the batch. So a token gives
+// bit-identical outputs whether it is computed alone or in a batch (per ISA;
+// the ISAs differ from each other in the last bits). x and y must not overlap.
+void lm_matmul_rows_avx2(const float *x, int n, int ldx, const void *W, lm_dtype dt,
+                         size_t w_stride, int in, float *y, int ldy, int o0, int o1);
+void lm_matmul_rows_avx512(const float *x, int n, int ldx, const void *W, lm_dtype dt,
+                           size_t w_stride, int in, float *y, int ldy, int o0, int o1);
+void lm_to_f32_avx2(const void *src, lm_dtype dt, float *dst, size_t n);
+void lm_to_f32_avx512(const void *src, lm_dtype dt, float *dst, size_t n);
+void lm_to_f32_ref(const void *src, lm_dtype dt, float *dst, size_t n);
+void lm_rmsnorm_ref(float *y, const float *x, const void *w, lm_dtype dt, int n, float eps);
+void lm_rmsnorm_avx2(float *y, const float *x, const void *w, lm_dtype dt, int n, float eps);
+void lm_rmsnorm_avx512(float *y, const float *x, const void *w, lm_dtype dt, int n, float eps);
+float lm_dot_f32_ref(const float *a, const float *b, int n);
+float lm_dot_f32_avx2(const float *a, const float *b, int n);
+float lm_dot_f32_avx512(const float *a, const float *b, int n);
+void lm_axpy_f32_ref(float *y, float a, const float *x, int n);
+void lm_axpy_f32_avx2(float *y, float a, const float *x, int n);
+void lm_axpy_f32_avx512(float *y, float a, const float *x, int n);
+
+// True if this CPU (and OS) can run `isa`.
+int lm_cpu_isa_supported(lm_isa isa);
+
+#endif

@@ -1,0 +1,229 @@
+// AVX2 + FMA + F16C kernels (same structure as kernels_avx512.c with 8-lane
+// accumulators and 16 ymm registers). Reached only through the dispatcher.
+//
+// Reduction order of lm_matmul_rows: lane j of y[t][o]'s accumulator sums
+// x[i]*w[o][i] for i = j, j+8, ... in increasing i (the ragged end zero-padded),
+// then hsum8() in a fixed tree: a function of `in` only, whatever the tiling.
+#include "kernels/cpu/kernels.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define TGT __attribute__((target("avx2,fma,f16c")))
+#define AI __attribute__((always_inline)) inline
+
+// Register tile 4 rows x 3 tokens = 12 accumulators + 4 weight vectors (x is
+// an FMA memory operand). K blocking as in the AVX-512 file.
+#ifndef LM_MM256_KC
+#define LM_MM256_KC 512
+#endif
+#ifndef LM_MM256_RB
+#define LM_MM256_RB 32
+#endif
+#ifndef LM_MM256_TB
+#define LM_MM256_TB 24
+#endif
+#define RMAX 4
+#define TMAX 3
+#define KC LM_MM256_KC
+#define RB LM_MM256_RB
+#define TB LM_MM256_TB
+
+static _Thread_local float tl_acc[RB * TB * 8] __attribute__((aligned(32)));
+
+static AI TGT __m256 ld_w(const void *p, lm_dtype dt) {
+    if (dt == LM_DT_BF16)
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+    if (dt == LM_DT_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_loadu_ps(p);
+}
+
+// The first `rem` (< 8) weights, the rest zero: AVX2 has no 16-bit masked
+// load, so go through a small zeroed buffer.
+static AI TGT __m256 ld_w_tail(const void *p, lm_dtype dt, int rem) {
+    float buf[8] __attribute__((aligned(32))) = {0};
+    memcpy(buf, p, (size_t)rem * (dt == LM_DT_F32 ? 4 : 2));
+    return ld_w(buf, dt);
+}
+
+static const int32_t mask_src[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+static AI TGT __m256i tail_mask(int rem) {  // lanes < rem set
+    return _mm256_loadu_si256((const __m256i *)(mask_src + 8 - rem));
+}
+
+static AI TGT float hsum8(__m256 v) {
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_add_ss(b, _mm_movehdup_ps(b));
+    return _mm_cvtss_f32(b);
+}
+
+// See mk() in kernels_avx512.c: same contract with 8-lane accumulators.
+static AI TGT void mk(const int R, const int T, const lm_dtype dt, const float *x, size_t ldx,
+                      const char *w, size_t wsb, int k0, int k1, float *am, size_t ars, int init,
+                      int fin, float *y, size_t ldy) {
+    const size_t es = dt == LM_DT_F32 ? 4 : 2;
+    __m256 acc[RMAX][TMAX];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++)
+            acc[r][t] = init ? _mm256_setzero_ps() : _mm256_load_ps(am + r * ars + t * 8);
+    int k = k0;
+    for (; k + 8 <= k1; k += 8) {
+        __m256 wv[RMAX];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = ld_w(w + r * wsb + k * es, dt);
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) {
+            __m256 xv = _mm256_loadu_ps(x + t * ldx + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+    if (k < k1) {
+        const __m256i m = tail_mask(k1 - k);
+        __m256 wv[RMAX];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = ld_w_tail(w + r * wsb + k * es, dt, k1 - k);
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) {
+            __m256 xv = _mm256_maskload_ps(x + t * ldx + k, m);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 3
+        for (int t = 0; t < T; t++) {
+            if (fin)
+                y[t * ldy + r] = hsum8(acc[r][t]);
+            else
+                _mm256_store_ps(am + r * ars + t * 8, acc[r][t]);
+        }
+}
+
+typedef void (*mk_fn)(const float *x, size_t ldx, const char *w, size_t wsb, int k0, int k1,
+                      float *am, size_t ars, int init, int fin, float *y, size_t ldy);
+
+#define MK1(DT, NAME, R, T)                                                                    \
+    static TGT void mk_##NAME##_##R##_##T(const float *x, size_t ldx, const char *w, size_t wsb, \
+                                          int k0, int k1, float *am, size_t ars, int init,     \
+                                          int fin, float *y, size_t ldy) {                     \
+        mk(R, T, DT, x, ldx, w, wsb, k0, k1, am, ars, init, fin, y, ldy);                      \
+    }
+#define MKR(DT, NAME, R) MK1(DT, NAME, R, 1) MK1(DT, NAME, R, 2) MK1(DT, NAME, R, 3)
+#define MKD(DT, NAME) MKR(DT, NAME, 1) MKR(DT, NAME, 4)
+MKD(LM_DT_F32, f32)
+MKD(LM_DT_F16, f16)
+MKD(LM_DT_BF16, bf16)
+#define ROW(NAME, R) {NULL, mk_##NAME##_##R##_1, mk_##NAME##_##R##_2, mk_##NAME##_##R##_3}
+// [dtype][R == 4][T]; lm_dtype: F32 = 0, F16 = 1, BF16 = 2
+static const mk_fn mk_tab[3][2][TMAX + 1] = {
+    {ROW(f32, 1), ROW(f32, 4)}, {ROW(f16, 1), ROW(f16, 4)}, {ROW(bf16, 1), ROW(bf16, 4)}};
+
+TGT void lm_matmul_rows_avx2(const float *x, int n, int ldx, const void *W, lm_dtype dt,
+                             size_t w_stride, int in, float *y, int ldy, int o0, int o1) {
+    if (n <= 0 || o1 <= o0 || (unsigned)dt > LM_DT_BF16) return;
+    if (in <= 0) {
+        for (int t = 0; t < n; t++) memset(y + (size_t)t * ldy + o0, 0, (size_t)(o1 - o0) * 4);
+        return;
+    }
+    const size_t wsb = w_stride * (dt == LM_DT_F32 ? 4 : 2);
+    const int kc = n <= TMAX ? in : KC;  // decode: one pass per row, accumulators in registers
+    for (int t0 = 0; t0 < n; t0 += TB) {
+        const int nt = n - t0 < TB ? n - t0 : TB;
+        const int ntile = (nt + TMAX - 1) / TMAX;
+        for (int r0 = o0; r0 < o1; r0 += RB) {
+            const int rn = o1 - r0 < RB ? o1 - r0 : RB;
+            for (int k0 = 0; k0 < in; k0 += kc) {
+                const int k1 = in - k0 <= kc ? in : k0 + kc;
+                for (int j = 0, ts = 0; j < ntile; j++) {
+                    const int T = nt / ntile + (j < nt % ntile);
+                    const float *xt = x + (size_t)(t0 + ts) * ldx;
+                    float *yt = y + (size_t)(t0 + ts) * ldy + r0;
+                    for (int r = 0; r < rn;) {
+                        const int R = rn - r >= RMAX ? RMAX : 1;
+                        mk_tab[dt][R == RMAX][T](xt, (size_t)ldx, (const char *)W + (size_t)(r0 + r) * wsb,
+                                                 wsb, k0, k1, tl_acc + ((size_t)r * TB + ts) * 8,
+                                                 (size_t)TB * 8, k0 == 0, k1 == in, yt + r,
+                                                 (size_t)ldy);
+                        r += R;
+                    }
+                    ts += T;
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------ small kernels ---
+
+TGT void lm_to_f32_avx2(const void *src, lm_dtype dt, float *dst, size_t n) {
+    if (dt == LM_DT_F32) {
+        memmove(dst, src, n * 4);
+        return;
+    }
+    const uint16_t *s = src;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, ld_w(s + i, dt));
+    if (i < n) _mm256_maskstore_ps(dst + i, tail_mask((int)(n - i)), ld_w_tail(s + i, dt, (int)(n - i)));
+}
+
+TGT void lm_rmsnorm_avx2(float *y, const float *x, const void *w, lm_dtype dt, int n, float eps) {
+    __m256 ss = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        ss = _mm256_fmadd_ps(v, v, ss);
+    }
+    const int rem = n - i;
+    if (rem > 0) {
+        __m256 v = _mm256_maskload_ps(x + i, tail_mask(rem));
+        ss = _mm256_fmadd_ps(v, v, ss);
+    }
+    const float scale = 1.0f / __builtin_sqrtf(hsum8(ss) / (float)(n > 0 ? n : 1) + eps);
+    const __m256 sv = _mm256_set1_ps(scale);
+    const size_t es = dt == LM_DT_F32 ? 4 : 2;
+    const char *wp = w;
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), sv),
+                                              ld_w(wp + (size_t)i * es, dt)));
+    if (rem > 0) {
+        const __m256i m = tail_mask(rem);
+        _mm256_maskstore_ps(y + i, m, _mm256_mul_ps(_mm256_mul_ps(_mm256_maskload_ps(x + i, m), sv),
+                                                    ld_w_tail(wp + (size_t)i * es, dt, rem)));
+    }
+}
+
+TGT float lm_dot_f32_avx2(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    if (i < n) {
+        const __m256i m = tail_mask(n - i);
+        s1 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, m), _mm256_maskload_ps(b + i, m), s1);
+    }
+    return hsum8(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+TGT void lm_axpy_f32_avx2(float *y, float a, const float *x, int n) {
+    const __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    if (i < n) {
+        const __m256i m = tail_mask(n - i);
+        _mm256_maskstore_ps(y + i, m, _mm256_fmadd_ps(av, _mm256_maskload_ps(x + i, m),
+                                                      _mm256_maskload_ps(y + i, m)));
+    }
+}

@@ -1,0 +1,812 @@
+// Hugging Face tokenizer.json loader and encoder (BPE models: SentencePiece
+// style with byte fallback, and GPT-2 style byte-level). Every step follows
+// the `tokenizers` library so ids match it exactly; see tokenizer.h for the
+// pipeline, tokenizer_text.c for normalizers and pre-tokenizers,
+// tokenizer_bpe.c for the merges and tokenizer_decode.c for decoding.
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <utf8proc.h>
+
+#include "model/tokenizer.h"
+#include "util/err.h"
+
+// ------------------------------------------------------------ JSON helpers --
+
+static const char *jstr(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static bool jbool(const cJSON *o, const char *key, bool def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsBool(v) ? cJSON_IsTrue(v) : def;
+}
+
+static bool jint(const cJSON *v, int32_t *out) {
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble > 2147483647.0 ||
+        v->valuedouble != (double)(int32_t)v->valuedouble)
+        return false;
+    *out = (int32_t)v->valuedouble;
+    return true;
+}
+
+static lm_status read_file(const char *path, char **data, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return lm_err(LM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    tk_buf b = {0};
+    char chunk[1 << 16];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
+        if (!tk_buf_put(&b, chunk, got)) {
+            fclose(f);
+            tk_buf_free(&b);
+            return LM_ERR_OOM;
+        }
+    bool err = ferror(f);
+    fclose(f);
+    if (err) {
+        tk_buf_free(&b);
+        return lm_err(LM_ERR_IO, "%s: read error", path);
+    }
+    if (!tk_buf_put(&b, "", 1)) {
+        tk_buf_free(&b);
+        return LM_ERR_OOM;
+    }
+    *data = b.p;
+    *len = b.n - 1;
+    return LM_OK;
+}
+
+static lm_status parse_json(const char *path, const char *data, size_t len, cJSON **out) {
+    *out = cJSON_ParseWithLength(data, len);
+    if (!*out) {
+        const char *at = cJSON_GetErrorPtr();
+        size_t off = at && at >= data && at <= data + len ? (size_t)(at - data) : 0;
+        return lm_err(LM_ERR_FORMAT, "%s: malformed JSON near byte %zu", path, off);
+    }
+    return LM_OK;
+}
+
+// ----------------------------------------------------------------- loading --
+
+static char *dup_str(lm_tokenizer *t, const char *s) {
+    return tk_arena_dup(&t->arena, s, strlen(s));
+}
+
+// Reads a single UTF-8 character option (Metaspace replacement, Strip content).
+static lm_status one_char(const lm_tokenizer *t, const char *s, const char *what, uint32_t *cp) {
+    size_t n = s ? strlen(s) : 0;
+    int l = n ? tk_utf8_next(s, n, cp) : 0;
+    if (!l || (size_t)l != n) return lm_err(LM_ERR_FORMAT, "%s: %s must be one character", t->path, what);
+    return LM_OK;
+}
+
+// {"String": s} or {"Regex": r} -> compiled pattern
+static lm_status parse_pattern(lm_tokenizer *t, const cJSON *p, const char *what, tk_regex *re) {
+    const char *lit = jstr(p, "String"), *rx = jstr(p, "Regex");
+    char name[160];
+    snprintf(name, sizeof name, "%s: %s", t->path, what);
+    if (lit) return tk_regex_compile(re, lit, true, name);
+    if (rx) return tk_regex_compile(re, rx, false, name);
+    return lm_err(LM_ERR_FORMAT, "%s: %s has no String or Regex pattern", t->path, what);
+}
+
+static lm_status parse_normalizer(lm_tokenizer *t, const cJSON *n) {
+    if (!n || cJSON_IsNull(n)) return LM_OK;
+    const char *type = jstr(n, "type");
+    if (!type) return lm_err(LM_ERR_FORMAT, "%s: normalizer without a type", t->path);
+    if (!strcmp(type, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(n, "normalizers")) {
+            lm_status st = parse_normalizer(t, it);
+            if (st) return st;
+        }
+        return LM_OK;
+    }
+    tk_norm *v = realloc(t->norm, (t->n_norm + 1) * sizeof *v);
+    if (!v) return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
+    t->norm = v;
+    tk_norm *nm = &t->norm[t->n_norm];
+    *nm = (tk_norm){0};
+    if (!strcmp(type, "NFC")) nm->type = TK_NORM_NFC;
+    else if (!strcmp(type, "NFD")) nm->type = TK_NORM_NFD;
+    else if (!strcmp(type, "NFKC")) nm->type = TK_NORM_NFKC;
+    else if (!strcmp(type, "NFKD")) nm->type = TK_NORM_NFKD;
+    else if (!strcmp(type, "Lowercase")) nm->type = TK_NORM_LOWERCASE;
+    else if (!strcmp(type, "Prepend") || !strcmp(type, "Append")) {
+        bool pre = type[0] == 'P';
+        const char *s = jstr(n, pre ? "prepend" : "append");
+        if (!s) return lm_err(LM_ERR_FORMAT, "%s: %s normalizer without text", t->path, type);
+        nm->type = pre ? TK_NORM_PREPEND : TK_NORM_APPEND;
+        if (!(nm->str = dup_str(t, s))) return LM_ERR_OOM;
+    } else if (!strcmp(type, "Replace")) {
+        const char *content = jstr(n, "content");
+        if (!content) return lm_err(LM_ERR_FORMAT, "%s: Replace normalizer without content", t->path);
+        nm->type = TK_NORM_REPLACE;
+        if (!(nm->str = dup_str(t, content))) return LM_ERR_OOM;
+        lm_status st = parse_pattern(t, cJSON_GetObjectItemCaseSensitive(n, "pattern"),
+                                     "Replace normalizer", &nm->re);
+        if (st) return st;
+    } else if (!strcmp(type, "Strip")) {
+        nm->type = TK_NORM_STRIP;
+        nm->left = jbool(n, "strip_left", true);
+        nm->right = jbool(n, "strip_right", true);
+    } else {
+        return lm_err(LM_ERR_UNSUPPORTED,
+                      "%s: normalizer type '%s' is not supported (supported: Sequence, NFC, NFD, "
+                      "NFKC, NFKD, Lowercase, Prepend, Append, Replace, Strip)", t->path, type);
+    }
+    t->n_norm++;
+    return LM_OK;
+}
+
+static lm_status parse_behavior(const lm_tokenizer *t, const cJSON *o, int *out) {
+    const char *b = jstr(o, "behavior");
+    static const char *names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext",
+                                  "Contiguous"};
+    if (!b) return lm_err(LM_ERR_FORMAT, "%s: pre-tokenizer without a behavior", t->path);
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(b, names[i])) {
+            *out = i;  // same order as TK_SPLIT_*
+            return LM_OK;
+        }
+    return lm_err(LM_ERR_FORMAT, "%s: unknown split behavior '%s'", t->path, b);
+}
+
+static lm_status parse_prepend_scheme(const lm_tokenizer *t, const cJSON *o, int *out) {
+    // Newer files say prepend_scheme; older ones only add_prefix_space.
+    const char *s = jstr(o, "prepend_scheme");
+    *out = TK_PREPEND_ALWAYS;
+    if (s) {
+        if (!strcmp(s, "always")) *out = TK_PREPEND_ALWAYS;
+        else if (!strcmp(s, "first")) *out = TK_PREPEND_FIRST;
+        else if (!strcmp(s, "never")) *out = TK_PREPEND_NEVER;
+        else return lm_err(LM_ERR_FORMAT, "%s: unknown Metaspace prepend_scheme '%s'", t->path, s);
+    }
+    if (!jbool(o, "add_prefix_space", true)) *out = TK_PREPEND_NEVER;
+    return LM_OK;
+}
+
+// GPT-2's pre-tokenization regex, used by ByteLevel with use_regex.
+static const char *GPT2_REGEX =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+
+static lm_status parse_pre(lm_tokenizer *t, const cJSON *p) {
+    if (!p || cJSON_IsNull(p)) return LM_OK;
+    const char *type = jstr(p, "type");
+    if (!type) return lm_err(LM_ERR_FORMAT, "%s: pre_tokenizer without a type", t->path);
+    if (!strcmp(type, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(p, "pretokenizers")) {
+            lm_status st = parse_pre(t, it);
+            if (st) return st;
+        }
+        return LM_OK;
+    }
+    tk_pre *v = realloc(t->pre, (t->n_pre + 1) * sizeof *v);
+    if (!v) return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
+    t->pre = v;
+    tk_pre *pt = &t->pre[t->n_pre];
+    *pt = (tk_pre){0};
+    lm_status st = LM_OK;
+    char name[160];
+    snprintf(name, sizeof name, "%s: %s pre-tokenizer", t->path, type);
+    if (!strcmp(type, "Split")) {
+        pt->type = TK_PRE_SPLIT;
+        pt->invert = jbool(p, "invert", false);
+        if (!(st = parse_behavior(t, p, &pt->behavior)))
+            st = parse_pattern(t, cJSON_GetObjectItemCaseSensitive(p, "pattern"), "Split pre-tokenizer",
+                               &pt->re);
+    } else if (!strcmp(type, "ByteLevel")) {
+        pt->type = TK_PRE_BYTELEVEL;
+        pt->add_prefix_space = jbool(p, "add_prefix_space", true);
+        pt->use_regex = jbool(p, "use_regex", true);
+        if (pt->use_regex) st = tk_regex_compile(&pt->re, GPT2_REGEX, false, name);
+    } else if (!strcmp(type, "Metaspace")) {
+        pt->type = TK_PRE_METASPACE;
+        pt->split = jbool(p, "split", true);
+        if (!(st = one_char(t, jstr(p, "replacement"), "Metaspace replacement", &pt->replacement)))
+            st = parse_prepend_scheme(t, p, &pt->prepend_scheme);
+    } else if (!strcmp(type, "Digits")) {
+        pt->type = TK_PRE_DIGITS;
+        pt->individual_digits = jbool(p, "individual_digits", false);
+    } else if (!strcmp(type, "Whitespace")) {
+        pt->type = TK_PRE_WHITESPACE;
+        st = tk_regex_compile(&pt->re, "\\w+|[^\\w\\s]+", false, name);
+    } else if (!strcmp(type, "WhitespaceSplit")) {
+        pt->type = TK_PRE_WHITESPACE_SPLIT;
+    } else if (!strcmp(type, "Punctuation")) {
+        pt->type = TK_PRE_PUNCTUATION;
+        pt->behavior = TK_SPLIT_ISOLATED;
+        if (jstr(p, "behavior")) st = parse_behavior(t, p, &pt->behavior);
+    } else if (!strcmp(type, "BertPreTokenizer")) {
+        pt->type = TK_PRE_BERT;
+    } else {
+        return lm_err(LM_ERR_UNSUPPORTED,
+                      "%s: pre_tokenizer type '%s' is not supported (supported: Sequence, Split, "
+                      "ByteLevel, Metaspace, Digits, Whitespace, WhitespaceSplit, Punctuation, "
+                      "BertPreTokenizer)", t->path, type);
+    }
+    t->n_pre++;  // counted even on error so that free() releases its regex
+    return st;
+}
+
+static lm_status parse_decoder(lm_tokenizer *t, const cJSON *d) {
+    if (!d || cJSON_IsNull(d)) return LM_OK;
+    t->has_decoder = true;
+    const char *type = jstr(d, "type");
+    if (!type) return lm_err(LM_ERR_FORMAT, "%s: decoder without a type", t->path);
+    if (!strcmp(type, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(d, "decoders")) {
+            lm_status st = parse_decoder(t, it);
+            if (st) return st;
+        }
+        return LM_OK;
+    }
+    tk_dec *v = realloc(t->dec, (t->n_dec + 1) * sizeof *v);
+    if (!v) return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
+    t->dec = v;
+    tk_dec *dc = &t->dec[t->n_dec];
+    *dc = (tk_dec){0};
+    lm_status st = LM_OK;
+    if (!strcmp(type, "Replace")) {
+        const char *content = jstr(d, "content");
+        dc->type = TK_DEC_REPLACE;
+        if (!content) st = lm_err(LM_ERR_FORMAT, "%s: Replace decoder without content", t->path);
+        else if (!(dc->content = dup_str(t, content))) st = LM_ERR_OOM;
+        else st = parse_pattern(t, cJSON_GetObjectItemCaseSensitive(d, "pattern"), "Replace decoder", &dc->re);
+    } else if (!strcmp(type, "ByteFallback")) {
+        dc->type = TK_DEC_BYTE_FALLBACK;
+    } else if (!strcmp(type, "Fuse")) {
+        dc->type = TK_DEC_FUSE;
+    } else if (!strcmp(type, "Strip")) {
+        dc->type = TK_DEC_STRIP;
+        int32_t a = 0, b = 0;
+        jint(cJSON_GetObjectItemCaseSensitive(d, "start"), &a);
+        jint(cJSON_GetObjectItemCaseSensitive(d, "stop"), &b);
+        dc->start = a;
+        dc->stop = b;
+        st = one_char(t, jstr(d, "content"), "Strip decoder content", &dc->strip_char);
+    } else if (!strcmp(type, "ByteLevel")) {
+        dc->type = TK_DEC_BYTELEVEL;
+    } else if (!strcmp(type, "Metaspace")) {
+        dc->type = TK_DEC_METASPACE;
+        if (!(st = one_char(t, jstr(d, "replacement"), "Metaspace replacement", &dc->replacement)))
+            st = parse_prepend_scheme(t, d, &dc->prepend_scheme);
+    } else {
+        return lm_err(LM_ERR_UNSUPPORTED,
+                      "%s: decoder type '%s' is not supported (supported: Sequence, Replace, "
+                      "ByteFallback, Fuse, Strip, ByteLevel, Metaspace)", t->path, type);
+    }
+    t->n_dec++;
+    return st;
+}
+
+static int32_t token_id(const lm_tokenizer *t, const char *s) {
+    for (int i = 0; i < t->n_added; i++)
+        if (!strcmp(t->added[i].content, s)) return t->added[i].id;
+    return tk_strmap_get(&t->vocab, s, strlen(s));
+}
+
+// Adds the ids of a post-processor's special token list ({"ids": [...]}, or a
+// ["token", id] pair for Bert/Roberta) to dst.
+static lm_status add_ids(lm_tokenizer *t, tk_ids *dst, const cJSON *ids, const char *what) {
+    const cJSON *it;
+    if (!cJSON_IsArray(ids)) return lm_err(LM_ERR_FORMAT, "%s: %s has no ids", t->path, what);
+    cJSON_ArrayForEach(it, ids) {
+        int32_t id;
+        if (!jint(it, &id)) return lm_err(LM_ERR_FORMAT, "%s: %s has a bad id", t->path, what);
+        if (!tk_ids_push(dst, id)) return LM_ERR_OOM;
+    }
+    return LM_OK;
+}
+
+// The post-processor, reduced to the ids it puts before and after a single
+// sequence. Processors in a Sequence wrap each other's output.
+static lm_status parse_post(lm_tokenizer *t, const cJSON *p) {
+    if (!p || cJSON_IsNull(p)) return LM_OK;
+    const char *type = jstr(p, "type");
+    if (!type) return lm_err(LM_ERR_FORMAT, "%s: post_processor without a type", t->path);
+    tk_ids pre = {0}, post = {0};
+    lm_status st = LM_OK;
+    if (!strcmp(type, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(p, "processors")) {
+            if ((st = parse_post(t, it))) return st;
+        }
+        return LM_OK;
+    } else if (!strcmp(type, "ByteLevel")) {
+        return LM_OK;  // only adjusts offsets
+    } else if (!strcmp(type, "TemplateProcessing")) {
+        const cJSON *single = cJSON_GetObjectItemCaseSensitive(p, "single");
+        const cJSON *specials = cJSON_GetObjectItemCaseSensitive(p, "special_tokens");
+        const cJSON *it;
+        bool seen_seq = false;
+        if (!cJSON_IsArray(single))
+            return lm_err(LM_ERR_FORMAT, "%s: TemplateProcessing without a single template", t->path);
+        cJSON_ArrayForEach(it, single) {
+            const cJSON *sp = cJSON_GetObjectItemCaseSensitive(it, "SpecialToken");
+            if (cJSON_GetObjectItemCaseSensitive(it, "Sequence")) {
+                seen_seq = true;
+                continue;
+            }
+            const char *name = jstr(sp, "id");
+            const cJSON *tokdef = name ? cJSON_GetObjectItemCaseSensitive(specials, name) : NULL;
+            if (!tokdef) {
+                st = lm_err(LM_ERR_FORMAT, "%s: TemplateProcessing special token '%s' is not defined",
+                            t->path, name ? name : "?");
+                break;
+            }
+            if ((st = add_ids(t, seen_seq ? &post : &pre, cJSON_GetObjectItemCaseSensitive(tokdef, "ids"),
+                              "TemplateProcessing special token")))
+                break;
+        }
+    } else if (!strcmp(type, "BertProcessing") || !strcmp(type, "RobertaProcessing")) {
+        const cJSON *cls = cJSON_GetObjectItemCaseSensitive(p, "cls");
+        const cJSON *sep = cJSON_GetObjectItemCaseSensitive(p, "sep");
+        int32_t cid, sid;
+        if (!jint(cJSON_GetArrayItem(cls, 1), &cid) || !jint(cJSON_GetArrayItem(sep, 1), &sid))
+            return lm_err(LM_ERR_FORMAT, "%s: %s needs cls and sep", t->path, type);
+        if (!tk_ids_push(&pre, cid) || !tk_ids_push(&post, sid)) st = LM_ERR_OOM;
+    } else {
+        return lm_err(LM_ERR_UNSUPPORTED,
+                      "%s: post_processor type '%s' is not supported (supported: TemplateProcessing, "
+                      "ByteLevel, BertProcessing, RobertaProcessing, Sequence)", t->path, type);
+    }
+    // wrap: new prefix = pre + old prefix, new suffix = old suffix + post
+    for (size_t i = 0; st == LM_OK && i < t->post_prefix.n; i++)
+        if (!tk_ids_push(&pre, t->post_prefix.v[i])) st = LM_ERR_OOM;
+    for (size_t i = 0; st == LM_OK && i < post.n; i++)
+        if (!tk_ids_push(&t->post_suffix, post.v[i])) st = LM_ERR_OOM;
+    if (st == LM_OK) {
+        free(t->post_prefix.v);
+        t->post_prefix = pre;
+        pre = (tk_ids){0};
+    }
+    free(pre.v);
+    free(post.v);
+    return st;
+}
+
+static lm_status set_token(lm_tokenizer *t, int32_t id, const char *s, size_t n) {
+    if (id < 0 || id >= t->n_ids) return lm_err(LM_ERR_FORMAT, "%s: token id %d out of range", t->path, id);
+    char *p = tk_arena_dup(&t->arena, s, n);
+    if (!p) return LM_ERR_OOM;
+    t->tok_str[id] = p;
+    t->tok_len[id] = (uint32_t)n;
+    return LM_OK;
+}
+
+static lm_status parse_bpe(lm_tokenizer *t, const cJSON *model) {
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    if (!cJSON_IsObject(vocab)) return lm_err(LM_ERR_FORMAT, "%s: model.vocab is not an object", t->path);
+    if (merges && !cJSON_IsArray(merges))
+        return lm_err(LM_ERR_FORMAT, "%s: model.merges is not an array", t->path);
+
+    size_t n_vocab = (size_t)cJSON_GetArraySize(vocab);
+    if (!tk_strmap_init(&t->vocab, n_vocab)) return LM_ERR_OOM;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, vocab) {
+        int32_t id;
+        if (!jint(it, &id))
+            return lm_err(LM_ERR_FORMAT, "%s: vocab entry '%s' has no valid id", t->path, it->string);
+        lm_status st = set_token(t, id, it->string, strlen(it->string));
+        if (st) return st;
+        if (!tk_strmap_put(&t->vocab, t->tok_str[id], t->tok_len[id], id)) return LM_ERR_OOM;
+    }
+
+    const char *unk = jstr(model, "unk_token");
+    t->unk_id = unk ? tk_strmap_get(&t->vocab, unk, strlen(unk)) : -1;
+    t->byte_fallback = jbool(model, "byte_fallback", false);
+    t->fuse_unk = jbool(model, "fuse_unk", false);
+    t->ignore_merges = jbool(model, "ignore_merges", false);
+    const char *pfx = jstr(model, "continuing_subword_prefix");
+    const char *sfx = jstr(model, "end_of_word_suffix");
+    if (pfx && !(t->subword_prefix = dup_str(t, pfx))) return LM_ERR_OOM;
+    if (sfx && !(t->word_suffix = dup_str(t, sfx))) return LM_ERR_OOM;
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        t->byte_tok[b] = tk_strmap_get(&t->vocab, name, 6);
+    }
+
+    // Merges: "a b" strings or [a, b] pairs; rank = position in the list.
+    size_t pfx_n = pfx ? strlen(pfx) : 0;
+    if (!tk_pairmap_init(&t->merges, merges ? (size_t)cJSON_GetArraySize(merges) : 0)) return LM_ERR_OOM;
+    tk_buf joined = {0};
+    int32_t rank = 0;
+    lm_status st = LM_OK;
+    cJSON_ArrayForEach(it, merges) {
+        const char *a, *b;
+        size_t an, bn;
+        if (cJSON_IsString(it)) {
+            const char *s = it->valuestring, *sp = strchr(s, ' ');
+            if (!strncmp(s, "#version", 8)) continue;
+            if (!sp || strchr(sp + 1, ' ')) {
+                st = lm_err(LM_ERR_FORMAT, "%s: merge %d ('%s') is not two tokens", t->path, rank + 1, s);
+                break;
+            }
+            a = s, an = (size_t)(sp - s), b = sp + 1, bn = strlen(b);
+        } else if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 2 &&
+                   cJSON_IsString(cJSON_GetArrayItem(it, 0)) && cJSON_IsString(cJSON_GetArrayItem(it, 1))) {
+            a = cJSON_GetArrayItem(it, 0)->valuestring, an = strlen(a);
+            b = cJSON_GetArrayItem(it, 1)->valuestring, bn = strlen(b);
+        } else {
+            st = lm_err(LM_ERR_FORMAT, "%s: merge %d is not a string or a pair", t->path, rank + 1);
+            break;
+        }
+        int32_t ia = tk_strmap_get(&t->vocab, a, an), ib = tk_strmap_get(&t->vocab, b, bn);
+        // the merged token drops the right part's continuing-subword prefix
+        size_t skip = pfx_n && bn >= pfx_n && !memcmp(b, pfx, pfx_n) ? pfx_n : 0;
+        joined.n = 0;
+        if (!tk_buf_put(&joined, a, an) || !tk_buf_put(&joined, b + skip, bn - skip)) {
+            st = LM_ERR_OOM;
+            break;
+        }
+        int32_t inew = tk_strmap_get(&t->vocab, joined.p, joined.n);
+        if (ia < 0 || ib < 0 || inew < 0) {
+            st = lm_err(LM_ERR_FORMAT, "%s: merge %d ('%.*s' '%.*s') uses a token missing from the vocab",
+                        t->path, rank + 1, (int)an, a, (int)bn, b);
+            break;
+        }
+        if (!tk_pairmap_put(&t->merges, ia, ib, rank, inew)) {
+            st = LM_ERR_OOM;
+            break;
+        }
+        rank++;
+    }
+    tk_buf_free(&joined);
+    return st;
+}
+
+// Builds a first-byte index over the added tokens selected by `normalized`.
+static lm_status build_trie(lm_tokenizer *t, tk_trie *tr, bool normalized) {
+    int n = 0;
+    for (int i = 0; i < t->n_added; i++) n += t->added[i].normalized == normalized;
+    tr->pat = calloc(n ? n : 1, sizeof *tr->pat);
+    tr->len = calloc(n ? n : 1, sizeof *tr->len);
+    tr->tok = calloc(n ? n : 1, sizeof *tr->tok);
+    if (!tr->pat || !tr->len || !tr->tok) return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
+    // counting sort by first byte
+    int count[257] = {0};
+    const char **pat = calloc(t->n_added ? t->n_added : 1, sizeof *pat);
+    size_t *len = calloc(t->n_added ? t->n_added : 1, sizeof *len);
+    if (!pat || !len) {
+        free(pat);
+        free(len);
+        return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
+    }
+    lm_status st = LM_OK;
+    tk_buf tmp = {0};
+    for (int i = 0; i < t->n_added && st == LM_OK; i++) {
+        const tk_added *a = &t->added[i];
+        if (a->normalized != normalized) continue;
+        pat[i] = a->content;
+        len[i] = a->len;
+        if (normalized && t->n_norm) {  // matched against normalized text: normalize it too
+            if ((st = tk_normalize(t, a->content, a->len, &tmp))) break;
+            char *p = tk_arena_dup(&t->arena, tmp.p ? tmp.p : "", tmp.n);
+            if (!p) {
+                st = LM_ERR_OOM;
+                break;
+            }
+            pat[i] = p;
+            len[i] = tmp.n;
+        }
+        if (len[i]) count[(unsigned char)pat[i][0] + 1]++;
+    }
+    tk_buf_free(&tmp);
+    if (st == LM_OK) {
+        for (int c = 0; c < 256; c++) count[c + 1] += count[c];
+        memcpy(tr->first, count, sizeof tr->first);
+        int fill[256];
+        memcpy(fill, count, sizeof fill);
+        for (int i = 0; i < t->n_added; i++) {
+            if (t->added[i].normalized != normalized || !len[i]) continue;
+            int k = fill[(unsigned char)pat[i][0]]++;
+            tr->pat[k] = pat[i];
+            tr->len[k] = len[i];
+            tr->tok[k] = i;
+        }
+        tr->n = count[256];
+    }
+    free(pat);
+    free(len);
+    return st;
+}
+
+static lm_status parse_added(lm_tokenizer *t, const cJSON *arr) {
+    const cJSON *it;
+    int n = cJSON_GetArraySize(arr);
+    t->added = calloc(n ? n : 1, sizeof *t->added);
+    if (!t->added) return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
+    cJSON_ArrayForEach(it, arr) {
+        const char *content = jstr(it, "content");
+        int32_t id;
+        if (!content || !jint(cJSON_GetObjectItemCaseSensitive(it, "id"), &id))
+            return lm_err(LM_ERR_FORMAT, "%s: added_tokens entry without content or id", t->path);
+        if (!*content) continue;
+        bool dup = false;
+        for (int i = 0; i < t->n_added; i++) dup = dup || !strcmp(t->added[i].content, content);
+        if (dup) continue;
+        // a token already in the model vocabulary keeps the model's id
+        int32_t vid = tk_strmap_get(&t->vocab, content, strlen(content));
+        if (vid >= 0) id = vid;
+        tk_added *a = &t->added[t->n_added];
+        a->special = jbool(it, "special", false);
+        a->single_word = jbool(it, "single_word", false);
+        a->lstrip = jbool(it, "lstrip", false);
+        a->rstrip = jbool(it, "rstrip", false);
+        a->normalized = jbool(it, "normalized", !a->special);
+        a->id = id;
+        lm_status st = set_token(t, id, content, strlen(content));
+        if (st) return st;
+        a->content = t->tok_str[id];
+        a->len = t->tok_len[id];
+        t->tok_flags[id] |= TK_FLAG_ADDED | (a->special ? TK_FLAG_SPECIAL : 0);
+        t->n_added++;
+    }
+    return LM_OK;
+}
+
+// bos_token / eos_token: a string or {"content": ...}.
+static int32_t config_token(const lm_tokenizer *t, const cJSON *cfg, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    const char *s = cJSON_IsString(v) ? v->valuestring : jstr(v, "content");
+    return s ? token_id(t, s) : -1;
+}
+
+static lm_status read_config(lm_tokenizer *t) {
+    // tokenizer_config.json in the directory of tokenizer.json, if present
+    const char *slash = strrchr(t->path, '/');
+    size_t dir_n = slash ? (size_t)(slash - t->path + 1) : 0;
+    char *cpath = malloc(dir_n + sizeof "tokenizer_config.json");
+    if (!cpath) return lm_err(LM_ERR_OOM, "out of memory");
+    memcpy(cpath, t->path, dir_n);
+    strcpy(cpath + dir_n, "tokenizer_config.json");
+
+    // without a config, the BOS is the special token the template puts first
+    t->bos = t->post_prefix.n ? t->post_prefix.v[0] : -1;
+    t->eos = -1;
+    char *data = NULL;
+    size_t len;
+    FILE *f = fopen(cpath, "rb");
+    if (!f) {
+        free(cpath);
+        return LM_OK;
+    }
+    fclose(f);
+    lm_status st = read_file(cpath, &data, &len);
+    cJSON *cfg = NULL;
+    if (st == LM_OK) st = parse_json(cpath, data, len, &cfg);
+    free(data);
+    free(cpath);
+    if (st) return st;
+    if (cJSON_GetObjectItemCaseSensitive(cfg, "bos_token")) t->bos = config_token(t, cfg, "bos_token");
+    t->eos = config_token(t, cfg, "eos_token");
+    cJSON_Delete(cfg);
+    return LM_OK;
+}
+
+static lm_status load(lm_tokenizer *t, const cJSON *root) {
+    if (!cJSON_IsObject(root)) return lm_err(LM_ERR_FORMAT, "%s: not a JSON object", t->path);
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (!cJSON_IsObject(model)) return lm_err(LM_ERR_FORMAT, "%s: no \"model\" object", t->path);
+    const char *type = jstr(model, "type");
+    // files from old versions of tokenizers omit the type of BPE models
+    if (type ? strcmp(type, "BPE") != 0 : !cJSON_GetObjectItemCaseSensitive(model, "merges"))
+        return lm_err(LM_ERR_UNSUPPORTED, "%s: model.type '%s' is not supported (supported: BPE)",
+                      t->path, type ? type : "(none)");
+
+    // id space: the largest id of the vocab and the added tokens
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+    const cJSON *it;
+    int32_t max_id = -1, id;
+    cJSON_ArrayForEach(it, vocab) if (jint(it, &id) && id > max_id) max_id = id;
+    cJSON_ArrayForEach(it, added) {
+        if (jint(cJSON_GetObjectItemCaseSensitive(it, "id"), &id) && id > max_id) max_id = id;
+    }
+    t->n_ids = max_id + 1;
+    t->tok_str = calloc(t->n_ids ? t->n_ids : 1, sizeof *t->tok_str);
+    t->tok_len = calloc(t->n_ids ? t->n_ids : 1, sizeof *t->tok_len);
+    t->tok_flags = calloc(t->n_ids ? t->n_ids : 1, 1);
+    if (!t->tok_str || !t->tok_len || !t->tok_flags) return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
+
+    lm_status st;
+    if ((st = parse_bpe(t, model))) return st;
+    if (added && !cJSON_IsArray(added)) return lm_err(LM_ERR_FORMAT, "%s: added_tokens is not an array", t->path);
+    if ((st = parse_added(t, added))) return st;
+    if ((st = parse_normalizer(t, cJSON_GetObjectItemCaseSensitive(root, "normalizer")))) return st;
+    if ((st = parse_pre(t, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer")))) return st;
+    if ((st = parse_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor")))) return st;
+    if ((st = parse_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder")))) return st;
+    if ((st = build_trie(t, &t->trie_raw, false))) return st;
+    if ((st = build_trie(t, &t->trie_norm, true))) return st;
+    return read_config(t);
+}
+
+lm_status lm_tokenizer_load(const char *path, lm_tokenizer **out) {
+    if (!path || !out) return lm_err(LM_ERR_INVALID_ARG, "lm_tokenizer_load: NULL argument");
+    *out = NULL;
+    lm_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return lm_err(LM_ERR_OOM, "%s: out of memory", path);
+    t->unk_id = t->bos = t->eos = -1;
+    t->path = strdup(path);
+    if (!t->path) {
+        free(t);
+        return lm_err(LM_ERR_OOM, "%s: out of memory", path);
+    }
+    char *data = NULL;
+    size_t len = 0;
+    cJSON *root = NULL;
+    lm_status st = read_file(path, &data, &len);
+    if (st == LM_OK) st = parse_json(path, data, len, &root);
+    free(data);
+    if (st == LM_OK) st = load(t, root);
+    cJSON_Delete(root);
+    if (st != LM_OK) {
+        lm_tokenizer_free(t);
+        return st;
+    }
+    *out = t;
+    return LM_OK;
+}
+
+void lm_tokenizer_free(lm_tokenizer *t) {
+    if (!t) return;
+    for (int i = 0; i < t->n_norm; i++) tk_regex_free(&t->norm[i].re);
+    for (int i = 0; i < t->n_pre; i++) tk_regex_free(&t->pre[i].re);
+    for (int i = 0; i < t->n_dec; i++) tk_regex_free(&t->dec[i].re);
+    free(t->norm);
+    free(t->pre);
+    free(t->dec);
+    tk_trie *tries[2] = {&t->trie_raw, &t->trie_norm};
+    for (int i = 0; i < 2; i++) {
+        free(tries[i]->pat);
+        free(tries[i]->len);
+        free(tries[i]->tok);
+    }
+    free(t->added);
+    free(t->post_prefix.v);
+    free(t->post_suffix.v);
+    tk_strmap_free(&t->vocab);
+    tk_pairmap_free(&t->merges);
+    free(t->tok_str);
+    free(t->tok_len);
+    free(t->tok_flags);
+    tk_arena_free(&t->arena);
+    free(t->path);
+    free(t);
+}
+
+int lm_tokenizer_vocab_size(const lm_tokenizer *t) { return t ? t->n_ids : 0; }
+int32_t lm_tokenizer_bos(const lm_tokenizer *t) { return t ? t->bos : -1; }
+int32_t lm_tokenizer_eos(const lm_tokenizer *t) { return t ? t->eos : -1; }
+
+// ---------------------------------------------------------------- encoding --
+
+// Rust regex's \w: alphabetic, marks, decimal digits, connector punctuation.
+static bool is_word_char(uint32_t cp) {
+    if (cp == '_' || cp == 0x200C || cp == 0x200D) return true;
+    utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
+    return (c >= UTF8PROC_CATEGORY_LU && c <= UTF8PROC_CATEGORY_ME) || c == UTF8PROC_CATEGORY_ND ||
+           c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_PC;
+}
+
+static size_t prev_char(const char *s, size_t i) {  // start of the character before byte i
+    do i--;
+    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80);
+    return i;
+}
+
+// Longest added token of the trie that starts at s[i], or -1.
+static int match_at(const tk_trie *tr, const char *s, size_t n, size_t i) {
+    unsigned c = (unsigned char)s[i];
+    int best = -1;
+    size_t best_len = 0;
+    for (int k = tr->first[c]; k < tr->first[c + 1]; k++)
+        if (tr->len[k] > best_len && tr->len[k] <= n - i && !memcmp(s + i, tr->pat[k], tr->len[k])) {
+            best = k;
+            best_len = tr->len[k];
+        }
+    return best;
+}
+
+// Splits s on the added tokens of tr (AddedVocabulary::find_matches): the
+// leftmost-longest matches, honouring single_word, lstrip and rstrip. Pieces
+// go to out; matched ones carry their id.
+static lm_status split_added(const lm_tokenizer *t, const tk_trie *tr, const char *s, size_t n,
+                             bool at_start, tk_splits *out) {
+    size_t start_off = 0, i = 0;
+    uint32_t cp;
+    while (tr->n && i < n) {
+        int k = match_at(tr, s, n, i);
+        if (k < 0) {
+            i++;
+            continue;
+        }
+        const tk_added *a = &t->added[tr->tok[k]];
+        size_t ms = i, me = i + tr->len[k];
+        i = me;  // scanning resumes after the match, kept or not
+        if (a->single_word) {
+            bool word_before = ms > 0 && tk_utf8_next(s + prev_char(s, ms), ms - prev_char(s, ms), &cp) &&
+                               is_word_char(cp);
+            bool word_after = me < n && tk_utf8_next(s + me, n - me, &cp) && is_word_char(cp);
+            if (word_before || word_after) continue;
+        }
+        if (a->lstrip) {
+            size_t j = ms;
+            while (j > 0) {
+                size_t p = prev_char(s, j);
+                if (!tk_utf8_next(s + p, j - p, &cp) || !tk_is_whitespace(cp)) break;
+                j = p;
+            }
+            ms = j > start_off ? j : start_off;
+        }
+        if (a->rstrip) {
+            int l;
+            while (me < n && (l = tk_utf8_next(s + me, n - me, &cp)) && tk_is_whitespace(cp)) me += l;
+            i = me;
+        }
+        if (ms > start_off && !tk_splits_add(out, s + start_off, ms - start_off, -1, at_start && start_off == 0))
+            return LM_ERR_OOM;
+        if (!tk_splits_add(out, s + ms, me - ms, a->id, at_start && ms == 0)) return LM_ERR_OOM;
+        start_off = me;
+    }
+    if (start_off < n && !tk_splits_add(out, s + start_off, n - start_off, -1, at_start && start_off == 0))
+        return LM_ERR_OOM;
+    return LM_OK;
+}
+
+lm_status lm_tokenize(const lm_tokenizer *t, const char *text, size_t len, bool add_special,
+                      int32_t **ids, size_t *n_ids) {
+    if (!t || !ids || !n_ids || (!text && len)) return lm_err(LM_ERR_INVALID_ARG, "lm_tokenize: NULL argument");
+    *ids = NULL;
+    *n_ids = 0;
+    if (!tk_utf8_valid(text, len)) return lm_err(LM_ERR_INVALID_ARG, "lm_tokenize: input is not valid UTF-8");
+
+    tk_splits raw = {0}, norm = {0};
+    tk_buf nb = {0};
+    tk_ids out = {0};
+    lm_status st = LM_OK;
+    // 1. added tokens in the raw text  2. normalize the rest, then added
+    // tokens in the normalized text  3. pre-tokenize  4. BPE per piece
+    if (len) st = split_added(t, &t->trie_raw, text, len, true, &raw);
+    for (size_t i = 0; st == LM_OK && i < raw.n; i++) {
+        const tk_split *x = &raw.v[i];
+        const char *s = raw.buf.p + x->off;
+        if (x->id >= 0) {
+            if (!tk_splits_add(&norm, s, x->len, x->id, x->at_start)) st = LM_ERR_OOM;
+            continue;
+        }
+        if ((st = tk_normalize(t, s, x->len, &nb))) break;
+        if (nb.n) st = split_added(t, &t->trie_norm, nb.p, nb.n, x->at_start, &norm);
+    }
+    if (st == LM_OK) st = tk_pretokenize(t, &norm);
+    for (size_t i = 0; st == LM_OK && add_special && i < t->post_prefix.n; i++)
+        if (!tk_ids_push(&out, t->post_prefix.v[i])) st = LM_ERR_OOM;
+    for (size_t i = 0; st == LM_OK && i < norm.n; i++) {
+        const tk_split *x = &norm.v[i];
+        if (x->id >= 0) st = tk_ids_push(&out, x->id) ? LM_OK : LM_ERR_OOM;
+        else st = tk_bpe(t, norm.buf.p + x->off, x->len, &out);
+    }
+    for (size_t i = 0; st == LM_OK && add_special && i < t->post_suffix.n; i++)
+        if (!tk_ids_push(&out, t->post_suffix.v[i])) st = LM_ERR_OOM;
+    tk_splits_free(&raw);
+    tk_splits_free(&norm);
+    tk_buf_free(&nb);
+    if (st != LM_OK) {
+        free(out.v);
+        return st;
+    }
+    if (!out.v && !(out.v = malloc(sizeof *out.v))) return lm_err(LM_ERR_OOM, "lm_tokenize: out of memory");
+    *ids = out.v;
+    *n_ids = out.n;
+    return LM_OK;
+}

@@ -1,0 +1,241 @@
+// Internal parts of the tokenizer (tokenizer*.c). The public API is in
+// lightmoe.h. The pipeline mirrors Hugging Face `tokenizers` step for step so
+// that ids match it exactly:
+//   added-token split (raw text) -> normalizer -> added-token split (normalized)
+//   -> pre-tokenizer -> BPE per piece -> post-processor
+// and decoding runs the decoder chain over the token strings.
+#ifndef LM_MODEL_TOKENIZER_H
+#define LM_MODEL_TOKENIZER_H
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lightmoe.h"
+
+// ---------------------------------------------------------------- buffers ---
+
+typedef struct tk_buf {  // growable byte string (not NUL-terminated unless asked)
+    char *p;
+    size_t n, cap;
+} tk_buf;
+
+bool tk_buf_reserve(tk_buf *b, size_t extra);  // false (and LM_ERR_OOM set) on failure
+bool tk_buf_put(tk_buf *b, const void *s, size_t n);
+void tk_buf_free(tk_buf *b);
+
+typedef struct tk_ids {
+    int32_t *v;
+    size_t n, cap;
+} tk_ids;
+
+bool tk_ids_push(tk_ids *a, int32_t id);
+
+// Bump allocator for the many small strings of a vocabulary.
+typedef struct tk_arena {
+    struct tk_arena_block *head;
+} tk_arena;
+
+char *tk_arena_dup(tk_arena *a, const char *s, size_t n);  // NUL-terminated copy
+void tk_arena_free(tk_arena *a);
+
+// ------------------------------------------------------------------ UTF-8 ---
+
+// Decodes one strict UTF-8 character at s (n bytes available): returns its
+// length and sets *cp, or 0 if the bytes there are not valid UTF-8.
+int tk_utf8_next(const char *s, size_t n, uint32_t *cp);
+bool tk_utf8_valid(const char *s, size_t n);
+int tk_utf8_encode(uint32_t cp, char out[4]);  // returns the length
+bool tk_utf8_put(tk_buf *b, uint32_t cp);
+// Rust's String::from_utf8_lossy: each maximal invalid subsequence -> U+FFFD.
+bool tk_utf8_lossy(tk_buf *out, const char *s, size_t n);
+bool tk_is_whitespace(uint32_t cp);  // Rust char::is_whitespace (White_Space)
+
+// ----------------------------------------------------------------- hashes ---
+
+typedef struct tk_strmap {  // string -> int32, open addressing; keys not owned
+    struct tk_sm_entry *e;
+    size_t cap, n;
+} tk_strmap;
+
+bool tk_strmap_init(tk_strmap *m, size_t expected);
+bool tk_strmap_put(tk_strmap *m, const char *key, size_t len, int32_t val);  // overwrites
+int32_t tk_strmap_get(const tk_strmap *m, const char *key, size_t len);    // -1: missing
+void tk_strmap_free(tk_strmap *m);
+
+typedef struct tk_pairmap {  // (left id, right id) -> (merge rank, merged id)
+    struct tk_pm_entry *e;
+    size_t cap, n;
+} tk_pairmap;
+
+bool tk_pairmap_init(tk_pairmap *m, size_t expected);
+bool tk_pairmap_put(tk_pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t new_id);
+bool tk_pairmap_get(const tk_pairmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *new_id);
+void tk_pairmap_free(tk_pairmap *m);
+
+// ------------------------------------------------------------------ regex ---
+
+typedef struct tk_regex {
+    pcre2_code *code;
+} tk_regex;
+
+// Compiles an Oniguruma-style pattern from tokenizer.json (literal: match the
+// text as is). `what` names the pattern in error messages.
+lm_status tk_regex_compile(tk_regex *re, const char *pattern, bool literal, const char *what);
+void tk_regex_free(tk_regex *re);
+
+// A cut of a string into consecutive segments, each a match or not.
+typedef struct tk_seg {
+    size_t s, e;
+    bool match;
+} tk_seg;
+
+typedef struct tk_segs {
+    tk_seg *v;
+    size_t n, cap;
+} tk_segs;
+
+// Matches of re over s, as tokenizers' Pattern::find_matches: the whole string
+// covered by segments, matches and the gaps between them.
+lm_status tk_regex_segments(const tk_regex *re, const char *s, size_t n, tk_segs *out);
+
+// ------------------------------------------------------------- components ---
+
+enum { TK_SPLIT_REMOVED, TK_SPLIT_ISOLATED, TK_SPLIT_MERGED_PREV, TK_SPLIT_MERGED_NEXT,
+       TK_SPLIT_CONTIGUOUS };
+
+enum { TK_PREPEND_ALWAYS, TK_PREPEND_FIRST, TK_PREPEND_NEVER };
+
+typedef enum {
+    TK_NORM_NFC, TK_NORM_NFD, TK_NORM_NFKC, TK_NORM_NFKD, TK_NORM_LOWERCASE,
+    TK_NORM_PREPEND, TK_NORM_APPEND, TK_NORM_REPLACE, TK_NORM_STRIP,
+} tk_norm_type;
+
+typedef struct tk_norm {
+    tk_norm_type type;
+    char *str;      // Prepend / Append text; Replace content
+    tk_regex re;    // Replace pattern
+    bool left, right;  // Strip sides
+} tk_norm;
+
+typedef enum {
+    TK_PRE_SPLIT, TK_PRE_BYTELEVEL, TK_PRE_METASPACE, TK_PRE_DIGITS, TK_PRE_WHITESPACE,
+    TK_PRE_WHITESPACE_SPLIT, TK_PRE_PUNCTUATION, TK_PRE_BERT,
+} tk_pre_type;
+
+typedef struct tk_pre {
+    tk_pre_type type;
+    tk_regex re;             // Split pattern; ByteLevel / Whitespace built-in regex
+    int behavior;            // TK_SPLIT_*
+    bool invert;
+    bool add_prefix_space;   // ByteLevel
+    bool use_regex;          // ByteLevel
+    uint32_t replacement;    // Metaspace
+    int prepend_scheme;      // Metaspace, TK_PREPEND_*
+    bool split;              // Metaspace
+    bool individual_digits;  // Digits
+} tk_pre;
+
+typedef enum {
+    TK_DEC_REPLACE, TK_DEC_BYTE_FALLBACK, TK_DEC_FUSE, TK_DEC_STRIP, TK_DEC_BYTELEVEL,
+    TK_DEC_METASPACE,
+} tk_dec_type;
+
+typedef struct tk_dec {
+    tk_dec_type type;
+    tk_regex re;              // Replace pattern
+    char *content;            // Replace
+    uint32_t strip_char;      // Strip
+    int start, stop;          // Strip
+    uint32_t replacement;     // Metaspace
+    int prepend_scheme;       // Metaspace
+} tk_dec;
+
+typedef struct tk_added {
+    const char *content;  // as written
+    size_t len;
+    int32_t id;
+    bool special, lstrip, rstrip, single_word, normalized;
+} tk_added;
+
+// Literal matcher over a subset of the added tokens (leftmost-longest, as
+// tokenizers' Aho-Corasick set): tokens bucketed by first byte.
+typedef struct tk_trie {
+    const char **pat;   // pattern per entry (the normalized content for the normalized set)
+    size_t *len;
+    int *tok;           // index into lm_tokenizer.added
+    int n;
+    int first[257];     // entries sorted by first byte: [first[c], first[c+1])
+} tk_trie;
+
+struct lm_tokenizer {
+    char *path;  // for error messages
+    tk_arena arena;
+
+    // id -> token string (model vocab and added tokens); NULL where an id is unused
+    int32_t n_ids;
+    const char **tok_str;
+    uint32_t *tok_len;
+    uint8_t *tok_flags;  // TK_FLAG_*
+
+    // BPE model
+    tk_strmap vocab;   // model vocabulary only (added tokens are not BPE symbols)
+    tk_pairmap merges;
+    int32_t unk_id;    // -1: none
+    bool byte_fallback, fuse_unk, ignore_merges;
+    char *subword_prefix, *word_suffix;  // NULL when absent
+    int32_t byte_tok[256];  // ids of "<0xNN>" (byte_fallback), -1 if missing
+
+    tk_added *added;
+    int n_added;
+    tk_trie trie_raw, trie_norm;  // non-normalized / normalized added tokens
+
+    tk_norm *norm;
+    int n_norm;
+    tk_pre *pre;
+    int n_pre;
+    tk_dec *dec;
+    int n_dec;
+    bool has_decoder;  // without one, tokens are joined with spaces
+
+    // post-processor (single sequence): ids before and after the text
+    tk_ids post_prefix, post_suffix;
+
+    int32_t bos, eos;
+};
+
+enum { TK_FLAG_ADDED = 1, TK_FLAG_SPECIAL = 2 };
+
+// GPT-2 byte <-> unicode mapping (ByteLevel): printable bytes stand for
+// themselves, the others are moved to U+0100 and up.
+uint32_t tk_byte_to_cp(unsigned b);
+int tk_cp_to_byte(uint32_t cp);  // -1 if cp is not in the mapping
+
+// --------------------------------------------------------------- pipeline ---
+
+// Pieces of text during encoding: a byte range of buf; id >= 0 once the
+// piece is an added token (later stages leave those alone).
+typedef struct tk_split {
+    size_t off, len;
+    int32_t id;
+    bool at_start;  // starts at offset 0 of the original input (Metaspace "first")
+} tk_split;
+
+typedef struct tk_splits {
+    tk_split *v;
+    size_t n, cap;
+    tk_buf buf;
+} tk_splits;
+
+bool tk_splits_add(tk_splits *s, const char *text, size_t len, int32_t id, bool at_start);
+void tk_splits_free(tk_splits *s);
+
+lm_status tk_normalize(const lm_tokenizer *t, const char *s, size_t n, tk_buf *out);
+lm_status tk_pretokenize(const lm_tokenizer *t, tk_splits *sp);
+lm_status tk_bpe(const lm_tokenizer *t, const char *s, size_t n, tk_ids *out);
+lm_status tk_decode_tokens(const lm_tokenizer *t, const int32_t *ids, size_t n,
+                           bool skip_special, tk_buf *out);
+
+#endif

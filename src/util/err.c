@@ -1,0 +1,73 @@
+#include "err.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Thread_local char g_msg[1024];
+
+lm_status lm_err(lm_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_msg, sizeof g_msg, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+lm_status lm_err_wrap(lm_status st, const char *fmt, ...) {
+    char prefix[256], old[sizeof g_msg - sizeof prefix - 2];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    snprintf(old, sizeof old, "%s", g_msg);
+    snprintf(g_msg, sizeof g_msg, "%s: %s", prefix, old);
+    return st;
+}
+
+void lm_err_clear(void) { g_msg[0] = 0; }
+
+const char *lm_last_error(void) { return g_msg[0] ? g_msg : "no error"; }
+
+const char *lm_status_str(lm_status st) {
+    switch (st) {
+    case LM_OK: return "ok";
+    case LM_ERR_IO: return "I/O error";
+    case LM_ERR_FORMAT: return "malformed input";
+    case LM_ERR_UNSUPPORTED: return "unsupported";
+    case LM_ERR_INVALID_ARG: return "invalid argument";
+    case LM_ERR_OOM: return "out of memory";
+    case LM_ERR_RANGE: return "out of range";
+    case LM_ERR_NOT_FOUND: return "not found";
+    }
+    return "unknown status";
+}
+
+void *lm_malloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) lm_err(LM_ERR_OOM, "out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *lm_calloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) lm_err(LM_ERR_OOM, "out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+void *lm_aligned_alloc(size_t align, size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, align, n ? n : align) != 0) {
+        lm_err(LM_ERR_OOM, "out of memory allocating %zu bytes", n);
+        return NULL;
+    }
+    return p;
+}
+
+char *lm_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = lm_malloc(n);
+    if (p) memcpy(p, s, n);
+    return p;
+}

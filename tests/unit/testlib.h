@@ -1,0 +1,51 @@
+// Minimal test harness: each test binary runs its TEST functions and prints
+// one line per failure; exit status is the number of failed checks (capped).
+#ifndef LM_TESTLIB_H
+#define LM_TESTLIB_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int tl_failed, tl_checks;
+
+#define CHECK(cond)                                                              \
+    do {                                                                         \
+        tl_checks++;                                                             \
+        if (!(cond)) {                                                           \
+            tl_failed++;                                                         \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                        \
+    } while (0)
+
+#define CHECK_MSG(cond, ...)                                                     \
+    do {                                                                         \
+        tl_checks++;                                                             \
+        if (!(cond)) {                                                           \
+            tl_failed++;                                                         \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                        \
+            fputc('\n', stderr);                                                 \
+        }                                                                        \
+    } while (0)
+
+#define CHECK_NEAR(a, b, tol)                                                    \
+    do {                                                                         \
+        double _a = (a), _b = (b);                                               \
+        CHECK_MSG(fabs(_a - _b) <= (tol), "%g vs %g (tol %g)", _a, _b, (double)(tol)); \
+    } while (0)
+
+#define RUN(fn)                                                                  \
+    do {                                                                         \
+        int _before = tl_failed;                                                 \
+        fn();                                                                    \
+        printf("%s %s\n", tl_failed == _before ? "ok  " : "FAIL", #fn);          \
+    } while (0)
+
+static inline int tl_finish(void) {
+    printf("%d checks, %d failed\n", tl_checks, tl_failed);
+    return tl_failed ? 1 : 0;
+}
+
+#endif
