@@ -271,10 +271,12 @@ static void write_out(lm_detok *d, char *out, size_t cap, size_t *n_out) {
     if (cap > 0) {
         n = d->pending.n < cap - 1 ? d->pending.n : cap - 1;
         while (n > 0 && n < d->pending.n && ((unsigned char)d->pending.p[n] & 0xC0) == 0x80) n--;
-        memcpy(out, d->pending.p, n);
+        if (n) {
+            memcpy(out, d->pending.p, n);
+            memmove(d->pending.p, d->pending.p + n, d->pending.n - n);
+            d->pending.n -= n;
+        }
         out[n] = 0;
-        memmove(d->pending.p, d->pending.p + n, d->pending.n - n);
-        d->pending.n -= n;
     }
     if (n_out) *n_out = n;
 }

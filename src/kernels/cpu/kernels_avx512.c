@@ -29,19 +29,14 @@
 #ifndef LM_MM512_TB
 #define LM_MM512_TB 48
 #endif
-#ifndef LM_MM512_PACK
-#define LM_MM512_PACK 1
-#endif
 #define RMAX 4
 #define TMAX 6
 #define KC LM_MM512_KC
 #define RB LM_MM512_RB
 #define TB LM_MM512_TB
 
-// Accumulators parked between K blocks: [RB rows][TB tokens][16 lanes], and
-// the current weight block converted to fp32: [RB rows][KC].
+// Accumulators parked between K blocks: [RB rows][TB tokens][16 lanes].
 static _Thread_local float tl_acc[RB * TB * 16] __attribute__((aligned(64)));
-static _Thread_local float tl_wpack[RB * KC] __attribute__((aligned(64)));
 
 // 16 weights from p as fp32 (bf16 -> f32 is a 16-bit shift).
 static AI TGT __m512 ld_w(const void *p, lm_dtype dt) {
@@ -151,7 +146,7 @@ TGT void lm_matmul_rows_avx512(const float *x, int n, int ldx, const void *W, lm
         for (int t = 0; t < n; t++) memset(y + (size_t)t * ldy + o0, 0, (size_t)(o1 - o0) * 4);
         return;
     }
-    const size_t es = dt == LM_DT_F32 ? 4 : 2, wsb = w_stride * es;
+    const size_t wsb = w_stride * (dt == LM_DT_F32 ? 4 : 2);
     // Decode (n <= 4): one pass over each weight row with the accumulators in
     // registers. Otherwise K blocks of KC so that TB tokens share each weight
     // block while it sits in cache.
@@ -159,36 +154,20 @@ TGT void lm_matmul_rows_avx512(const float *x, int n, int ldx, const void *W, lm
     for (int t0 = 0; t0 < n; t0 += TB) {
         const int nt = n - t0 < TB ? n - t0 : TB;
         const int ntile = (nt + TMAX - 1) / TMAX;  // balanced tiles: 7 -> 4+3, not 6+1
-        // With several token tiles per weight block, convert the block to fp32
-        // once (exact, so the sums are unchanged) instead of in every tile:
-        // the conversions otherwise take issue slots from the FMAs.
-        const int pack = LM_MM512_PACK && ntile > 1 && dt != LM_DT_F32;
         for (int r0 = o0; r0 < o1; r0 += RB) {
             const int rn = o1 - r0 < RB ? o1 - r0 : RB;
-            const char *wb = (const char *)W + (size_t)r0 * wsb;
             for (int k0 = 0; k0 < in; k0 += kc) {
                 const int k1 = in - k0 <= kc ? in : k0 + kc;
-                const char *w = wb;
-                size_t ws = wsb;
-                int kb = k0, ke = k1, xo = 0;
-                lm_dtype wdt = dt;
-                if (pack) {
-                    for (int r = 0; r < rn; r++)
-                        lm_to_f32_avx512(wb + r * wsb + (size_t)k0 * es, dt, tl_wpack + r * KC,
-                                         (size_t)(k1 - k0));
-                    w = (const char *)tl_wpack, ws = KC * 4, kb = 0, ke = k1 - k0, xo = k0;
-                    wdt = LM_DT_F32;
-                }
                 for (int j = 0, ts = 0; j < ntile; j++) {
                     const int T = nt / ntile + (j < nt % ntile);
-                    const float *xt = x + (size_t)(t0 + ts) * ldx + xo;
+                    const float *xt = x + (size_t)(t0 + ts) * ldx;
                     float *yt = y + (size_t)(t0 + ts) * ldy + r0;
                     for (int r = 0; r < rn;) {
                         const int R = rn - r >= RMAX ? RMAX : 1;
-                        mk_tab[wdt][R == RMAX][T](xt, (size_t)ldx, w + r * ws, ws, kb, ke,
-                                                  tl_acc + ((size_t)r * TB + ts) * 16,
-                                                  (size_t)TB * 16, k0 == 0, k1 == in, yt + r,
-                                                  (size_t)ldy);
+                        mk_tab[dt][R == RMAX][T](xt, (size_t)ldx, (const char *)W + (size_t)(r0 + r) * wsb,
+                                                 wsb, k0, k1, tl_acc + ((size_t)r * TB + ts) * 16,
+                                                 (size_t)TB * 16, k0 == 0, k1 == in, yt + r,
+                                                 (size_t)ldy);
                         r += R;
                     }
                     ts += T;
