@@ -14,7 +14,7 @@ secs=${1:-20}
 case $secs in ''|*[!0-9]*) echo "usage: $0 [seconds]" >&2; exit 2 ;; esac
 CC=${FUZZ_CC:-clang}
 FLAGS="-std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Isrc -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
-LIBS="-lcjson -lpcre2-8 -lm -pthread"
+LIBS="-lcjson -lpcre2-8 -lutf8proc -lm -pthread"
 out=build-fuzz
 mkdir -p "$out"
 mapfile -t lib_src < <(find src -name '*.c' | sort)

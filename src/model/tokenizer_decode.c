@@ -236,6 +236,8 @@ lm_status lm_detokenize(const lm_tokenizer *tok, const int32_t *ids, size_t n_id
 // tokenizers' DecodeStream). Text ending in U+FFFD is an incomplete character:
 // it is held until more ids arrive or the stream is flushed.
 
+#define MAX_HELD 8
+
 struct lm_detok {
     const lm_tokenizer *tok;
     bool skip_special;
@@ -304,7 +306,10 @@ lm_status lm_detok_push(lm_detok *d, int32_t id, char *out, size_t cap, size_t *
         if (!tk_ids_push(&d->win, id)) return LM_ERR_OOM;
         st = tk_decode_tokens(d->tok, d->win.v, d->win.n, d->skip_special, &d->text);
         if (st) return st;
-        if (d->text.n > d->prefix.n && !ends_with_fffd(&d->text)) {
+        // Valid text completes a character within 4 ids; past that the
+        // U+FFFD is real (invalid bytes) and holding on would only grow the window.
+        bool held = ends_with_fffd(&d->text) && d->win.n - d->read <= MAX_HELD;
+        if (d->text.n > d->prefix.n && !held) {
             if (!take_new_text(d)) return LM_ERR_OOM;
             // keep the ids since the last read point as context for the next id
             size_t keep = d->win.n - d->read;

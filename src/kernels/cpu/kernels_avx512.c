@@ -31,6 +31,7 @@
 #endif
 #define RMAX 4
 #define TMAX 6
+#define PF_DIST 2048
 #define KC LM_MM512_KC
 #define RB LM_MM512_RB
 #define TB LM_MM512_TB
@@ -70,9 +71,9 @@ static AI TGT float hsum16(__m512 v) {
 // elements [k0,k1). k0 is a multiple of 16; k1 is too unless k1 == in. The
 // accumulators start at zero (init) or come from am (row stride ars floats,
 // token stride 16); at the end they are reduced into y (fin) or parked in am.
-static AI TGT void mk(const int R, const int T, const lm_dtype dt, const float *x, size_t ldx,
-                      const char *w, size_t wsb, int k0, int k1, float *am, size_t ars, int init,
-                      int fin, float *y, size_t ldy) {
+static AI TGT void mk(const int R, const int T, const lm_dtype dt, const int pf, const float *x,
+                      size_t ldx, const char *w, size_t wsb, int k0, int k1, float *am, size_t ars,
+                      int init, int fin, float *y, size_t ldy) {
     const size_t es = dt == LM_DT_F32 ? 4 : 2;
     __m512 acc[RMAX][TMAX];
 #pragma GCC unroll 4
@@ -85,6 +86,10 @@ static AI TGT void mk(const int R, const int T, const lm_dtype dt, const float *
         __m512 wv[RMAX];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) wv[r] = ld_w(w + r * wsb + k * es, dt);
+        if (pf) {  // one line per row per chunk is redundant, but cheap next to DRAM
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) _mm_prefetch(w + r * wsb + k * es + PF_DIST, _MM_HINT_T0);
+        }
 #pragma GCC unroll 6
         for (int t = 0; t < T; t++) {
             __m512 xv = _mm512_loadu_ps(x + t * ldx + k);
@@ -118,26 +123,31 @@ static AI TGT void mk(const int R, const int T, const lm_dtype dt, const float *
 typedef void (*mk_fn)(const float *x, size_t ldx, const char *w, size_t wsb, int k0, int k1,
                       float *am, size_t ars, int init, int fin, float *y, size_t ldy);
 
-// One specialised tile per (dtype, R in {1,4}, T in 1..6).
-#define MK1(DT, NAME, R, T)                                                                    \
-    static TGT void mk_##NAME##_##R##_##T(const float *x, size_t ldx, const char *w, size_t wsb, \
-                                          int k0, int k1, float *am, size_t ars, int init,     \
-                                          int fin, float *y, size_t ldy) {                     \
-        mk(R, T, DT, x, ldx, w, wsb, k0, k1, am, ars, init, fin, y, ldy);                      \
+// One specialised tile per (prefetch, dtype, R in {1,4}, T in 1..6).
+#define MK1(DT, NAME, R, T, PF, SFX)                                                           \
+    static TGT void mk_##NAME##_##R##_##T##SFX(const float *x, size_t ldx, const char *w,       \
+                                               size_t wsb, int k0, int k1, float *am,           \
+                                               size_t ars, int init, int fin, float *y,         \
+                                               size_t ldy) {                                    \
+        mk(R, T, DT, PF, x, ldx, w, wsb, k0, k1, am, ars, init, fin, y, ldy);                  \
     }
-#define MKR(DT, NAME, R)                                                                       \
-    MK1(DT, NAME, R, 1) MK1(DT, NAME, R, 2) MK1(DT, NAME, R, 3) MK1(DT, NAME, R, 4)             \
-    MK1(DT, NAME, R, 5) MK1(DT, NAME, R, 6)
-#define MKD(DT, NAME) MKR(DT, NAME, 1) MKR(DT, NAME, 4)
+#define MKT(DT, NAME, R, PF, SFX)                                                              \
+    MK1(DT, NAME, R, 1, PF, SFX) MK1(DT, NAME, R, 2, PF, SFX) MK1(DT, NAME, R, 3, PF, SFX)     \
+    MK1(DT, NAME, R, 4, PF, SFX) MK1(DT, NAME, R, 5, PF, SFX) MK1(DT, NAME, R, 6, PF, SFX)
+#define MKD(DT, NAME)                                                                          \
+    MKT(DT, NAME, 1, 0, ) MKT(DT, NAME, 4, 0, ) MKT(DT, NAME, 1, 1, _pf) MKT(DT, NAME, 4, 1, _pf)
 MKD(LM_DT_F32, f32)
 MKD(LM_DT_F16, f16)
 MKD(LM_DT_BF16, bf16)
-#define ROW(NAME, R)                                                                           \
-    {NULL, mk_##NAME##_##R##_1, mk_##NAME##_##R##_2, mk_##NAME##_##R##_3,                      \
-     mk_##NAME##_##R##_4, mk_##NAME##_##R##_5, mk_##NAME##_##R##_6}
-// [dtype][R == 4][T]; lm_dtype: F32 = 0, F16 = 1, BF16 = 2
-static const mk_fn mk_tab[3][2][TMAX + 1] = {
-    {ROW(f32, 1), ROW(f32, 4)}, {ROW(f16, 1), ROW(f16, 4)}, {ROW(bf16, 1), ROW(bf16, 4)}};
+#define ROW(NAME, R, SFX)                                                                      \
+    {NULL, mk_##NAME##_##R##_1##SFX, mk_##NAME##_##R##_2##SFX, mk_##NAME##_##R##_3##SFX,       \
+     mk_##NAME##_##R##_4##SFX, mk_##NAME##_##R##_5##SFX, mk_##NAME##_##R##_6##SFX}
+// [prefetch][dtype][R == 4][T]; lm_dtype: F32 = 0, F16 = 1, BF16 = 2
+static const mk_fn mk_tab[2][3][2][TMAX + 1] = {
+    {{ROW(f32, 1, ), ROW(f32, 4, )}, {ROW(f16, 1, ), ROW(f16, 4, )}, {ROW(bf16, 1, ), ROW(bf16, 4, )}},
+    {{ROW(f32, 1, _pf), ROW(f32, 4, _pf)},
+     {ROW(f16, 1, _pf), ROW(f16, 4, _pf)},
+     {ROW(bf16, 1, _pf), ROW(bf16, 4, _pf)}}};
 
 TGT void lm_matmul_rows_avx512(const float *x, int n, int ldx, const void *W, lm_dtype dt,
                                size_t w_stride, int in, float *y, int ldy, int o0, int o1) {
@@ -150,7 +160,7 @@ TGT void lm_matmul_rows_avx512(const float *x, int n, int ldx, const void *W, lm
     // Decode (n <= 4): one pass over each weight row with the accumulators in
     // registers. Otherwise K blocks of KC so that TB tokens share each weight
     // block while it sits in cache.
-    const int kc = n <= 4 ? in : KC;
+    const int decode = n <= 4, kc = decode ? in : KC;
     for (int t0 = 0; t0 < n; t0 += TB) {
         const int nt = n - t0 < TB ? n - t0 : TB;
         const int ntile = (nt + TMAX - 1) / TMAX;  // balanced tiles: 7 -> 4+3, not 6+1
@@ -164,7 +174,7 @@ TGT void lm_matmul_rows_avx512(const float *x, int n, int ldx, const void *W, lm
                     float *yt = y + (size_t)(t0 + ts) * ldy + r0;
                     for (int r = 0; r < rn;) {
                         const int R = rn - r >= RMAX ? RMAX : 1;
-                        mk_tab[dt][R == RMAX][T](xt, (size_t)ldx, (const char *)W + (size_t)(r0 + r) * wsb,
+                        mk_tab[decode][dt][R == RMAX][T](xt, (size_t)ldx, (const char *)W + (size_t)(r0 + r) * wsb,
                                                  wsb, k0, k1, tl_acc + ((size_t)r * TB + ts) * 16,
                                                  (size_t)TB * 16, k0 == 0, k1 == in, yt + r,
                                                  (size_t)ldy);
