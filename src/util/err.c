@@ -16,13 +16,19 @@ lm_status lm_err(lm_status st, const char *fmt, ...) {
 }
 
 lm_status lm_err_wrap(lm_status st, const char *fmt, ...) {
-    char prefix[256], old[sizeof g_msg - sizeof prefix - 2];
+    char old[sizeof g_msg];
+    memcpy(old, g_msg, sizeof old);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(g_msg, sizeof g_msg / 2, fmt, ap);  // context gets at most half the buffer
     va_end(ap);
-    snprintf(old, sizeof old, "%s", g_msg);
-    snprintf(g_msg, sizeof g_msg, "%s: %s", prefix, old);
+    size_t at = n < 0 ? 0 : (size_t)n < sizeof g_msg / 2 ? (size_t)n : sizeof g_msg / 2 - 1;
+    size_t room = sizeof g_msg - at - 1, len = strnlen(old, sizeof old - 1);
+    const char sep[] = ": ";
+    if (room >= 2) memcpy(g_msg + at, sep, 2), at += 2, room -= 2;
+    if (len > room) len = room;
+    memcpy(g_msg + at, old, len);
+    g_msg[at + len] = 0;
     return st;
 }
 

@@ -82,6 +82,7 @@ static inline float w_at(const void *W, lm_dtype dt, size_t idx) {
 
 void lm_matmul_rows_ref(const float *x, int n, int ldx, const void *W, lm_dtype dt,
                         size_t w_stride, int in, float *y, int ldy, int o0, int o1) {
+    if ((unsigned)dt > LM_DT_BF16) return;
     for (int t = 0; t < n; t++) {
         const float *xt = x + (size_t)t * ldx;
         for (int o = o0; o < o1; o++) {
@@ -177,18 +178,19 @@ static lm_isa best_isa(int force) {
     return LM_ISA_SCALAR;
 }
 
-// force < 0: best available, unless LM_CPU_ISA=scalar|avx2|avx512 says
-// otherwise (debugging). A forced ISA the CPU lacks falls back to the best
-// one below it.
+// LM_CPU_ISA=scalar|avx2|avx512 overrides the automatic choice (debugging,
+// comparing paths inside a full run); -1 when unset or unknown.
+static int env_isa(void) {
+    const char *env = getenv("LM_CPU_ISA");
+    for (int i = 0; env && i <= LM_ISA_AVX512; i++)
+        if (!strcmp(env, lm_isa_name((lm_isa)i))) return i;
+    return -1;
+}
+
+// force < 0: best available (or LM_CPU_ISA). A forced ISA the CPU lacks
+// falls back to the best one below it.
 lm_isa lm_cpu_kernels_init(int force) {
-    if (force < 0) {
-        const char *env = getenv("LM_CPU_ISA");
-        if (env) {
-            for (int i = 0; i <= LM_ISA_AVX512; i++)
-                if (!strcmp(env, lm_isa_name((lm_isa)i))) force = i;
-        }
-    }
-    lm_isa isa = best_isa(force);
+    lm_isa isa = best_isa(force < 0 ? env_isa() : force);
     atomic_store_explicit(&g_tab, tab_for(isa), memory_order_release);
     return isa;
 }
@@ -198,13 +200,7 @@ lm_isa lm_cpu_kernels_init(int force) {
 static const ktab *tab(void) {
     const ktab *t = atomic_load_explicit(&g_tab, memory_order_acquire);
     if (__builtin_expect(t != NULL, 1)) return t;
-    const ktab *want = tab_for(best_isa(-1));
-    const char *env = getenv("LM_CPU_ISA");
-    if (env) {
-        for (int i = 0; i <= LM_ISA_AVX512; i++)
-            if (!strcmp(env, lm_isa_name((lm_isa)i))) want = tab_for(best_isa(i));
-    }
-    const ktab *expected = NULL;
+    const ktab *want = tab_for(best_isa(env_isa())), *expected = NULL;
     if (atomic_compare_exchange_strong_explicit(&g_tab, &expected, want, memory_order_acq_rel,
                                                 memory_order_acquire))
         return want;

@@ -56,7 +56,9 @@ uint16_t lm_f32_to_f16(float f);
 // i in steps of the vector width, then a fixed horizontal reduction), never on
 // n, o0/o1, the strides or the other tokens of the batch. So a token gives
 // bit-identical outputs whether it is computed alone or in a batch (per ISA;
-// the ISAs differ from each other in the last bits). x and y must not overlap.
+// the ISAs differ from each other in the last bits). x and y must not overlap;
+// dt must be F32, F16 or BF16 (otherwise y is left untouched). The SIMD paths
+// keep a thread-local scratch (< 100 KB per thread) for K-blocked prefill.
 void lm_matmul_rows_avx2(const float *x, int n, int ldx, const void *W, lm_dtype dt,
                          size_t w_stride, int in, float *y, int ldy, int o0, int o1);
 void lm_matmul_rows_avx512(const float *x, int n, int ldx, const void *W, lm_dtype dt,
