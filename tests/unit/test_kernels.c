@@ -310,7 +310,8 @@ static void test_bf16(void) {
                                        ? ldexp(1.0, 128) * (f < 0 ? -1 : 1)  // next is inf
                                        : (double)f_of(lo + 0x10000u);
         double el = fabs(f - dl), eh = fabs(dh - f);
-        uint16_t want = (uint16_t)((el < eh || (el == eh && !((lo >> 16) & 1))) ? lo >> 16 : (lo >> 16) + 1);
+        int down = el < eh || (el == eh && !((lo >> 16) & 1));  // ties to even
+        uint16_t want = (uint16_t)(down ? lo >> 16 : (lo >> 16) + 1);
         if ((f_of(lo) == INFINITY || f_of(lo) == -INFINITY)) want = (uint16_t)(lo >> 16);
         bad += got != want;
     }

@@ -223,7 +223,9 @@ void lm_matmul_rows(const float *x, int n, int ldx, const void *W, lm_dtype dt, 
     tab()->matmul(x, n, ldx, W, dt, w_stride, in, y, ldy, o0, o1);
 }
 
-void lm_to_f32(const void *src, lm_dtype dt, float *dst, size_t n) { tab()->to_f32(src, dt, dst, n); }
+void lm_to_f32(const void *src, lm_dtype dt, float *dst, size_t n) {
+    tab()->to_f32(src, dt, dst, n);
+}
 
 void lm_rmsnorm(float *y, const float *x, const void *w, lm_dtype dt, int n, float eps) {
     tab()->rmsnorm(y, x, w, dt, n, eps);
