@@ -201,7 +201,7 @@ int cmd_bench(int argc, char **argv) {
     printf("prefill          %8.1f tok/s  (%.1f GFLOP/s on active weights; compute-bound)\n", prefill_tps,
            prefill_flops / t_prefill / 1e9);
     if (glen > 0)
-        printf("decode           %8.2f tok/s  bound %.2f tok/s (%.1f MB read per step / %.1f GB/s) = %.0f%% of bound\n",
+        printf("decode           %8.2f tok/s  memory bound %.2f tok/s (%.1f MB read per step / %.1f GB/s) = %.0f%% of bound\n",
                decode_tps, bound_tps, step_bytes / 1e6, bw / 1e9, 100.0 * decode_tps / bound_tps);
 done:
     free(tok);
