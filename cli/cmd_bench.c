@@ -12,9 +12,10 @@
 static const char *help =
     "usage: lightmoe bench [-m DIR | --synthetic CONFIG.json[:LAYERS]] [options]\n"
     "\n"
-    "Measures prefill and decode tokens/s on random prompt tokens and prints them next\n"
-    "to the bound: decode is memory-bound, so the bound is (weight bytes a step reads +\n"
-    "KV cache bytes) / measured memory read bandwidth. --synthetic builds random bf16\n"
+    "Measures prefill and decode tokens/s on random prompt tokens and prints each next\n"
+    "to its roofline: a step takes at least max(bytes it must read / measured read\n"
+    "bandwidth, flops / measured FMA peak); decode at small batch is memory-bound,\n"
+    "prefill compute-bound. --synthetic builds random bf16\n"
     "weights with the shapes of a config.json, optionally keeping only LAYERS layers\n"
     "(e.g. ../shared/configs/mixtral-8x7b.json:2), so real sizes need no download.\n"
     "Without -m or --synthetic it uses the model shipped in models/.\n"
@@ -29,65 +30,6 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-typedef struct {
-    const uint64_t *p;
-    size_t n;
-    uint64_t sum;
-} bw_arg;
-
-// Four streams a quarter of the slice apart: DRAM serves several open pages
-// at once, and the matmul kernel reads weights the same way, so a single
-// sequential stream would understate the bound.
-// Reads its slice as four streams a quarter apart (DRAM serves several open
-// pages at once, and the matmul kernel reads weights that way too), with
-// 32-byte loads where AVX2 exists: narrower loads understate the bound.
-typedef uint64_t u64x4 __attribute__((vector_size(32)));
-
-#define BW_BODY                                                                     \
-    size_t q = a->n / 16;                                                          \
-    const u64x4 *p0 = (const u64x4 *)a->p, *p1 = p0 + q, *p2 = p1 + q, *p3 = p2 + q; \
-    u64x4 s0 = {0}, s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;   \
-    for (size_t i = 0; i + 2 <= q; i += 2) {                                       \
-        s0 += p0[i], s1 += p0[i + 1], s2 += p1[i], s3 += p1[i + 1];                \
-        s4 += p2[i], s5 += p2[i + 1], s6 += p3[i], s7 += p3[i + 1];                \
-    }                                                                              \
-    u64x4 s = s0 ^ s1 ^ s2 ^ s3 ^ s4 ^ s5 ^ s6 ^ s7;                               \
-    a->sum = s[0] ^ s[1] ^ s[2] ^ s[3];
-
-__attribute__((target("avx2"))) static void bw_read_avx2(bw_arg *a) { BW_BODY }
-static void bw_read_plain(bw_arg *a) { BW_BODY }
-
-static void *bw_read(void *arg) {
-    if (__builtin_cpu_supports("avx2")) bw_read_avx2(arg);
-    else bw_read_plain(arg);
-    return NULL;
-}
-
-// Best of 5 multi-threaded passes over 1 GiB: the DRAM read bandwidth that
-// bounds a memory-bound decode step.
-static double measure_bandwidth(int threads) {
-    size_t bytes = (size_t)1 << 30, n = bytes / 8;
-    uint64_t *buf = malloc(bytes);
-    if (!buf) return 0;
-    for (size_t i = 0; i < n; i++) buf[i] = i;
-    double best = 0;
-    pthread_t th[256];
-    bw_arg args[256];
-    if (threads > 256) threads = 256;
-    for (int rep = 0; rep < 5; rep++) {
-        double t0 = now_s();
-        for (int t = 0; t < threads; t++) {
-            args[t] = (bw_arg){buf + n / threads * t, n / threads, 0};
-            pthread_create(&th[t], NULL, bw_read, &args[t]);
-        }
-        for (int t = 0; t < threads; t++) pthread_join(th[t], NULL);
-        double bw = (double)bytes / (now_s() - t0);
-        if (bw > best) best = bw;
-    }
-    free(buf);
-    return best;
 }
 
 static int32_t argmax(const float *v, int n) {
@@ -160,8 +102,8 @@ int cmd_bench(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    fprintf(stderr, "measuring memory bandwidth (%d threads) ...\n", n_threads);
-    double bw = measure_bandwidth(n_threads);
+    fprintf(stderr, "measuring memory bandwidth and FMA peak (%d threads) ...\n", n_threads);
+    double bw = lm_probe_read_bandwidth(n_threads), peak = lm_probe_fma_peak(n_threads);
 
     // Prefill: all prompts, packed into batches of up to n_batch tokens.
     uint64_t rng = 0x1234567;
@@ -197,32 +139,46 @@ int cmd_bench(int argc, char **argv) {
         goto done;
     }
 
-    // Bytes one decode step must read: every non-expert weight once, each
-    // expert touched by at least one token once (uniform routing expectation
-    // E(1-(1-k/E)^B)), and every sequence's KV cache.
+    // Roofline of one decode step: time >= max(bytes / bandwidth, flops / peak).
+    // Bytes: every non-expert weight once, each expert some token routes to
+    // once (uniform-routing expectation E(1-(1-k/E)^B)), only B rows of the
+    // embedding, and every sequence's KV cache. Flops: 2 per weight per token
+    // (the embedding is a lookup), plus attention (QK and PV) over the cache.
     double wbytes = (double)mi.bytes_weights, elt = wbytes / (double)mi.n_params_total;
+    double vh = (double)mi.vocab * mi.hidden;
     double expert_bytes = 3.0 * mi.moe_intermediate * (double)mi.hidden * elt;
     double all_experts = (double)mi.n_moe_layers * mi.n_experts * expert_bytes;
     double touched = mi.n_experts * (1.0 - pow(1.0 - (double)mi.top_k / mi.n_experts, batch));
-    double embed_bytes = (double)mi.vocab * mi.hidden * elt;  // only B rows of it are read
+    double embed_bytes = mi.tie_embeddings ? 0 : vh * elt;  // a tied matrix is read as lm_head anyway
+    double ctx_avg = plen + glen / 2.0;
     double step_bytes = wbytes - all_experts - embed_bytes + mi.n_moe_layers * touched * expert_bytes +
-                        (double)batch * (plen + glen / 2.0) * (double)mi.bytes_kv_per_token;
+                        (double)batch * ctx_avg * (double)mi.bytes_kv_per_token;
+    double body = (double)mi.n_params_active - vh * (mi.tie_embeddings ? 1 : 2);  // excl. embedding, lm_head
+    double attn_tok = 4.0 * mi.n_layers * mi.n_heads * (double)mi.head_dim;        // flops per token per context position
+    double step_flops = batch * (2.0 * body + 2.0 * vh + attn_tok * ctx_avg);
+    double t_mem = step_bytes / bw, t_cmp = peak > 0 ? step_flops / peak : 0;
     double decode_tps = glen > 0 ? (double)batch * glen / t_decode : 0;
-    double bound_tps = (double)batch / (step_bytes / bw);
+    double bound_tps = (double)batch / (t_mem > t_cmp ? t_mem : t_cmp);
     double prefill_tps = (double)total_prefill / t_prefill;
-    double prefill_flops = 2.0 * (double)mi.n_params_active * (double)total_prefill;
+    double prefill_flops = 2.0 * body * (double)total_prefill + 2.0 * vh * batch +
+                           attn_tok * (double)batch * plen * (plen + 1) / 2.0;
+    double prefill_bound = peak > 0 ? (double)total_prefill / (prefill_flops / peak) : 0;
 
     printf("model            %s%s%s, %d layers, %.3g params (%.3g active), %.2f GB weights\n", mi.architecture,
            syn ? " synthetic " : " ", syn ? syn : dir, mi.n_layers, (double)mi.n_params_total,
            (double)mi.n_params_active, wbytes / 1e9);
     printf("setup            batch %d, prompt %d, gen %d, %d threads, load %.2f s\n", batch, plen, glen, n_threads,
            t_load);
-    printf("memory bandwidth %.1f GB/s (measured read, best of 5)\n", bw / 1e9);
-    printf("prefill          %8.1f tok/s  (%.1f GFLOP/s on active weights; compute-bound)\n", prefill_tps,
-           prefill_flops / t_prefill / 1e9);
+    printf("machine          read bandwidth %.1f GB/s, FMA peak %.0f GFLOP/s (measured, %d threads)\n", bw / 1e9,
+           peak / 1e9, n_threads);
+    printf("prefill          %8.1f tok/s  compute bound %.1f tok/s (%.1f GFLOP / %.0f GFLOP/s) = %.0f%% of bound\n",
+           prefill_tps, prefill_bound, prefill_flops / 1e9, peak / 1e9,
+           prefill_bound > 0 ? 100.0 * prefill_tps / prefill_bound : 0.0);
     if (glen > 0)
-        printf("decode           %8.2f tok/s  memory bound %.2f tok/s (%.1f MB read per step / %.1f GB/s) = %.0f%% of bound\n",
-               decode_tps, bound_tps, step_bytes / 1e6, bw / 1e9, 100.0 * decode_tps / bound_tps);
+        printf("decode           %8.2f tok/s  %s bound %.2f tok/s (%.1f MB / %.1f GB/s, %.1f GFLOP / %.0f GFLOP/s) "
+               "= %.0f%% of bound\n",
+               decode_tps, t_mem >= t_cmp ? "memory" : "compute", bound_tps, step_bytes / 1e6, bw / 1e9,
+               step_flops / 1e9, peak / 1e9, 100.0 * decode_tps / bound_tps);
 done:
     free(tok);
     free(seq);

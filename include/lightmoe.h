@@ -67,6 +67,7 @@ typedef struct lm_model_info {
     int n_layers, n_moe_layers, hidden, vocab, n_heads, n_kv_heads, head_dim;
     int n_experts, top_k, moe_intermediate, dense_intermediate, shared_intermediate;
     int max_positions;
+    bool tie_embeddings;          // lm_head shares the embedding matrix
     uint64_t n_params_total;      // every weight element
     uint64_t n_params_active;     // elements touched per token (top_k experts)
     uint64_t bytes_bf16, bytes_f16, bytes_f32;  // weight bytes stored per dtype
@@ -205,6 +206,14 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
                       lm_gen_result *results);
 
 void lm_gen_results_free(lm_gen_result *results, int n);
+
+// ---------------------------------------------------------------- probes ---
+
+// The ceilings CPU figures are reported against: best-of-5 DRAM read
+// bandwidth over a 1 GiB buffer (bytes/s), and best-of-3 fp32 FMA throughput
+// of the kernels' ISA (FLOP/s), each on n_threads threads.
+double lm_probe_read_bandwidth(int n_threads);
+double lm_probe_fma_peak(int n_threads);
 
 #ifdef __cplusplus
 }

@@ -84,26 +84,10 @@ typedef struct {
     volatile uint64_t sink;
 } bw_arg;
 
-// Four streams a quarter of the slice apart: more DRAM pages in flight than
-// one sequential stream (measured 39 vs 32 GB/s on one core here), and the
-// same access shape as the decode GEMV (4 rows far apart).
-__attribute__((target("avx2"))) static uint64_t read_sum(const char *p, size_t bytes) {
-    const size_t q = bytes / 4 / 32 * 32;
-    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
-    for (size_t i = 0; i < q; i += 32) {
-        s0 = _mm256_add_epi64(s0, _mm256_load_si256((const __m256i *)(p + i)));
-        s1 = _mm256_add_epi64(s1, _mm256_load_si256((const __m256i *)(p + q + i)));
-        s2 = _mm256_add_epi64(s2, _mm256_load_si256((const __m256i *)(p + 2 * q + i)));
-        s3 = _mm256_add_epi64(s3, _mm256_load_si256((const __m256i *)(p + 3 * q + i)));
-    }
-    s0 = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
-    return (uint64_t)_mm256_extract_epi64(s0, 0) + (uint64_t)_mm256_extract_epi64(s0, 3);
-}
-
 static void bw_job(team *tm, int tid) {
     bw_arg *a = tm->arg;
     size_t per = a->bytes / tm->nthr / 4096 * 4096;
-    a->sink += read_sum(a->buf + per * tid, per);
+    a->sink += lm_read_sum(a->buf + per * tid, per);
 }
 
 static double read_bandwidth(int nthr) {
@@ -119,42 +103,18 @@ static double read_bandwidth(int nthr) {
 }
 
 // -------------------------------------------------------------- FMA peak ---
-// 16 independent FMA chains per thread: the throughput ceiling of the tile.
-
-__attribute__((target("avx512f"))) static float peak512(long iters) {
-    __m512 a[16], m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-3f);
-    for (int j = 0; j < 16; j++) a[j] = _mm512_set1_ps((float)j);
-    for (long i = 0; i < iters; i++)
-#pragma GCC unroll 16
-        for (int j = 0; j < 16; j++) a[j] = _mm512_fmadd_ps(a[j], m, c);
-    __m512 s = a[0];
-    for (int j = 1; j < 16; j++) s = _mm512_add_ps(s, a[j]);
-    return _mm512_reduce_add_ps(s);
-}
-
-__attribute__((target("avx2,fma"))) static float peak256(long iters) {
-    __m256 a[12], m = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-3f);
-    for (int j = 0; j < 12; j++) a[j] = _mm256_set1_ps((float)j);
-    for (long i = 0; i < iters; i++)
-#pragma GCC unroll 12
-        for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(a[j], m, c);
-    __m256 s = a[0];
-    for (int j = 1; j < 12; j++) s = _mm256_add_ps(s, a[j]);
-    float l[8];
-    _mm256_storeu_ps(l, s);
-    return l[0];
-}
+// Independent FMA chains per thread (src/kernels/cpu/probe.c): the tile's ceiling.
 
 static volatile float g_sink;
 static void peak_job(team *tm, int tid) {
     lm_isa isa = *(lm_isa *)tm->arg;
-    g_sink = isa == LM_ISA_AVX512 ? peak512(20000000) : peak256(20000000);
+    g_sink = lm_fma_chain(isa, 20000000);
 }
 
 static double fma_peak(lm_isa isa, int nthr) {  // GFLOP/s
     if (isa == LM_ISA_SCALAR) return 0;
     double t = team_run(nthr, 3, peak_job, &isa, NULL);
-    double flops = isa == LM_ISA_AVX512 ? 20000000.0 * 16 * 16 * 2 : 20000000.0 * 12 * 8 * 2;
+    double flops = lm_fma_chain_flops(isa, 20000000);
     return flops * nthr / t * 1e-9;
 }
 

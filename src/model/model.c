@@ -314,6 +314,7 @@ void lm_model_get_info(const lm_model *md, lm_model_info *o) {
     o->dense_intermediate = c->n_moe_layers < c->n_layers ? c->dense_inter : 0;
     o->shared_intermediate = c->shared_inter;
     o->max_positions = c->max_pos;
+    o->tie_embeddings = c->tie_embeddings;
     o->n_params_total = md->n_params;
     o->n_params_active = md->n_params_active;
     o->bytes_f32 = md->bytes_dt[LM_DT_F32];

@@ -79,4 +79,11 @@ void lm_axpy_f32_avx512(float *y, float a, const float *x, int n);
 // True if this CPU (and OS) can run `isa`.
 int lm_cpu_isa_supported(lm_isa isa);
 
+// Probe kernels (src/kernels/cpu/probe.c), shared by `lightmoe bench` and the
+// kernel lab: a 4-stream read of `bytes` (returns a checksum), and
+// independent FMA chains with the flop count they perform.
+uint64_t lm_read_sum(const void *p, size_t bytes);
+float lm_fma_chain(lm_isa isa, long iters);
+double lm_fma_chain_flops(lm_isa isa, long iters);
+
 #endif
