@@ -9,6 +9,7 @@ int cmd_logits(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
 
 // The model shipped in the repo (models/ beside build/), used when -m is absent.
 // Returns NULL (after printing why) when it cannot be found.

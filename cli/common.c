@@ -16,11 +16,11 @@ const char *cli_default_model(void) {
         exe[n] = 0;
         char *slash = strrchr(exe, '/');
         if (slash) *slash = 0;  // .../build
-        snprintf(path, sizeof path, "%s/../models/tiny-random-mixtral", exe);
+        snprintf(path, sizeof path, "%s/../models/sotu-moe", exe);
         if (access(path, R_OK) == 0) return path;
     }
     fprintf(stderr, "lightmoe: no -m given and the shipped model was not found at %s "
-            "(set LIGHTMOE_MODEL or pass -m DIR)\n", n > 0 ? path : "models/tiny-random-mixtral");
+            "(set LIGHTMOE_MODEL or pass -m DIR)\n", n > 0 ? path : "models/sotu-moe");
     return NULL;
 }
 

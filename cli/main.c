@@ -14,7 +14,8 @@ static const char *usage =
     "  logits     write the logits of a list of token ids (verification interface)\n"
     "  tokenize   print the token ids of a text\n"
     "  info       describe a checkpoint: architecture, parameters, memory\n"
-    "  bench      measure prefill and decode throughput against the memory-bandwidth bound\n"
+    "  perplexity score a text file: exp(mean negative log-likelihood), optional expert statistics\n"
+    "  bench      measure prefill and decode throughput against the machine's rooflines\n"
     "\n"
     "supported architectures: MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM,\n"
     "OlmoeForCausalLM (bf16, f16 or f32 safetensors, single file or sharded)\n";
@@ -30,6 +31,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "perplexity")) return cmd_perplexity(argc - 1, argv + 1);
     fprintf(stderr, "lightmoe: unknown command '%s'\n\n%s", cmd, usage);
     return EXIT_USAGE;
 }

@@ -152,6 +152,12 @@ const float *lm_get_logits(const lm_context *ctx, int j);
 
 int lm_seq_len(const lm_context *ctx, int seq);  // -1 for an invalid id
 lm_model *lm_context_model(const lm_context *ctx);
+
+// Routing statistics: [n_layers][n_experts] counts of tokens sent to each
+// expert by lm_decode since the context was made or last reset (dense layers
+// stay 0). Hot and cold experts show here.
+const uint64_t *lm_expert_counts(const lm_context *ctx);
+void lm_expert_counts_reset(lm_context *ctx);
 lm_context_params lm_context_get_params(const lm_context *ctx);
 void lm_seq_clear(lm_context *ctx, int seq);
 

@@ -85,6 +85,11 @@ expect "prompts not JSON" 1 "q.jsonl:1" -- $BIN generate --prompts $T/q.jsonl
 expect "missing tokenizer file" 1 "nope.json" -- $BIN tokenize --tokenizer $T/nope.json hello
 printf '{"model": {"type": "WordPiece", "vocab": {}}}' > $T/wp.json
 expect "unsupported tokenizer model" 1 "WordPiece" -- $BIN tokenize --tokenizer $T/wp.json hello
+expect "perplexity: missing text file" 1 "nope.txt: cannot open" -- $BIN perplexity --file $T/nope.txt
+printf 'x' > $T/one.txt
+expect "perplexity: text too short" 1 "fewer than 2 tokens" -- $BIN perplexity --file $T/one.txt
+expect "perplexity: --ctx beyond the model" 1 "exceeds the model" -- $BIN perplexity --file models/sotu-moe/heldout.txt --ctx 100000
+expect "perplexity: no --file" 2 "--file is required" -- $BIN perplexity
 expect "bad synthetic layer count" 2 "layer count" -- $BIN bench --synthetic $FIX/config.json:0
 
 # The checkpoint must not be modified by any of this.

@@ -24,6 +24,7 @@ struct lm_context {
     float *tmp;    // [n_batch][hidden]
     float *logits; // [n_batch][vocab]
     int *pos, *seq, *logit_tok;  // [n_batch]
+    uint64_t *expert_counts;     // [n_layers][n_experts] tokens routed since init/reset
     int n_logits;
 };
 
@@ -36,7 +37,7 @@ void lm_context_free(lm_context *ctx) {
     if (ctx->ex) ctx->ex->ops->free(ctx->ex);
     void *bufs[] = {ctx->seq_len, ctx->kcache, ctx->vcache, ctx->rope_cos, ctx->rope_sin, ctx->x, ctx->xn,
                     ctx->q, ctx->k, ctx->v, ctx->att, ctx->tmp, ctx->logits, ctx->pos, ctx->seq,
-                    ctx->logit_tok};
+                    ctx->logit_tok, ctx->expert_counts};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(ctx);
 }
@@ -93,9 +94,10 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     ctx->pos = lm_malloc(nb * sizeof(int));
     ctx->seq = lm_malloc(nb * sizeof(int));
     ctx->logit_tok = lm_malloc(nb * sizeof(int));
+    ctx->expert_counts = lm_calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof(uint64_t));
     if (!ctx->seq_len || !ctx->kcache || !ctx->vcache || !ctx->rope_cos || !ctx->rope_sin || !ctx->x ||
         !ctx->xn || !ctx->q || !ctx->k || !ctx->v || !ctx->att || !ctx->tmp || !ctx->logits || !ctx->pos ||
-        !ctx->seq || !ctx->logit_tok) {
+        !ctx->seq || !ctx->logit_tok || !ctx->expert_counts) {
         lm_context_free(ctx);
         return lm_err(LM_ERR_OOM, "cannot allocate a context of %d sequences x %d tokens (KV cache %.2f GB)",
                       p.n_seq, p.n_ctx, 2.0 * (double)cache * 4 / 1e9);
@@ -108,6 +110,13 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     rope_tables(ctx);
     *out = ctx;
     return LM_OK;
+}
+
+const uint64_t *lm_expert_counts(const lm_context *ctx) { return ctx->expert_counts; }
+
+void lm_expert_counts_reset(lm_context *ctx) {
+    const lm_config *c = &ctx->model->cfg;
+    memset(ctx->expert_counts, 0, (size_t)c->n_layers * (size_t)c->n_experts * sizeof(uint64_t));
 }
 
 int lm_seq_len(const lm_context *ctx, int seq) {
@@ -214,7 +223,8 @@ lm_status lm_decode(lm_context *ctx, const lm_batch *b) {
         for (size_t i = 0; i < (size_t)n * H; i++) ctx->x[i] += ctx->tmp[i];
         // --- feed-forward: routed experts (+ shared) or dense MLP
         op->rmsnorm(ex, &w->ffn_norm, ctx->x, n, H, c->rms_eps, ctx->xn);
-        lm_moe_args ma = {c, w, ctx->xn, n, ctx->tmp};
+        lm_moe_args ma = {c, w, ctx->xn, n, ctx->tmp,
+                          c->layer_moe[l] ? ctx->expert_counts + (size_t)l * c->n_experts : NULL};
         op->ffn(ex, &ma);
         for (size_t i = 0; i < (size_t)n * H; i++) ctx->x[i] += ctx->tmp[i];
     }

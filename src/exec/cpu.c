@@ -286,6 +286,8 @@ static void cpu_ffn(lm_exec *ex, const lm_moe_args *a) {
     }
     c->offset[0] = 0;
     for (int e = 0; e < E; e++) c->offset[e + 1] = c->offset[e] + c->count[e];
+    if (a->expert_counts)
+        for (int e = 0; e < E; e++) a->expert_counts[e] += (uint64_t)c->count[e];
     // Pack each expert's tokens contiguously (expert-sorted permutation).
     int fill[E];
     memcpy(fill, c->offset, (size_t)E * sizeof *fill);

@@ -27,6 +27,7 @@ typedef struct lm_moe_args {
     const float *x;         // [n][hidden], normalised input
     int n;
     float *out;             // [n][hidden]
+    uint64_t *expert_counts; // [n_experts] routing counts to add to, or NULL
 } lm_moe_args;
 
 typedef struct lm_exec_ops {

@@ -4,7 +4,7 @@
 #include "lightmoe.h"
 #include "testlib.h"
 
-#define MODEL "models/tiny-random-mixtral"
+#define MODEL "models/sotu-moe"
 
 static void test_sampler(void) {
     float logits[4] = {0.0f, logf(3.0f), -1.0f, -2.0f};

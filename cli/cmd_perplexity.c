@@ -1,0 +1,172 @@
+// lightmoe perplexity: the standard quality check for kernels and
+// quantisation — exp(mean negative log-likelihood) of a text file.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const char *help =
+    "usage: lightmoe perplexity [-m DIR] --file TEXT [--ctx N] [--expert-stats]\n"
+    "\n"
+    "Tokenizes TEXT (no BOS/EOS added), cuts the ids into non-overlapping windows of N\n"
+    "tokens (default 512) and runs each window as a fresh sequence. Every token after the\n"
+    "first of its window is predicted from the ones before it in the window; the result\n"
+    "is exp(mean negative log-likelihood) over those predictions (natural log).\n"
+    "\n"
+    "  -m, --model DIR    checkpoint directory (default: the model shipped in models/)\n"
+    "  --file PATH        UTF-8 text to score\n"
+    "  --ctx N            window length in tokens (default 512)\n"
+    "  --max-windows N    score only the first N windows\n"
+    "  --expert-stats     print, per MoE layer, the share of routed tokens each expert got\n"
+    "  -t, --threads N    CPU threads (default: all cores)\n";
+
+int cmd_perplexity(int argc, char **argv) {
+    args a = {argc, 1, argv, "perplexity", false};
+    const char *dir = NULL, *file = NULL;
+    int ctx_len = 512, threads = 0, max_windows = 0;
+    bool stats = false;
+    for (; a.i < argc && !a.failed; a.i++) {
+        if (arg_flag(&a, "--help", "-h")) {
+            fputs(help, stdout);
+            return 0;
+        }
+        if (arg_val(&a, "--model", "-m", &dir) || arg_val(&a, "--file", "-f", &file) ||
+            arg_int(&a, "--ctx", NULL, 2, 1 << 20, &ctx_len) || arg_int(&a, "--threads", "-t", 1, 1024, &threads) ||
+            arg_int(&a, "--max-windows", NULL, 1, 1 << 30, &max_windows))
+            continue;
+        if (arg_flag(&a, "--expert-stats", NULL)) stats = true;
+        else arg_fail(&a, "unknown option '%s'", argv[a.i]);
+    }
+    if (!a.failed && !file) arg_fail(&a, "--file is required");
+    if (a.failed) return EXIT_USAGE;
+    if (!dir && !(dir = cli_default_model())) return 1;
+
+    int rc = 0;
+    char *text = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    lm_model *model = NULL;
+    lm_tokenizer *tok = NULL;
+    lm_context *ctx = NULL;
+    lm_status st;
+    FILE *f = fopen(file, "rb");
+    if (!f) {
+        fprintf(stderr, "lightmoe perplexity: %s: cannot open\n", file);
+        return 1;
+    }
+    size_t cap = 1 << 16, len = 0, got;
+    text = malloc(cap + 1);
+    while (text && (got = fread(text + len, 1, cap - len, f)) > 0) {
+        len += got;
+        if (len == cap) {
+            char *t = realloc(text, (cap *= 2) + 1);
+            if (!t) free(text);
+            text = t;
+        }
+    }
+    fclose(f);
+    if (!text) {
+        fprintf(stderr, "lightmoe perplexity: %s: out of memory\n", file);
+        return 1;
+    }
+    text[len] = 0;
+
+    char tpath[4096];
+    snprintf(tpath, sizeof tpath, "%s/tokenizer.json", dir);
+    if ((st = lm_tokenizer_load(tpath, &tok))) {
+        rc = cli_error("perplexity", st);
+        goto done;
+    }
+    if ((st = lm_tokenize(tok, text, len, false, &ids, &n_ids))) {
+        fprintf(stderr, "lightmoe perplexity: %s: %s\n", file, lm_last_error());
+        rc = 1;
+        goto done;
+    }
+    if (n_ids < 2) {
+        fprintf(stderr, "lightmoe perplexity: %s: fewer than 2 tokens, nothing to predict\n", file);
+        rc = 1;
+        goto done;
+    }
+    if ((rc = cli_load_model("perplexity", dir, NULL, threads, &model))) goto done;
+    lm_model_info mi;
+    lm_model_get_info(model, &mi);
+    if (ctx_len > mi.max_positions) {
+        fprintf(stderr, "lightmoe perplexity: --ctx %d exceeds the model's %d positions\n", ctx_len, mi.max_positions);
+        rc = 1;
+        goto done;
+    }
+    // Logits of a chunk are [chunk][vocab] floats: keep that under ~256 MB.
+    int chunk = ctx_len;
+    while (chunk > 16 && (double)chunk * mi.vocab * 4 > 256e6) chunk /= 2;
+    lm_context_params cp = lm_context_default_params();
+    cp.n_seq = 1;
+    cp.n_ctx = ctx_len;
+    cp.n_batch = chunk;
+    if ((st = lm_context_init(model, &cp, &ctx))) {
+        rc = cli_error("perplexity", st);
+        goto done;
+    }
+    int32_t *seq = calloc((size_t)chunk, sizeof *seq);
+    size_t n_windows = (n_ids + (size_t)ctx_len - 1) / (size_t)ctx_len;
+    if (max_windows && n_windows > (size_t)max_windows) n_windows = (size_t)max_windows;
+    double nll = 0;
+    long n_pred = 0;
+    bool tty = isatty(2);  // progress only for a person watching
+    for (size_t w = 0; w < n_windows && !st && seq; w++) {
+        size_t w0 = w * (size_t)ctx_len, wn = n_ids - w0 < (size_t)ctx_len ? n_ids - w0 : (size_t)ctx_len;
+        if (wn < 2) break;
+        lm_seq_clear(ctx, 0);
+        for (size_t c0 = 0; c0 < wn && !st; c0 += (size_t)chunk) {
+            int n = (int)(wn - c0 < (size_t)chunk ? wn - c0 : (size_t)chunk);
+            lm_batch b = {n, ids + w0 + c0, seq, NULL};
+            if ((st = lm_decode(ctx, &b))) break;
+            for (int i = 0; i < n; i++) {
+                size_t p = c0 + (size_t)i;  // position in the window; predicts p + 1
+                if (p + 1 >= wn) break;
+                const float *lg = lm_get_logits(ctx, i);
+                double mx = lg[0], s = 0;
+                for (int v = 1; v < mi.vocab; v++) mx = lg[v] > mx ? lg[v] : mx;
+                for (int v = 0; v < mi.vocab; v++) s += exp((double)lg[v] - mx);
+                nll += mx + log(s) - (double)lg[ids[w0 + p + 1]];
+                n_pred++;
+            }
+        }
+        if (tty) fprintf(stderr, "\rwindow %zu/%zu  perplexity so far %.4f", w + 1, n_windows, exp(nll / (double)n_pred));
+    }
+    if (tty) fprintf(stderr, "\n");
+    free(seq);
+    if (st) {
+        rc = cli_error("perplexity", st);
+        goto done;
+    }
+    printf("perplexity %.4f over %ld predicted tokens (%zu tokens in %zu windows of %d)\n", exp(nll / (double)n_pred),
+           n_pred, n_ids, n_windows, ctx_len);
+    if (stats && mi.n_moe_layers > 0) {
+        const uint64_t *cnt = lm_expert_counts(ctx);
+        printf("expert routing share (%% of routed tokens) per MoE layer:\n");
+        for (int l = 0; l < mi.n_layers; l++) {
+            const uint64_t *row = cnt + (size_t)l * mi.n_experts;
+            uint64_t tot = 0, mx = 0, mn = UINT64_MAX;
+            for (int e = 0; e < mi.n_experts; e++) {
+                tot += row[e];
+                mx = row[e] > mx ? row[e] : mx;
+                mn = row[e] < mn ? row[e] : mn;
+            }
+            if (!tot) continue;
+            printf("  layer %2d:", l);
+            for (int e = 0; e < mi.n_experts && e < 64; e++) printf(" %5.1f", 100.0 * (double)row[e] / (double)tot);
+            if (mi.n_experts > 64) printf(" ...");
+            printf("   (max/min %.1f)\n", mn ? (double)mx / (double)mn : INFINITY);
+        }
+    }
+done:
+    free(text);
+    free(ids);
+    lm_context_free(ctx);
+    lm_model_free(model);
+    lm_tokenizer_free(tok);
+    return rc;
+}
