@@ -231,6 +231,7 @@ int cmd_generate(int argc, char **argv) {
     } else {
         fputc('\n', stdout);
     }
+    fflush(stdout);  // the text before the statistics on stderr
     fprintf(stderr, "[%d prompt(s): %ld prompt tokens, %ld generated in %.2f s: %.1f tok/s overall]\n", prompts.n,
             n_prompt, n_gen, dt, dt > 0 ? (double)(n_prompt + n_gen) / dt : 0.0);
 
