@@ -6,6 +6,9 @@
 // other sequences in its batch, and that prefill in chunks equals one batch.
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "lightmoe.h"
 #include "testlib.h"
@@ -56,12 +59,45 @@ static double rel_l2(const float *a, const float *b, size_t n) {
     return sqrt(num / (den > 0 ? den : 1));
 }
 
+extern char **environ;
+
+// `lightmoe logits -m DIR --ids ... --out FILE`, the verification interface,
+// run as a user would (no shell) and its file compared with the reference.
+static void check_cli(const char *dir, const ref_t *r) {
+    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
+    char bin[512], ids[4096], out[] = "/tmp/lm_golden_XXXXXX";
+    snprintf(bin, sizeof bin, "%s/lightmoe", build);
+    size_t w = 0;
+    for (int i = 0; i < r->n_ids; i++) w += (size_t)snprintf(ids + w, sizeof ids - w, "%s%d", i ? "," : "", r->ids[i]);
+    int fd = mkstemp(out);
+    CHECK(fd >= 0);
+    if (fd < 0) return;
+    close(fd);
+    char *argv[] = {bin, "logits", "-m", (char *)dir, "--ids", ids, "--out", out, NULL};
+    pid_t pid;
+    int status = -1;
+    if (posix_spawn(&pid, bin, NULL, NULL, argv, environ) == 0) waitpid(pid, &status, 0);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s logits -m %s failed", bin, dir);
+    char *buf;
+    size_t len;
+    if (lm_read_file(out, 64 << 20, &buf, &len) == LM_OK) {
+        CHECK_MSG(len == (size_t)r->n_ids * r->vocab * sizeof(float), "%s: %zu bytes", out, len);
+        if (len == (size_t)r->n_ids * r->vocab * sizeof(float)) {
+            double err = rel_l2((const float *)buf, r->logits, (size_t)r->n_ids * r->vocab);
+            CHECK_MSG(err <= 1e-3, "%s: CLI logits relative L2 error %g > 1e-3", dir, err);
+        }
+        free(buf);
+    }
+    unlink(out);
+}
+
 static void check_fixture(const char *name) {
     char dir[512];
     snprintf(dir, sizeof dir, "tests/fixtures/%s", name);
     ref_t r = {0};
     CHECK_MSG(load_ref(dir, &r), "%s: cannot read reference files", dir);
     if (!r.logits) return;
+    check_cli(dir, &r);
     lm_model *m = NULL;
     lm_model_params mp = lm_model_default_params();
     mp.n_threads = 2;
