@@ -19,6 +19,8 @@ const char *cli_default_model(void);
 int cli_error(const char *cmd, lm_status st);
 
 // Loads a checkpoint dir, or a synthetic model for "CONFIG.json[:LAYERS]".
-int cli_load_model(const char *cmd, const char *dir, const char *synthetic, int threads, lm_model **out);
+// `seed` only matters for synthetic weights.
+int cli_load_model(const char *cmd, const char *dir, const char *synthetic, int threads, uint64_t seed,
+                   lm_model **out);
 
 #endif

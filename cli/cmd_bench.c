@@ -59,11 +59,10 @@ int cmd_bench(int argc, char **argv) {
     if (!a.failed && dir && syn) arg_fail(&a, "give -m DIR or --synthetic CONFIG, not both");
     if (a.failed) return EXIT_USAGE;
     if (!dir && !syn && !(dir = cli_default_model())) return 1;
-    (void)seed;
 
     lm_model *model;
     double t_load = now_s();
-    int rc = cli_load_model("bench", dir, syn, threads, &model);
+    int rc = cli_load_model("bench", dir, syn, threads, seed, &model);
     if (rc) return rc;
     t_load = now_s() - t_load;
     lm_model_info mi;

@@ -159,7 +159,7 @@ int cmd_generate(int argc, char **argv) {
     snprintf(tpath, sizeof tpath, "%s/tokenizer.json", model_dir);
     lm_status st;
     if (!rc && (st = lm_tokenizer_load(tpath, &tok))) rc = cli_error("generate", st);
-    if (!rc) rc = cli_load_model("generate", model_dir, NULL, threads, &model);
+    if (!rc) rc = cli_load_model("generate", model_dir, NULL, threads, 0, &model);
     if (rc) goto done;
 
     // Size the KV cache for what these prompts need, not the model's maximum.

@@ -63,7 +63,7 @@ int cmd_logits(int argc, char **argv) {
     lm_model *model = NULL;
     lm_context *ctx = NULL;
     FILE *f = NULL;
-    int rc = cli_load_model("logits", dir, NULL, threads, &model);
+    int rc = cli_load_model("logits", dir, NULL, threads, 0, &model);
     if (rc) goto done;
     lm_model_info mi;
     lm_model_get_info(model, &mi);
@@ -174,7 +174,7 @@ int cmd_info(int argc, char **argv) {
     if (!a.failed && !!dir == !!syn) arg_fail(&a, "give exactly one of -m DIR or --synthetic CONFIG");
     if (a.failed) return EXIT_USAGE;
     lm_model *model;
-    int rc = cli_load_model("info", dir, syn, 1, &model);
+    int rc = cli_load_model("info", dir, syn, 1, 0, &model);
     if (rc) return rc;
     lm_model_info mi;
     lm_model_get_info(model, &mi);

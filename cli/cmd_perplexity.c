@@ -90,7 +90,7 @@ int cmd_perplexity(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    if ((rc = cli_load_model("perplexity", dir, NULL, threads, &model))) goto done;
+    if ((rc = cli_load_model("perplexity", dir, NULL, threads, 0, &model))) goto done;
     lm_model_info mi;
     lm_model_get_info(model, &mi);
     if (ctx_len > mi.max_positions) {

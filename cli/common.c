@@ -30,12 +30,14 @@ int cli_error(const char *cmd, lm_status st) {
     return 1;
 }
 
-int cli_load_model(const char *cmd, const char *dir, const char *synthetic, int threads, lm_model **out) {
+int cli_load_model(const char *cmd, const char *dir, const char *synthetic, int threads, uint64_t seed,
+                   lm_model **out) {
     lm_model_params mp = lm_model_default_params();
     mp.n_threads = threads;
     lm_status st;
     if (synthetic) {
         lm_synthetic_params sp = lm_synthetic_default_params();
+        sp.seed = seed;
         char cfg[PATH_MAX];
         snprintf(cfg, sizeof cfg, "%s", synthetic);
         char *colon = strrchr(cfg, ':');

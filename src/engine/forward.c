@@ -24,6 +24,7 @@ struct lm_context {
     float *tmp;    // [n_batch][hidden]
     float *logits; // [n_batch][vocab]
     int *pos, *seq, *logit_tok;  // [n_batch]
+    int *seq_add;                // [n_seq] scratch for batch validation
     uint64_t *expert_counts;     // [n_layers][n_experts] tokens routed since init/reset
     int n_logits;
 };
@@ -37,7 +38,7 @@ void lm_context_free(lm_context *ctx) {
     if (ctx->ex) ctx->ex->ops->free(ctx->ex);
     void *bufs[] = {ctx->seq_len, ctx->kcache, ctx->vcache, ctx->rope_cos, ctx->rope_sin, ctx->x, ctx->xn,
                     ctx->q, ctx->k, ctx->v, ctx->att, ctx->tmp, ctx->logits, ctx->pos, ctx->seq,
-                    ctx->logit_tok, ctx->expert_counts};
+                    ctx->logit_tok, ctx->expert_counts, ctx->seq_add};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(ctx);
 }
@@ -79,6 +80,7 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     ctx->p = p;
     size_t nb = (size_t)p.n_batch, H = (size_t)c->hidden;
     ctx->seq_len = lm_calloc((size_t)p.n_seq, sizeof(int));
+    ctx->seq_add = lm_calloc((size_t)p.n_seq, sizeof(int));
     ctx->kcache = lm_aligned_alloc(64, cache * sizeof(float));
     ctx->vcache = lm_aligned_alloc(64, cache * sizeof(float));
     ctx->rope_cos = lm_malloc((size_t)p.n_ctx * (size_t)(c->head_dim / 2) * sizeof(float));
@@ -95,7 +97,7 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     ctx->seq = lm_malloc(nb * sizeof(int));
     ctx->logit_tok = lm_malloc(nb * sizeof(int));
     ctx->expert_counts = lm_calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof(uint64_t));
-    if (!ctx->seq_len || !ctx->kcache || !ctx->vcache || !ctx->rope_cos || !ctx->rope_sin || !ctx->x ||
+    if (!ctx->seq_len || !ctx->seq_add || !ctx->kcache || !ctx->vcache || !ctx->rope_cos || !ctx->rope_sin || !ctx->x ||
         !ctx->xn || !ctx->q || !ctx->k || !ctx->v || !ctx->att || !ctx->tmp || !ctx->logits || !ctx->pos ||
         !ctx->seq || !ctx->logit_tok || !ctx->expert_counts) {
         lm_context_free(ctx);
@@ -159,8 +161,7 @@ static lm_status check_batch(const lm_context *ctx, const lm_batch *b) {
     if (b->n_tokens > ctx->p.n_batch)
         return lm_err(LM_ERR_INVALID_ARG, "batch of %d tokens exceeds the context's batch size %d", b->n_tokens,
                       ctx->p.n_batch);
-    int *add = calloc((size_t)ctx->p.n_seq, sizeof(int));
-    if (!add) return lm_err(LM_ERR_OOM, "out of memory");
+    int *add = ctx->seq_add;
     lm_status st = LM_OK;
     for (int i = 0; i < b->n_tokens && !st; i++) {
         if (b->tokens[i] < 0 || b->tokens[i] >= c->vocab)
@@ -172,7 +173,8 @@ static lm_status check_batch(const lm_context *ctx, const lm_batch *b) {
             st = lm_err(LM_ERR_RANGE, "sequence %d would exceed the context length of %d tokens", b->seq[i],
                         ctx->p.n_ctx);
     }
-    free(add);
+    for (int i = 0; i < b->n_tokens; i++)  // reset only what was touched
+        if (b->seq[i] >= 0 && b->seq[i] < ctx->p.n_seq) add[b->seq[i]] = 0;
     return st;
 }
 

@@ -118,7 +118,10 @@ static lm_status accept_token(gen_seq *g, int i, int32_t t, const lm_gen_params 
         finish(g, r, LM_FINISH_LENGTH, i, cb, user);
         return LM_OK;
     }
-    if (!emit(g, i, g->len - held_back(g, p), cb, user)) finish(g, r, LM_FINISH_STOP, i, cb, user);
+    if (!emit(g, i, g->len - held_back(g, p), cb, user)) {  // the caller asked to stop: say nothing more
+        g->done = true;
+        r->finish = LM_FINISH_STOP;
+    }
     return LM_OK;
 }
 
