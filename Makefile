@@ -36,7 +36,7 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test testdata clean fuzz
+.PHONY: all test testdata clean fuzz dev-tools
 all: $(BUILD)/lightmoe $(BUILD)/liblightmoe.a
 
 $(BUILD)/%.o: %.c
@@ -76,3 +76,9 @@ clean:
 	rm -rf build build-san build-fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# Developer tools (not part of `all`): synthetic checkpoints on disk.
+dev-tools: $(BUILD)/dev/make_synthetic_checkpoint
+$(BUILD)/dev/make_synthetic_checkpoint: dev/make_synthetic_checkpoint.c $(BUILD)/liblightmoe.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/liblightmoe.a $(LDLIBS)

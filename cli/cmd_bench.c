@@ -23,8 +23,7 @@ static const char *help =
     "  --batch B        sequences decoded together (default 1)\n"
     "  --prompt-len S   prompt tokens per sequence (default 128)\n"
     "  --gen-len N      decode steps (default 32)\n"
-    "  -t, --threads N  CPU threads (default: all cores)\n"
-    "  --seed S         seed of the synthetic weights (default 1234)\n";
+    "  --seed S         seed of the synthetic weights (default 1234)\n" CLI_MODEL_OPTS_HELP;
 
 static double now_s(void) {
     struct timespec ts;
@@ -42,8 +41,8 @@ static int32_t argmax(const float *v, int n) {
 int cmd_bench(int argc, char **argv) {
     args a = {argc, 1, argv, "bench", false};
     const char *dir = NULL, *syn = NULL;
-    int batch = 1, plen = 128, glen = 32, threads = 0;
-    uint64_t seed = 1234;
+    int batch = 1, plen = 128, glen = 32;
+    cli_model_opts mo = {.seed = lm_synthetic_default_params().seed};
     for (; a.i < argc && !a.failed; a.i++) {
         if (arg_flag(&a, "--help", "-h")) {
             fputs(help, stdout);
@@ -51,8 +50,8 @@ int cmd_bench(int argc, char **argv) {
         }
         if (arg_val(&a, "--model", "-m", &dir) || arg_val(&a, "--synthetic", NULL, &syn) ||
             arg_int(&a, "--batch", "-b", 1, 4096, &batch) || arg_int(&a, "--prompt-len", NULL, 1, 1 << 20, &plen) ||
-            arg_int(&a, "--gen-len", NULL, 0, 1 << 20, &glen) || arg_int(&a, "--threads", "-t", 1, 1024, &threads) ||
-            arg_u64(&a, "--seed", NULL, &seed))
+            arg_int(&a, "--gen-len", NULL, 0, 1 << 20, &glen) || cli_model_opt(&a, &mo) ||
+            arg_u64(&a, "--seed", NULL, &mo.seed))
             continue;
         arg_fail(&a, "unknown option '%s'", argv[a.i]);
     }
@@ -62,7 +61,7 @@ int cmd_bench(int argc, char **argv) {
 
     lm_model *model;
     double t_load = now_s();
-    int rc = cli_load_model("bench", dir, syn, threads, seed, &model);
+    int rc = cli_load_model("bench", dir, syn, &mo, &model);
     if (rc) return rc;
     t_load = now_s() - t_load;
     lm_model_info mi;
@@ -73,7 +72,7 @@ int cmd_bench(int argc, char **argv) {
         lm_model_free(model);
         return 1;
     }
-    int n_threads = threads;
+    int n_threads = mo.threads;
     if (n_threads <= 0) {
         n_threads = 0;
         cpu_set_t set;
@@ -166,8 +165,8 @@ int cmd_bench(int argc, char **argv) {
     printf("model            %s%s%s, %d layers, %.3g params (%.3g active), %.2f GB weights\n", mi.architecture,
            syn ? " synthetic " : " ", syn ? syn : dir, mi.n_layers, (double)mi.n_params_total,
            (double)mi.n_params_active, wbytes / 1e9);
-    printf("setup            batch %d, prompt %d, gen %d, %d threads, load %.2f s\n", batch, plen, glen, n_threads,
-           t_load);
+    printf("setup            batch %d, prompt %d, gen %d, %d threads, load %.2f s, weights %s\n", batch, plen, glen,
+           n_threads, t_load, mi.weights_mmapped ? "mmap'ed" : "in huge-page memory");
     printf("machine          read bandwidth %.1f GB/s, FMA peak %.0f GFLOP/s (measured, %d threads)\n", bw / 1e9,
            peak / 1e9, n_threads);
     printf("prefill          %8.1f tok/s  compute bound %.1f tok/s (%.1f GFLOP / %.0f GFLOP/s) = %.0f%% of bound\n",

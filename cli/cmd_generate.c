@@ -27,8 +27,7 @@ static const char *help =
     "      --stop STR      stop when STR is generated (not printed); repeatable\n"
     "      --ignore-eos    keep going after the end-of-sequence token\n"
     "      --no-special    do not add BOS/special tokens to the prompt\n"
-    "  -t, --threads N     CPU threads (default: all cores)\n"
-    "      --batch N       max tokens per forward pass during prefill (default 512)\n";
+    "      --batch N       max tokens per forward pass during prefill (default 512)\n" CLI_MODEL_OPTS_HELP;
 
 typedef struct {
     char **items;
@@ -112,7 +111,8 @@ int cmd_generate(int argc, char **argv) {
     args a = {argc, 1, argv, "generate", false};
     const char *model_dir = NULL, *prompt = NULL, *prompts_file = NULL, *out_path = NULL, *v;
     lm_gen_params gp = lm_gen_default_params();
-    int threads = 0, batch = 512;
+    int batch = 512;
+    cli_model_opts mo = {0};
     strlist stops = {0}, prompts = {0};
     for (; a.i < argc && !a.failed; a.i++) {
         if (arg_flag(&a, "--help", "-h")) {
@@ -125,7 +125,7 @@ int cmd_generate(int argc, char **argv) {
             arg_float(&a, "--temp", NULL, 0, 100, &gp.sampler.temperature) ||
             arg_int(&a, "--top-k", NULL, 0, 1 << 24, &gp.sampler.top_k) ||
             arg_float(&a, "--top-p", NULL, 1e-6, 1, &gp.sampler.top_p) ||
-            arg_u64(&a, "--seed", NULL, &gp.sampler.seed) || arg_int(&a, "--threads", "-t", 1, 1024, &threads) ||
+            arg_u64(&a, "--seed", NULL, &gp.sampler.seed) || cli_model_opt(&a, &mo) ||
             arg_int(&a, "--batch", NULL, 1, 65536, &batch))
             continue;
         if (arg_val(&a, "--stop", NULL, &v)) {
@@ -159,7 +159,7 @@ int cmd_generate(int argc, char **argv) {
     snprintf(tpath, sizeof tpath, "%s/tokenizer.json", model_dir);
     lm_status st;
     if (!rc && (st = lm_tokenizer_load(tpath, &tok))) rc = cli_error("generate", st);
-    if (!rc) rc = cli_load_model("generate", model_dir, NULL, threads, 0, &model);
+    if (!rc) rc = cli_load_model("generate", model_dir, NULL, &mo, &model);
     if (rc) goto done;
 
     // Size the KV cache for what these prompts need, not the model's maximum.

@@ -7,11 +7,11 @@
 #include "cli.h"
 
 static const char *logits_help =
-    "usage: lightmoe logits -m DIR --ids 1,2,3 --out FILE [--threads N]\n"
+    "usage: lightmoe logits -m DIR --ids 1,2,3 --out FILE [options]\n"
     "\n"
     "Runs the ids as one prompt and writes the logits of every position as raw\n"
     "little-endian float32, row-major [n_ids, vocab]. Needs only config.json and the\n"
-    "weights (no tokenizer). This is the interface the golden tests verify.\n";
+    "weights (no tokenizer). This is the interface the golden tests verify.\n\n" CLI_MODEL_OPTS_HELP;
 
 static int parse_ids(const char *s, int32_t **ids, int *n) {
     int cap = 16;
@@ -40,14 +40,14 @@ static int parse_ids(const char *s, int32_t **ids, int *n) {
 int cmd_logits(int argc, char **argv) {
     args a = {argc, 1, argv, "logits", false};
     const char *dir = NULL, *ids_s = NULL, *out_path = NULL;
-    int threads = 0;
+    cli_model_opts mo = {0};
     for (; a.i < argc && !a.failed; a.i++) {
         if (arg_flag(&a, "--help", "-h")) {
             fputs(logits_help, stdout);
             return 0;
         }
         if (arg_val(&a, "--model", "-m", &dir) || arg_val(&a, "--ids", NULL, &ids_s) ||
-            arg_val(&a, "--out", "-o", &out_path) || arg_int(&a, "--threads", "-t", 1, 1024, &threads))
+            arg_val(&a, "--out", "-o", &out_path) || cli_model_opt(&a, &mo))
             continue;
         arg_fail(&a, "unknown option '%s'", argv[a.i]);
     }
@@ -63,7 +63,7 @@ int cmd_logits(int argc, char **argv) {
     lm_model *model = NULL;
     lm_context *ctx = NULL;
     FILE *f = NULL;
-    int rc = cli_load_model("logits", dir, NULL, threads, 0, &model);
+    int rc = cli_load_model("logits", dir, NULL, &mo, &model);
     if (rc) goto done;
     lm_model_info mi;
     lm_model_get_info(model, &mi);
@@ -174,7 +174,8 @@ int cmd_info(int argc, char **argv) {
     if (!a.failed && !!dir == !!syn) arg_fail(&a, "give exactly one of -m DIR or --synthetic CONFIG");
     if (a.failed) return EXIT_USAGE;
     lm_model *model;
-    int rc = cli_load_model("info", dir, syn, 1, 0, &model);
+    cli_model_opts mo = {.threads = 1, .weights = LM_WEIGHTS_MMAP};  // info reads headers, not weights
+    int rc = cli_load_model("info", dir, syn, &mo, &model);
     if (rc) return rc;
     lm_model_info mi;
     lm_model_get_info(model, &mi);

@@ -20,13 +20,13 @@ static const char *help =
     "  --file PATH        UTF-8 text to score\n"
     "  --ctx N            window length in tokens (default 512)\n"
     "  --max-windows N    score only the first N windows\n"
-    "  --expert-stats     print, per MoE layer, the share of routed tokens each expert got\n"
-    "  -t, --threads N    CPU threads (default: all cores)\n";
+    "  --expert-stats     print, per MoE layer, the share of routed tokens each expert got\n" CLI_MODEL_OPTS_HELP;
 
 int cmd_perplexity(int argc, char **argv) {
     args a = {argc, 1, argv, "perplexity", false};
     const char *dir = NULL, *file = NULL;
-    int ctx_len = 512, threads = 0, max_windows = 0;
+    int ctx_len = 512, max_windows = 0;
+    cli_model_opts mo = {0};
     bool stats = false;
     for (; a.i < argc && !a.failed; a.i++) {
         if (arg_flag(&a, "--help", "-h")) {
@@ -34,7 +34,7 @@ int cmd_perplexity(int argc, char **argv) {
             return 0;
         }
         if (arg_val(&a, "--model", "-m", &dir) || arg_val(&a, "--file", "-f", &file) ||
-            arg_int(&a, "--ctx", NULL, 2, 1 << 20, &ctx_len) || arg_int(&a, "--threads", "-t", 1, 1024, &threads) ||
+            arg_int(&a, "--ctx", NULL, 2, 1 << 20, &ctx_len) || cli_model_opt(&a, &mo) ||
             arg_int(&a, "--max-windows", NULL, 1, 1 << 30, &max_windows))
             continue;
         if (arg_flag(&a, "--expert-stats", NULL)) stats = true;
@@ -90,7 +90,7 @@ int cmd_perplexity(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    if ((rc = cli_load_model("perplexity", dir, NULL, threads, 0, &model))) goto done;
+    if ((rc = cli_load_model("perplexity", dir, NULL, &mo, &model))) goto done;
     lm_model_info mi;
     lm_model_get_info(model, &mi);
     if (ctx_len > mi.max_positions) {

@@ -17,7 +17,8 @@ const char *cli_default_model(void) {
         char *slash = strrchr(exe, '/');
         if (slash) *slash = 0;  // .../build
         snprintf(path, sizeof path, "%s/../models/sotu-moe", exe);
-        if (access(path, R_OK) == 0) return path;
+        static char real[PATH_MAX];
+        if (access(path, R_OK) == 0) return realpath(path, real) ? real : path;
     }
     fprintf(stderr, "lightmoe: no -m given and the shipped model was not found at %s "
             "(set LIGHTMOE_MODEL or pass -m DIR)\n", n > 0 ? path : "models/sotu-moe");
@@ -30,14 +31,22 @@ int cli_error(const char *cmd, lm_status st) {
     return 1;
 }
 
-int cli_load_model(const char *cmd, const char *dir, const char *synthetic, int threads, uint64_t seed,
+bool cli_model_opt(args *a, cli_model_opts *o) {
+    if (arg_int(a, "--threads", "-t", 1, 1024, &o->threads)) return true;
+    if (arg_flag(a, "--mmap", NULL)) return o->weights = LM_WEIGHTS_MMAP, true;
+    if (arg_flag(a, "--no-mmap", NULL)) return o->weights = LM_WEIGHTS_COPY, true;
+    return false;
+}
+
+int cli_load_model(const char *cmd, const char *dir, const char *synthetic, const cli_model_opts *o,
                    lm_model **out) {
     lm_model_params mp = lm_model_default_params();
-    mp.n_threads = threads;
+    mp.n_threads = o->threads;
+    mp.weights = o->weights;
     lm_status st;
     if (synthetic) {
         lm_synthetic_params sp = lm_synthetic_default_params();
-        sp.seed = seed;
+        sp.seed = o->seed;
         char cfg[PATH_MAX];
         snprintf(cfg, sizeof cfg, "%s", synthetic);
         char *colon = strrchr(cfg, ':');
@@ -58,5 +67,13 @@ int cli_load_model(const char *cmd, const char *dir, const char *synthetic, int 
     } else {
         st = lm_model_load(dir, &mp, out);
     }
-    return st ? cli_error(cmd, st) : 0;
+    if (st) return cli_error(cmd, st);
+    lm_model_info mi;
+    lm_model_get_info(*out, &mi);
+    if (!synthetic) {
+        double b = (double)mi.bytes_weights;
+        fprintf(stderr, "%s: %.1f %s of weights %s\n", dir, b >= 1e9 ? b / 1e9 : b / 1e6, b >= 1e9 ? "GB" : "MB",
+                mi.weights_mmapped ? "mmap'ed from the checkpoint files" : "copied into huge-page memory");
+    }
+    return 0;
 }

@@ -36,8 +36,17 @@ const char *lm_last_error(void);  // message of the calling thread's last failur
 
 typedef struct lm_model lm_model;
 
+// Where checkpoint weights live while the model runs.
+typedef enum lm_weights_mode {
+    LM_WEIGHTS_AUTO = 0,  // copy when they fit in 90% of available memory, else mmap
+    LM_WEIGHTS_MMAP,      // use the mmap'ed files (page cache, 4 KiB pages)
+    LM_WEIGHTS_COPY,      // copy into memory backed by transparent huge pages:
+                          // ~10% faster memory-bound decode (fewer TLB misses)
+} lm_weights_mode;
+
 typedef struct lm_model_params {
-    int n_threads;  // worker threads for the CPU executor; <= 0: one per core
+    int n_threads;             // worker threads for the CPU executor; <= 0: one per core
+    lm_weights_mode weights;   // checkpoints only; synthetic weights are always in memory
 } lm_model_params;
 
 lm_model_params lm_model_default_params(void);
@@ -68,6 +77,7 @@ typedef struct lm_model_info {
     int n_experts, top_k, moe_intermediate, dense_intermediate, shared_intermediate;
     int max_positions;
     bool tie_embeddings;          // lm_head shares the embedding matrix
+    bool weights_mmapped;         // weights are read from the mmap'ed files
     uint64_t n_params_total;      // every weight element
     uint64_t n_params_active;     // elements touched per token (top_k experts)
     uint64_t bytes_bf16, bytes_f16, bytes_f32;  // weight bytes stored per dtype

@@ -195,7 +195,9 @@ static lm_status bind_all(binder *b) {
     return LM_OK;
 }
 
-lm_model_params lm_model_default_params(void) { return (lm_model_params){.n_threads = 0}; }
+lm_model_params lm_model_default_params(void) {
+    return (lm_model_params){.n_threads = 0, .weights = LM_WEIGHTS_AUTO};
+}
 
 lm_synthetic_params lm_synthetic_default_params(void) {
     return (lm_synthetic_params){.config_path = NULL, .n_layers = 0, .seed = 1234};
@@ -220,6 +222,91 @@ static lm_status model_layers_alloc(lm_model *md) {
     return md->layers && md->expert_mem ? LM_OK : LM_ERR_OOM;
 }
 
+// Every weight matrix of the model, for passes that move them.
+static int all_mats(lm_model *md, lm_mat **out, int cap) {
+    const lm_config *c = &md->cfg;
+    int n = 0;
+#define PUT(m) \
+    if ((m).data && n < cap) out[n++] = &(m)
+    PUT(md->embed);
+    PUT(md->final_norm);
+    PUT(md->lm_head);
+    for (int l = 0; l < c->n_layers; l++) {
+        lm_layer_w *L = &md->layers[l];
+        lm_mat *m[] = {&L->attn_norm, &L->ffn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq, &L->bk, &L->bv,
+                       &L->q_norm, &L->k_norm, &L->router, &L->dense.gate, &L->dense.up, &L->dense.down,
+                       &L->shared.gate, &L->shared.up, &L->shared.down, &L->shared_gate};
+        for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) PUT(*m[i]);
+        for (int e = 0; L->experts && e < c->n_experts; e++) {
+            PUT(L->experts[e].gate);
+            PUT(L->experts[e].up);
+            PUT(L->experts[e].down);
+        }
+    }
+#undef PUT
+    return n;
+}
+
+static size_t mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    size_t kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %zu kB", &kb) == 1) break;
+    if (f) fclose(f);
+    return kb * 1024;
+}
+
+typedef struct {
+    lm_mat **mats;
+    uint8_t *dst;
+    size_t *off;
+} copy_job;
+
+static void copy_task(void *ctx, int i, int thread) {
+    const copy_job *j = ctx;
+    const lm_mat *m = j->mats[i];
+    memcpy(j->dst + j->off[i], m->data, lm_mat_bytes(m));
+}
+
+// Moves the weights from the mmap'ed files into one huge-page-backed block
+// and closes the files. A tied lm_head keeps sharing the embedding's copy.
+static lm_status copy_weights(lm_model *md, const char *dir) {
+    int cap = 64 + md->cfg.n_layers * (32 + 3 * md->cfg.n_experts);
+    lm_mat **mats = lm_malloc((size_t)cap * sizeof *mats);
+    size_t *off = lm_malloc((size_t)cap * sizeof *off);
+    if (!mats || !off) {
+        free(mats);
+        free(off);
+        return LM_ERR_OOM;
+    }
+    int n = all_mats(md, mats, cap), k = 0;
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        if (mats[i] == &md->lm_head && md->cfg.tie_embeddings) continue;
+        mats[k] = mats[i];
+        off[k++] = total;
+        total += (lm_mat_bytes(mats[i]) + 63) & ~(size_t)63;
+    }
+    md->owned = lm_aligned_alloc((size_t)2 << 20, total);
+    if (!md->owned) {
+        free(mats);
+        free(off);
+        return lm_err(LM_ERR_OOM, "%s: cannot allocate %.2f GB to hold the weights (try mmap)", dir,
+                      (double)total / 1e9);
+    }
+    madvise(md->owned, total, MADV_HUGEPAGE);
+    copy_job j = {mats, md->owned, off};
+    lm_pool_run(md->pool, copy_task, &j, k);
+    for (int i = 0; i < k; i++) mats[i]->data = (uint8_t *)md->owned + off[i];
+    if (md->cfg.tie_embeddings) md->lm_head = md->embed;
+    free(mats);
+    free(off);
+    lm_st_close(md->st);
+    md->st = NULL;
+    return LM_OK;
+}
+
 lm_status lm_model_load(const char *dir, const lm_model_params *params, lm_model **out) {
     *out = NULL;
     lm_cpu_kernels_init(-1);
@@ -238,6 +325,19 @@ lm_status lm_model_load(const char *dir, const lm_model_params *params, lm_model
     }
     binder b = {.get = get_checkpoint, .model = md, .where = dir};
     if ((st = bind_all(&b))) {
+        lm_model_free(md);
+        return st;
+    }
+    lm_weights_mode mode = params ? params->weights : LM_WEIGHTS_AUTO;
+    uint64_t bytes = md->bytes_dt[0] + md->bytes_dt[1] + md->bytes_dt[2];
+    size_t avail = mem_available();
+    if (mode == LM_WEIGHTS_AUTO) mode = (double)bytes <= 0.9 * (double)avail ? LM_WEIGHTS_COPY : LM_WEIGHTS_MMAP;
+    else if (mode == LM_WEIGHTS_COPY && avail && (double)bytes > 0.95 * (double)avail) {
+        lm_model_free(md);
+        return lm_err(LM_ERR_OOM, "%s: copying the weights needs %.2f GB but %.2f GB of memory is available (use mmap)",
+                      dir, (double)bytes / 1e9, (double)avail / 1e9);
+    }
+    if (mode == LM_WEIGHTS_COPY && (st = copy_weights(md, dir))) {
         lm_model_free(md);
         return st;
     }
@@ -319,6 +419,7 @@ void lm_model_get_info(const lm_model *md, lm_model_info *o) {
     o->shared_intermediate = c->shared_inter;
     o->max_positions = c->max_pos;
     o->tie_embeddings = c->tie_embeddings;
+    o->weights_mmapped = md->st != NULL;
     o->n_params_total = md->n_params;
     o->n_params_active = md->n_params_active;
     o->bytes_f32 = md->bytes_dt[LM_DT_F32];

@@ -101,6 +101,7 @@ static void check_fixture(const char *name) {
     lm_model *m = NULL;
     lm_model_params mp = lm_model_default_params();
     mp.n_threads = 2;
+    mp.weights = LM_WEIGHTS_MMAP;
     lm_status st = lm_model_load(dir, &mp, &m);
     CHECK_MSG(st == LM_OK, "%s: %s", dir, lm_last_error());
     if (st) {
@@ -127,6 +128,24 @@ static void check_fixture(const char *name) {
     double err = rel_l2(ours, r.logits, (size_t)r.n_ids * r.vocab);
     printf("  %-22s rel L2 error %.3g\n", name, err);
     CHECK_MSG(err <= 1e-3, "%s: relative L2 error %g > 1e-3", name, err);
+    {
+        // Weights copied into huge-page memory compute exactly the same.
+        lm_model *m2 = NULL;
+        lm_context *c2 = NULL;
+        lm_model_params mp2 = mp;
+        mp2.weights = LM_WEIGHTS_COPY;
+        lm_model_info mi2;
+        CHECK(lm_model_load(dir, &mp2, &m2) == LM_OK && lm_context_init(m2, &cp, &c2) == LM_OK);
+        lm_model_get_info(m2, &mi2);
+        CHECK(!mi2.weights_mmapped && mi.weights_mmapped);
+        CHECK(c2 && lm_decode(c2, &b) == LM_OK);
+        bool same = c2 != NULL;
+        for (int i = 0; same && i < r.n_ids; i++)
+            same = memcmp(lm_get_logits(c2, i), ours + (size_t)i * r.vocab, r.vocab * sizeof(float)) == 0;
+        CHECK_MSG(same, "%s: copied weights give different logits than mmap'ed ones", name);
+        lm_context_free(c2);
+        lm_model_free(m2);
+    }
 
     // 2. the same ids as sequence 1 of a batch where two other sequences are
     // interleaved, and prefilled in two chunks: bit-identical logits.
