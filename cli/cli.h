@@ -29,7 +29,7 @@ typedef struct cli_model_opts {
 #define CLI_MODEL_OPTS_HELP                                                          \
     "  -t, --threads N    CPU threads (default: all cores)\n"                        \
     "  --mmap             run from the mmap'ed checkpoint files (page cache)\n"      \
-    "  --no-mmap          copy the weights into huge-page memory (~10% faster decode)\n" \
+    "  --no-mmap          copy the weights into huge-page memory (faster decode: fewer TLB misses)\n" \
     "                     default: copy when they fit in 90% of available memory\n"
 
 // Consumes -t/--threads, --mmap, --no-mmap at a->i; true if it did.

@@ -59,6 +59,18 @@ int cmd_bench(int argc, char **argv) {
     if (a.failed) return EXIT_USAGE;
     if (!dir && !syn && !(dir = cli_default_model())) return 1;
 
+    int n_threads = mo.threads;
+    if (n_threads <= 0) {
+        n_threads = 0;
+        cpu_set_t set;
+        if (sched_getaffinity(0, sizeof set, &set) == 0) n_threads = CPU_COUNT(&set);
+        if (n_threads <= 0) n_threads = 1;
+    }
+    // Ceilings first, before the model takes memory (a fragmented heap gets
+    // fewer huge pages for the probe's buffer).
+    fprintf(stderr, "measuring memory bandwidth and FMA peak (%d threads) ...\n", n_threads);
+    double bw = lm_probe_read_bandwidth(n_threads), peak = lm_probe_fma_peak(n_threads);
+
     lm_model *model;
     double t_load = now_s();
     int rc = cli_load_model("bench", dir, syn, &mo, &model);
@@ -71,13 +83,6 @@ int cmd_bench(int argc, char **argv) {
                 mi.max_positions);
         lm_model_free(model);
         return 1;
-    }
-    int n_threads = mo.threads;
-    if (n_threads <= 0) {
-        n_threads = 0;
-        cpu_set_t set;
-        if (sched_getaffinity(0, sizeof set, &set) == 0) n_threads = CPU_COUNT(&set);
-        if (n_threads <= 0) n_threads = 1;
     }
 
     long total_prefill = (long)batch * plen;
@@ -100,8 +105,6 @@ int cmd_bench(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    fprintf(stderr, "measuring memory bandwidth and FMA peak (%d threads) ...\n", n_threads);
-    double bw = lm_probe_read_bandwidth(n_threads), peak = lm_probe_fma_peak(n_threads);
 
     // Prefill: all prompts, packed into batches of up to n_batch tokens.
     uint64_t rng = 0x1234567;

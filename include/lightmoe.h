@@ -41,7 +41,7 @@ typedef enum lm_weights_mode {
     LM_WEIGHTS_AUTO = 0,  // copy when they fit in 90% of available memory, else mmap
     LM_WEIGHTS_MMAP,      // use the mmap'ed files (page cache, 4 KiB pages)
     LM_WEIGHTS_COPY,      // copy into memory backed by transparent huge pages:
-                          // ~10% faster memory-bound decode (fewer TLB misses)
+                          // faster memory-bound decode (fewer TLB misses)
 } lm_weights_mode;
 
 typedef struct lm_model_params {
