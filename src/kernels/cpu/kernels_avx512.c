@@ -155,59 +155,9 @@ static const mk_fn mk_tab[2][3][2][TMAX + 1] = {
      {ROW(f16, 1, _pf), ROW(f16, 4, _pf)},
      {ROW(bf16, 1, _pf), ROW(bf16, 4, _pf)}}};
 
-TGT void lm_matmul_rows_avx512(const float *x, int n, int ldx, const void *W, lm_dtype dt,
-                               size_t w_stride, int in, float *y, int ldy, int o0, int o1) {
-    if (n <= 0 || o1 <= o0 || (unsigned)dt > LM_DT_BF16) return;
-    if (in <= 0) {
-        for (int t = 0; t < n; t++) memset(y + (size_t)t * ldy + o0, 0, (size_t)(o1 - o0) * 4);
-        return;
-    }
-    const char *w = W;
-    const size_t wsb = w_stride * (dt == LM_DT_F32 ? 4 : 2);
-    if (n <= 4) {
-        // Decode: memory-bound, each weight row read once with the
-        // accumulators in registers. A tile takes rows q apart (r, r+q, ...)
-        // so that its RMAX streams hit different DRAM pages: measured ~25%
-        // more bandwidth than RMAX adjacent rows.
-        const int q = (o1 - o0) / RMAX;
-        for (int r = o0; r < o0 + q; r++)
-            mk_tab[1][dt][1][n](x, (size_t)ldx, w + (size_t)r * wsb, wsb * q, 0, in, NULL, 0, 1, 1,
-                                y + r, (size_t)ldy, (size_t)q);
-        for (int r = o0 + RMAX * q; r < o1; r++)
-            mk_tab[1][dt][0][n](x, (size_t)ldx, w + (size_t)r * wsb, wsb, 0, in, NULL, 0, 1, 1,
-                                y + r, (size_t)ldy, 1);
-        return;
-    }
-    // Prefill / batched decode: K blocks of KC, so that the TB tokens of a
-    // macro block share each RB x KC weight block while it is in L1/L2, and
-    // each register tile reloads only its x rows. Accumulators are parked in
-    // tl_acc between K blocks.
-    for (int t0 = 0; t0 < n; t0 += TB) {
-        const int nt = n - t0 < TB ? n - t0 : TB;
-        const int ntile = (nt + TMAX - 1) / TMAX;  // balanced tiles: 7 -> 4+3, not 6+1
-        for (int r0 = o0; r0 < o1; r0 += RB) {
-            const int rn = o1 - r0 < RB ? o1 - r0 : RB;
-            for (int k0 = 0; k0 < in; k0 += KC) {
-                const int k1 = in - k0 <= KC ? in : k0 + KC;
-                for (int j = 0, ts = 0; j < ntile; j++) {
-                    const int T = nt / ntile + (j < nt % ntile);
-                    const float *xt = x + (size_t)(t0 + ts) * ldx;
-                    float *yt = y + (size_t)(t0 + ts) * ldy + r0;
-                    for (int r = 0; r < rn;) {
-                        const int R = rn - r >= RMAX ? RMAX : 1;
-                        // the first token tile also prefetches the rows' next K block
-                        mk_tab[j == 0][dt][R == RMAX][T](
-                            xt, (size_t)ldx, w + (size_t)(r0 + r) * wsb, wsb, k0, k1,
-                            tl_acc + ((size_t)r * TB + ts) * 16, (size_t)TB * 16, k0 == 0,
-                            k1 == in, yt + r, (size_t)ldy, 1);
-                        r += R;
-                    }
-                    ts += T;
-                }
-            }
-        }
-    }
-}
+#define MM_NAME lm_matmul_rows_avx512
+#define VLEN 16
+#include "matmul_driver.inc"
 
 // ------------------------------------------------------------ small kernels ---
 
