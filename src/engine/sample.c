@@ -6,6 +6,7 @@
 
 #include "lightmoe.h"
 #include "util/err.h"
+#include "util/hash.h"
 
 struct lm_sampler {
     lm_sampler_params p;
@@ -17,13 +18,6 @@ struct lm_sampler {
 
 lm_sampler_params lm_sampler_default_params(void) {
     return (lm_sampler_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .seed = 42};
-}
-
-static uint64_t splitmix(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
 }
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
@@ -52,8 +46,7 @@ lm_status lm_sampler_init(const lm_sampler_params *params, int vocab, lm_sampler
     if (!s) return LM_ERR_OOM;
     s->p = p;
     s->vocab = vocab;
-    uint64_t x = p.seed;
-    for (int i = 0; i < 4; i++) s->s[i] = splitmix(&x);
+    for (int i = 0; i < 4; i++) s->s[i] = lm_mix64(p.seed + (uint64_t)i * LM_GOLDEN64);
     s->prob = lm_malloc((size_t)vocab * sizeof(float));
     s->idx = lm_malloc((size_t)vocab * sizeof(int));
     if (!s->prob || !s->idx) {

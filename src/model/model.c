@@ -8,11 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "kernels/cpu/kernels.h"
 #include "util/err.h"
 #include "util/file.h"
+#include "util/hash.h"
 
 typedef struct binder binder;
 struct binder {
@@ -59,14 +59,6 @@ static lm_status get_checkpoint(binder *b, const char *name, int rows, int cols,
     return LM_OK;
 }
 
-// splitmix64: a fast, seedable stream; weights depend only on (seed, offset).
-static inline uint64_t mix64(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 typedef struct {
     uint16_t *dst;
     size_t n;
@@ -84,7 +76,7 @@ static void fill_task(void *ctx, int i, int thread) {
         return;
     }
     for (size_t k = lo; k < hi; k += 4) {
-        uint64_t r = mix64(j->seed ^ (k * 0x2545f4914f6cdd1dull));
+        uint64_t r = lm_mix64(j->seed ^ (k * 0x2545f4914f6cdd1dull));
         for (size_t q = 0; q < 4 && k + q < hi; q++) {
             float u = (float)((r >> (16 * q)) & 0xffff) * (2.0f / 65535.0f) - 1.0f;
             j->dst[k + q] = lm_f32_to_bf16(u * j->scale);
@@ -102,7 +94,7 @@ static lm_status get_synthetic(binder *b, const char *name, int rows, int cols, 
     }
     uint16_t *dst = (uint16_t *)(b->base + off);
     uint64_t h = b->seed;
-    for (const char *c = name; *c; c++) h = mix64(h ^ (uint8_t)*c);
+    for (const char *c = name; *c; c++) h = lm_mix64(h ^ (uint8_t)*c);
     bool norm = vec || strstr(name, "norm") != NULL;
     // std 1/sqrt(fan_in) keeps activations O(1) through the layers;
     // embeddings get unit scale like a trained model's.
@@ -288,14 +280,13 @@ static lm_status copy_weights(lm_model *md, const char *dir) {
         off[k++] = total;
         total += (lm_mat_bytes(mats[i]) + 63) & ~(size_t)63;
     }
-    md->owned = lm_aligned_alloc((size_t)2 << 20, total);
+    md->owned = lm_huge_alloc(total);
     if (!md->owned) {
         free(mats);
         free(off);
         return lm_err(LM_ERR_OOM, "%s: cannot allocate %.2f GB to hold the weights (try mmap)", dir,
                       (double)total / 1e9);
     }
-    madvise(md->owned, total, MADV_HUGEPAGE);
     copy_job j = {mats, md->owned, off};
     lm_pool_run(md->pool, copy_task, &j, k);
     for (int i = 0; i < k; i++) mats[i]->data = (uint8_t *)md->owned + off[i];
@@ -371,10 +362,9 @@ lm_status lm_model_load_synthetic(const lm_synthetic_params *sp, const lm_model_
     binder b = {.get = get_synthetic, .model = md, .where = sp->config_path, .counting = true, .seed = sp->seed};
     bind_all(&b);  // sizing pass: cannot fail
     size_t total = b.used;
-    // 2 MiB-aligned and backed by transparent huge pages where the kernel
-    // allows: filling gigabytes of 4 KiB pages is dominated by page faults.
-    md->owned = lm_aligned_alloc((size_t)2 << 20, total);
-    if (md->owned) madvise(md->owned, total, MADV_HUGEPAGE);
+    // Huge pages also make the fill itself fast: filling gigabytes of 4 KiB
+    // pages is dominated by page faults.
+    md->owned = lm_huge_alloc(total);
     if (!md->owned) {
         lm_model_free(md);
         return lm_err(LM_ERR_OOM, "%s: cannot allocate %.2f GB of synthetic weights", sp->config_path,

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static _Thread_local char g_msg[1024];
 
@@ -68,6 +69,12 @@ void *lm_aligned_alloc(size_t align, size_t n) {
         lm_err(LM_ERR_OOM, "out of memory allocating %zu bytes", n);
         return NULL;
     }
+    return p;
+}
+
+void *lm_huge_alloc(size_t n) {
+    void *p = lm_aligned_alloc((size_t)2 << 20, n);
+    if (p) madvise(p, n, MADV_HUGEPAGE);
     return p;
 }
 

@@ -4,10 +4,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "kernels/cpu/kernels.h"
 #include "lightmoe.h"
+#include "util/err.h"
 #include "util/file.h"
 
 // Four streams a quarter of the slice apart: more DRAM pages in flight than
@@ -121,10 +121,9 @@ double lm_probe_read_bandwidth(int n_threads) {
     if (n_threads < 1) n_threads = 1;
     if (n_threads > 256) n_threads = 256;
     const size_t bytes = (size_t)1 << 30;
-    char *buf = aligned_alloc((size_t)2 << 20, bytes);
+    char *buf = lm_huge_alloc(bytes);  // as the weights: TLB misses are not DRAM's limit
     if (!buf) return 0;
-    madvise(buf, bytes, MADV_HUGEPAGE);  // as the weights: TLB misses are not DRAM's limit
-    memset(buf, 1, bytes);               // fault the pages in
+    memset(buf, 1, bytes);  // fault the pages in
     probe_arg args[256];
     size_t per = bytes / (size_t)n_threads / 4096 * 4096;
     double best = 0;
