@@ -53,11 +53,16 @@ static void mm_task(void *ctx, int i, int thread) {
                    j->y + (size_t)t0 * W->rows, W->rows, o0, o1);
 }
 
+// Weight rows per parallel task: about four tasks per thread for load
+// balance, at least 16 and a multiple of 16 (the kernels' row tiles).
+static int rows_per_task(size_t rows, int threads) {
+    size_t target = (size_t)threads * 4, chunk = (rows + target - 1) / target;
+    return chunk < 16 ? 16 : (int)((chunk + 15) & ~(size_t)15);
+}
+
 static void plan_chunks(int rows, int n, int threads, int *row_chunk, int *tok_chunk) {
     int target = threads * 4;
-    int rchunk = (rows + target - 1) / target;
-    if (rchunk < 16) rchunk = 16;
-    rchunk = (rchunk + 15) & ~15;
+    int rchunk = rows_per_task((size_t)rows, threads);
     int n_rc = (rows + rchunk - 1) / rchunk;
     int tchunk = n;
     if (n_rc < target && n > 1) {
@@ -215,9 +220,7 @@ static void run_ffn_group(cpu_exec *c, const ffn_item *items, int n_items, const
     int task_first[n_items + 1];
     size_t total_rows = 0;
     for (int i = 0; i < n_items; i++) total_rows += (size_t)items[i].f->gate.rows;
-    int target = c->n_threads * 4;
-    int chunk = (int)((total_rows + (size_t)target - 1) / (size_t)target);
-    chunk = chunk < 16 ? 16 : (chunk + 15) & ~15;
+    int chunk = rows_per_task(total_rows, c->n_threads);
     ffn_job j = {c, items, n_items, x, y, chunk, NULL, task_first};
     int n_tasks = 0;
     for (int i = 0; i < n_items; i++) {
