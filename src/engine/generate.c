@@ -71,6 +71,17 @@ static void finish(gen_seq *g, lm_gen_result *r, lm_finish why, int idx, lm_piec
     if (why != LM_FINISH_STOP || g->emitted < g->len) emit(g, idx, g->len, cb, user);
 }
 
+// Ends a sequence at EOS or the length limit: text the detokenizer still
+// holds (an incomplete character) is appended first.
+static lm_status finish_flushed(gen_seq *g, lm_gen_result *r, lm_finish why, int idx, lm_piece_cb cb, void *user) {
+    char tail[64];
+    size_t nt = 0;
+    if (lm_detok_flush(g->detok, tail, sizeof tail, &nt) == LM_OK && nt && !append(g, tail, nt))
+        return lm_err(LM_ERR_OOM, "out of memory");
+    finish(g, r, why, idx, cb, user);
+    return LM_OK;
+}
+
 static bool is_eos(const lm_model_info *mi, const lm_tokenizer *tok, int32_t t) {
     for (int i = 0; i < mi->n_eos; i++)
         if (mi->eos_token_ids[i] == t) return true;
@@ -83,14 +94,7 @@ static lm_status accept_token(gen_seq *g, int i, int32_t t, const lm_gen_params 
                               const lm_tokenizer *tok, lm_gen_result *r, lm_piece_cb cb, void *user) {
     r->n_gen_tokens++;
     g->last = t;
-    if (!p->ignore_eos && is_eos(mi, tok, t)) {
-        char tail[64];
-        size_t nt = 0;
-        if (lm_detok_flush(g->detok, tail, sizeof tail, &nt) == LM_OK && nt && !append(g, tail, nt))
-            return lm_err(LM_ERR_OOM, "out of memory");
-        finish(g, r, LM_FINISH_EOS, i, cb, user);
-        return LM_OK;
-    }
+    if (!p->ignore_eos && is_eos(mi, tok, t)) return finish_flushed(g, r, LM_FINISH_EOS, i, cb, user);
     char piece[256];
     size_t np = 0;
     lm_status st = lm_detok_push(g->detok, t, piece, sizeof piece, &np);
@@ -110,14 +114,7 @@ static lm_status accept_token(gen_seq *g, int i, int32_t t, const lm_gen_params 
             return LM_OK;
         }
     }
-    if (r->n_gen_tokens >= p->max_tokens) {
-        char tail[64];
-        size_t nt = 0;
-        if (lm_detok_flush(g->detok, tail, sizeof tail, &nt) == LM_OK && nt && !append(g, tail, nt))
-            return lm_err(LM_ERR_OOM, "out of memory");
-        finish(g, r, LM_FINISH_LENGTH, i, cb, user);
-        return LM_OK;
-    }
+    if (r->n_gen_tokens >= p->max_tokens) return finish_flushed(g, r, LM_FINISH_LENGTH, i, cb, user);
     if (!emit(g, i, g->len - held_back(g, p), cb, user)) {  // the caller asked to stop: say nothing more
         g->done = true;
         r->finish = LM_FINISH_STOP;
