@@ -15,6 +15,8 @@ int cmd_perplexity(int argc, char **argv);
 // Returns NULL (after printing why) when it cannot be found.
 const char *cli_default_model(void);
 
+double cli_now(void);  // monotonic seconds
+
 // Prints "lightmoe CMD: <library message>" and returns 1.
 int cli_error(const char *cmd, lm_status st);
 

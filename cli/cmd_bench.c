@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 
@@ -24,12 +23,6 @@ static const char *help =
     "  --prompt-len S   prompt tokens per sequence (default 128)\n"
     "  --gen-len N      decode steps (default 32)\n"
     "  --seed S         seed of the synthetic weights (default 1234)\n" CLI_MODEL_OPTS_HELP;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int32_t argmax(const float *v, int n) {
     int best = 0;
@@ -72,10 +65,10 @@ int cmd_bench(int argc, char **argv) {
     double bw = lm_probe_read_bandwidth(n_threads), peak = lm_probe_fma_peak(n_threads);
 
     lm_model *model;
-    double t_load = now_s();
+    double t_load = cli_now();
     int rc = cli_load_model("bench", dir, syn, &mo, &model);
     if (rc) return rc;
-    t_load = now_s() - t_load;
+    t_load = cli_now() - t_load;
     lm_model_info mi;
     lm_model_get_info(model, &mi);
     if (plen + glen > mi.max_positions) {
@@ -108,7 +101,7 @@ int cmd_bench(int argc, char **argv) {
 
     // Prefill: all prompts, packed into batches of up to n_batch tokens.
     uint64_t rng = 0x1234567;
-    double t0 = now_s();
+    double t0 = cli_now();
     long done_tok = 0;
     while (done_tok < total_prefill && !st) {
         int nb = 0;
@@ -124,17 +117,17 @@ int cmd_bench(int argc, char **argv) {
         for (int k = 0, j = 0; k < nb && !st; k++)
             if (want[k]) last[seq[k]] = argmax(lm_get_logits(ctx, j++), mi.vocab);
     }
-    double t_prefill = now_s() - t0;
+    double t_prefill = cli_now() - t0;
 
     // Decode: glen steps, one token per sequence, greedy.
-    t0 = now_s();
+    t0 = cli_now();
     for (int s = 0; s < glen && !st; s++) {
         for (int i = 0; i < batch; i++) tok[i] = last[i], seq[i] = i;
         lm_batch b = {batch, tok, seq, NULL};
         st = lm_decode(ctx, &b);
         for (int i = 0; i < batch && !st; i++) last[i] = argmax(lm_get_logits(ctx, i), mi.vocab);
     }
-    double t_decode = now_s() - t0;
+    double t_decode = cli_now() - t0;
     if (st) {
         rc = cli_error("bench", st);
         goto done;

@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 
@@ -101,12 +100,6 @@ static const char *finish_name(lm_finish f) {
     return f == LM_FINISH_EOS ? "eos" : f == LM_FINISH_STOP ? "stop" : "length";
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int cmd_generate(int argc, char **argv) {
     args a = {argc, 1, argv, "generate", false};
     const char *model_dir = NULL, *prompt = NULL, *prompts_file = NULL, *out_path = NULL, *v;
@@ -197,10 +190,10 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     if (prompts_file) fprintf(stderr, "generating %d prompts together, up to %d tokens each ...\n", prompts.n, gp.max_tokens);
-    double t0 = now_s();
+    double t0 = cli_now();
     st = lm_generate(ctx, tok, (const char *const *)prompts.items, prompts.n, &gp, prompts_file ? NULL : stream_cb,
                      NULL, res);
-    double dt = now_s() - t0;
+    double dt = cli_now() - t0;
     if (st) {
         if (!prompts_file) fputc('\n', stdout);
         rc = cli_error("generate", st);
