@@ -14,8 +14,7 @@ typedef struct cpu_exec {
     lm_exec base;
     lm_pool *pool;
     int n_threads;
-    int max_tokens, max_ctx, max_inter;
-    int hidden, n_experts, top_k;
+    int max_ctx, max_inter;  // sizes in the shape comments below: max_tokens, n_experts, top_k, hidden from init
     // MoE scratch, sized for the worst case (every token on one expert)
     float *router;     // [max_tokens][n_experts]
     int *sel;          // [max_tokens][top_k] chosen experts, sorted by id
@@ -352,11 +351,7 @@ lm_status lm_exec_cpu_init(const lm_config *cfg, lm_pool *pool, int max_tokens, 
     c->base.ops = &cpu_ops;
     c->pool = pool;
     c->n_threads = lm_pool_size(pool);
-    c->max_tokens = max_tokens;
     c->max_ctx = max_ctx;
-    c->hidden = cfg->hidden;
-    c->n_experts = cfg->n_experts;
-    c->top_k = cfg->top_k;
     int inter = cfg->moe_inter;
     if (cfg->n_moe_layers < cfg->n_layers && cfg->dense_inter > inter) inter = cfg->dense_inter;
     if (cfg->shared_inter > inter) inter = cfg->shared_inter;
