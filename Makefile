@@ -36,12 +36,23 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test testdata clean fuzz dev-tools
+.PHONY: all test testdata clean fuzz dev-tools FORCE
 all: $(BUILD)/lightmoe $(BUILD)/liblightmoe.a
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# The commit --version reports; rewritten only when it changes, so a new
+# commit rebuilds one object and an unchanged tree rebuilds nothing.
+COMMIT := $(shell c=$$(git rev-parse --short=12 HEAD 2>/dev/null) && { git diff --quiet HEAD -- 2>/dev/null && echo $$c || echo $$c-dirty; } || echo unknown)
+$(BUILD)/gen/commit.h: FORCE
+	@mkdir -p $(dir $@)
+	@echo '#define LM_GIT_COMMIT "$(COMMIT)"' > $@.tmp
+	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
+$(BUILD)/src/util/fmt.o: $(BUILD)/gen/commit.h
+$(BUILD)/src/util/fmt.o: CFLAGS += -I$(BUILD)/gen
+FORCE:
 
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)

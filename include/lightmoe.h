@@ -27,10 +27,18 @@ typedef enum lm_status {
     LM_ERR_OOM,          // allocation failed
     LM_ERR_RANGE,        // value out of range (token id >= vocab, context full)
     LM_ERR_NOT_FOUND,    // a required tensor / key is missing
+    LM_ERR_NUMERIC,      // the computation produced NaN or Inf
 } lm_status;
 
 const char *lm_status_str(lm_status st);
 const char *lm_last_error(void);  // message of the calling thread's last failure
+
+#define LM_VERSION "0.1.0"
+const char *lm_version(void);  // "0.1.0 (commit abc1234)"
+
+// Formats a byte count with decimal units ("23.1 MB", "6.34 GB"), the one
+// unit convention of every message and table; returns buf.
+const char *lm_format_bytes(double bytes, char *buf, size_t cap);
 
 // ----------------------------------------------------------------- model ---
 
@@ -45,21 +53,25 @@ typedef enum lm_weights_mode {
 } lm_weights_mode;
 
 typedef struct lm_model_params {
-    int n_threads;             // worker threads for the CPU executor; <= 0: one per core
+    int n_threads;             // worker threads for the CPU executor; <= 0: one per core;
+                               // more than the CPUs this process may use is refused
     lm_weights_mode weights;   // checkpoints only; synthetic weights are always in memory
 } lm_model_params;
 
 lm_model_params lm_model_default_params(void);
 
 // Loads a Hugging Face checkpoint directory: config.json plus model.safetensors
-// or model.safetensors.index.json with its shards. Weights are mmap'ed, not
-// copied. Every header is validated before any tensor data is touched.
+// or model.safetensors.index.json with its shards. Every header is validated
+// before any tensor data is touched; the weights are then used from the
+// mmap'ed files or copied into memory (lm_model_params.weights).
 lm_status lm_model_load(const char *dir, const lm_model_params *params, lm_model **out);
 
 typedef struct lm_synthetic_params {
     const char *config_path;  // a config.json describing the shapes
     int n_layers;             // <= 0: as in the config; else truncate to this many
     uint64_t seed;            // weights are a deterministic function of the seed
+    bool shapes_only;         // allocate no weights: the model can be described
+                              // (lm_model_get_info) but not run (contexts refuse it)
 } lm_synthetic_params;
 
 lm_synthetic_params lm_synthetic_default_params(void);
@@ -78,6 +90,7 @@ typedef struct lm_model_info {
     int max_positions;
     bool tie_embeddings;          // lm_head shares the embedding matrix
     bool weights_mmapped;         // weights are read from the mmap'ed files
+    bool has_weights;             // false for a shapes-only synthetic model
     uint64_t n_params_total;      // every weight element
     uint64_t n_params_active;     // elements touched per token (top_k experts)
     uint64_t bytes_bf16, bytes_f16, bytes_f32;  // weight bytes stored per dtype
@@ -86,6 +99,8 @@ typedef struct lm_model_info {
     int bos_token_id;             // -1 if none
     int n_eos;
     int eos_token_ids[8];
+    int n_unused_tensors;         // checkpoint tensors the config does not use
+    const char *unused_tensor;    // the first of them (NULL if none); valid while the model lives
 } lm_model_info;
 
 void lm_model_get_info(const lm_model *model, lm_model_info *out);
@@ -105,7 +120,8 @@ void lm_tokenizer_free(lm_tokenizer *tok);
 lm_status lm_tokenize(const lm_tokenizer *tok, const char *text, size_t len, bool add_special,
                       int32_t **ids, size_t *n_ids);
 
-int lm_tokenizer_vocab_size(const lm_tokenizer *tok);  // including added tokens
+int lm_tokenizer_vocab_size(const lm_tokenizer *tok);  // 1 + the largest id, added tokens included
+bool lm_tokenizer_id_valid(const lm_tokenizer *tok, int32_t id);  // id names a token that can be decoded
 int32_t lm_tokenizer_bos(const lm_tokenizer *tok);     // -1 if none
 int32_t lm_tokenizer_eos(const lm_tokenizer *tok);     // -1 if none
 
@@ -114,11 +130,11 @@ int32_t lm_tokenizer_eos(const lm_tokenizer *tok);     // -1 if none
 typedef struct lm_detok lm_detok;
 
 lm_status lm_detok_init(const lm_tokenizer *tok, bool skip_special, lm_detok **out);
-// Appends the text made complete by `id` to out (NUL-terminated, truncated to
-// cap). *n_out receives the number of bytes written (excluding the NUL).
-lm_status lm_detok_push(lm_detok *d, int32_t id, char *out, size_t cap, size_t *n_out);
-// Emits whatever is still held (invalid UTF-8 becomes U+FFFD).
-lm_status lm_detok_flush(lm_detok *d, char *out, size_t cap, size_t *n_out);
+// Pushes `id`; *text is set to the text it made complete (*len bytes, any
+// length, NUL-terminated, "" if none), valid until the next call on d.
+lm_status lm_detok_push(lm_detok *d, int32_t id, const char **text, size_t *len);
+// Emits whatever is still held (invalid UTF-8 becomes U+FFFD), same contract.
+lm_status lm_detok_flush(lm_detok *d, const char **text, size_t *len);
 void lm_detok_free(lm_detok *d);
 
 // Whole-sequence decode, convenience over the streaming decoder. *text is
@@ -217,6 +233,11 @@ typedef int (*lm_piece_cb)(void *user, int idx, const char *piece, size_t len);
 // Generates continuations of n prompts together: prompts are prefilled as one
 // batch, then every live sequence advances one token per step in a shared
 // batch. The context needs n_seq >= n and n_ctx >= longest prompt + max_tokens.
+// LM_OK if every id the tokenizer can produce is inside the model's
+// vocabulary; else an error saying they do not belong together. (A model with
+// more ids than its tokenizer is normal: padded embedding tables.)
+lm_status lm_tokenizer_check_model(const lm_tokenizer *tok, const lm_model *model);
+
 lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *const *prompts, int n,
                       const lm_gen_params *params, lm_piece_cb cb, void *user,
                       lm_gen_result *results);

@@ -63,7 +63,7 @@ mkdir -p $T/arch && cp $FIX/model.safetensors $T/arch/ && sed 's/MixtralForCausa
 expect "unknown architecture" 1 "GPT2LMHeadModel\" is not supported (supported: MixtralForCausalLM" -- $BIN logits -m $T/arch --ids $ids --out $T/l.bin
 mkdir -p $T/noweights && cp $FIX/config.json $T/noweights/
 expect "no weights" 1 "no model.safetensors" -- $BIN logits -m $T/noweights --ids $ids --out $T/l.bin
-expect "not a checkpoint directory" 1 "no config.json" -- $BIN logits -m $T/nonexistent --ids $ids --out $T/l.bin
+expect "nonexistent model directory" 1 "nonexistent: no such directory" -- $BIN logits -m $T/nonexistent --ids $ids --out $T/l.bin
 mkdir -p $T/shard && cp tests/fixtures/mixtral_f16_sharded/* $T/shard/ && rm $T/shard/model-00002-of-00002.safetensors
 expect "missing shard" 1 "model-00002-of-00002.safetensors" -- $BIN logits -m $T/shard --ids $ids --out $T/l.bin
 

@@ -1,12 +1,14 @@
 // Context (KV cache + activations) and the one generic decoder block that
 // runs every supported architecture, driven by the lm_config descriptor.
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "exec/exec.h"
 #include "kernels/cpu/kernels.h"
 #include "util/err.h"
+#include "util/file.h"
 
 struct lm_context {
     lm_model *model;
@@ -70,15 +72,28 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
                       p.n_ctx, c->max_pos);
     if (p.n_batch < 1 || p.n_batch > 1 << 16)
         return lm_err(LM_ERR_INVALID_ARG, "batch size %d is out of range [1, 65536]", p.n_batch);
+    if (model->shapes_only)
+        return lm_err(LM_ERR_INVALID_ARG, "the model was loaded for its shapes only (no weights) and cannot run");
     size_t kvd = (size_t)c->n_kv_heads * (size_t)c->head_dim, qd = (size_t)c->n_heads * (size_t)c->head_dim;
     size_t cache = (size_t)c->n_layers * (size_t)p.n_seq * (size_t)p.n_ctx * kvd;
-    if (cache > ((size_t)1 << 40) / sizeof(float))
-        return lm_err(LM_ERR_INVALID_ARG, "KV cache for %d sequences x %d tokens is too large", p.n_seq, p.n_ctx);
+    // Everything below in bytes: KV cache, activations, logits, executor
+    // scratch (MoE buffers sized for every routed token on one expert).
+    size_t nb = (size_t)p.n_batch, H = (size_t)c->hidden, kmax = (size_t)c->top_k;
+    size_t inter = (size_t)(c->moe_inter > c->dense_inter ? c->moe_inter : c->dense_inter);
+    if (c->shared_inter > (int)inter) inter = (size_t)c->shared_inter;
+    double kv_bytes = 2.0 * (double)cache * sizeof(float);
+    double act_bytes = 4.0 * (double)nb * (3.0 * H + 2.0 * qd + 2.0 * kvd + (double)c->vocab) +
+                       4.0 * (double)nb * kmax * (2.0 * H + 2.0 * inter + 3.0) + 4.0 * (double)nb * c->n_experts;
+    double need = kv_bytes + act_bytes;
+    char what[160], kvs[32];
+    snprintf(what, sizeof what, "a context of %d sequences x %d tokens (KV cache %s)", p.n_seq, p.n_ctx,
+             lm_format_bytes(kv_bytes, kvs, sizeof kvs));
+    lm_status mst = need > 1e18 ? lm_err(LM_ERR_OOM, "%s is too large", what) : lm_mem_check((uint64_t)need, 0.05, what);
+    if (mst) return lm_err_append(mst, " (use fewer sequences at once or a shorter context)");
     lm_context *ctx = lm_calloc(1, sizeof *ctx);
     if (!ctx) return LM_ERR_OOM;
     ctx->model = model;
     ctx->p = p;
-    size_t nb = (size_t)p.n_batch, H = (size_t)c->hidden;
     ctx->seq_len = lm_calloc((size_t)p.n_seq, sizeof(int));
     ctx->seq_add = lm_calloc((size_t)p.n_seq, sizeof(int));
     ctx->kcache = lm_aligned_alloc(64, cache * sizeof(float));
@@ -242,6 +257,23 @@ lm_status lm_decode(lm_context *ctx, const lm_batch *b) {
     if (ctx->n_logits) {
         op->rmsnorm(ex, &md->final_norm, ctx->x, ctx->n_logits, H, c->rms_eps, ctx->xn);
         op->matmul(ex, &md->lm_head, NULL, ctx->xn, ctx->n_logits, ctx->logits);
+    }
+    // NaN/Inf logits would be sampled as garbage or scored as "perplexity
+    // nan": fail the step instead, undo it, and say where it came from.
+    for (int j = 0; j < ctx->n_logits; j++) {
+        const float *lg = ctx->logits + (size_t)j * (size_t)c->vocab;
+        float acc = 0;
+        for (int v = 0; v < c->vocab; v++) acc += lg[v] * 0.0f;  // NaN if any entry is NaN or Inf
+        if (acc == 0) continue;
+        int i = ctx->logit_tok[j];
+        char why[512];
+        if (lm_model_weights_finite(md, why, sizeof why))
+            snprintf(why, sizeof why, "every weight is finite, so an activation overflowed");
+        st = lm_err(LM_ERR_NUMERIC, "non-finite logits (NaN or Inf) for the token at batch index %d "
+                    "(sequence %d, position %d): %s", i, ctx->seq[i], ctx->pos[i], why);
+        for (int t = 0; t < n; t++) ctx->seq_len[ctx->seq[t]]--;
+        ctx->n_logits = 0;
+        return st;
     }
     return LM_OK;
 }

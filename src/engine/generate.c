@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "lightmoe.h"
+#include "engine/sample.h"
 #include "util/err.h"
 
 lm_gen_params lm_gen_default_params(void) {
@@ -74,10 +75,11 @@ static void finish(gen_seq *g, lm_gen_result *r, lm_finish why, int idx, lm_piec
 // Ends a sequence at EOS or the length limit: text the detokenizer still
 // holds (an incomplete character) is appended first.
 static lm_status finish_flushed(gen_seq *g, lm_gen_result *r, lm_finish why, int idx, lm_piece_cb cb, void *user) {
-    char tail[64];
+    const char *tail;
     size_t nt = 0;
-    if (lm_detok_flush(g->detok, tail, sizeof tail, &nt) == LM_OK && nt && !append(g, tail, nt))
-        return lm_err(LM_ERR_OOM, "out of memory");
+    lm_status st = lm_detok_flush(g->detok, &tail, &nt);
+    if (st) return st;
+    if (nt && !append(g, tail, nt)) return lm_err(LM_ERR_OOM, "out of memory");
     finish(g, r, why, idx, cb, user);
     return LM_OK;
 }
@@ -95,9 +97,9 @@ static lm_status accept_token(gen_seq *g, int i, int32_t t, const lm_gen_params 
     r->n_gen_tokens++;
     g->last = t;
     if (!p->ignore_eos && is_eos(mi, tok, t)) return finish_flushed(g, r, LM_FINISH_EOS, i, cb, user);
-    char piece[256];
+    const char *piece;
     size_t np = 0;
-    lm_status st = lm_detok_push(g->detok, t, piece, sizeof piece, &np);
+    lm_status st = lm_detok_push(g->detok, t, &piece, &np);
     if (st) return st;
     if (np && !append(g, piece, np)) return lm_err(LM_ERR_OOM, "out of memory");
     for (int s = 0; s < p->n_stop; s++) {
@@ -136,6 +138,19 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
     if (n > cp.n_seq)
         return lm_err(LM_ERR_INVALID_ARG, "%d prompts but the context holds %d sequences", n, cp.n_seq);
 
+    lm_status st = lm_tokenizer_check_model(tok, lm_context_model(ctx));
+    if (st) return st;
+    // The model may have more ids than the tokenizer (padded embedding
+    // tables): those, and ids the tokenizer leaves unused, are never sampled,
+    // so every sampled id can be decoded.
+    int n_valid = lm_tokenizer_vocab_size(tok) < mi.vocab ? lm_tokenizer_vocab_size(tok) : mi.vocab;
+    uint8_t *banned = NULL;
+    for (int id = 0; id < n_valid; id++)
+        if (!lm_tokenizer_id_valid(tok, id)) {
+            if (!banned && !(banned = lm_calloc((size_t)n_valid, 1))) return LM_ERR_OOM;
+            banned[id] = 1;
+        }
+
     // A decode step holds one token per live sequence, which may exceed n_batch.
     size_t cap = (size_t)(cp.n_batch > n ? cp.n_batch : n);
     gen_seq *g = lm_calloc((size_t)n, sizeof *g);
@@ -143,7 +158,7 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
     int32_t *bseq = lm_malloc(cap * sizeof(int32_t));
     uint8_t *bwant = lm_malloc(cap);
     int *brow = lm_malloc(cap * sizeof(int));
-    lm_status st = (g && btok && bseq && bwant && brow) ? LM_OK : LM_ERR_OOM;
+    st = (g && btok && bseq && bwant && brow) ? LM_OK : LM_ERR_OOM;
 
     for (int i = 0; i < n && !st; i++) {
         lm_seq_clear(ctx, i);
@@ -162,8 +177,11 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
             if (g[i].prompt[t] >= mi.vocab)
                 st = lm_err(LM_ERR_RANGE, "prompt %d: token id %d is outside the model's vocabulary of %d "
                             "(tokenizer and model do not match)", i, g[i].prompt[t], mi.vocab);
-        if (!st) st = lm_sampler_init(&p.sampler, mi.vocab, &g[i].sampler);
+        if (!st) st = lm_sampler_init(&p.sampler, n_valid, &g[i].sampler);
+        if (!st) lm_sampler_ban(g[i].sampler, banned);
         if (!st) st = lm_detok_init(tok, true, &g[i].detok);
+        // text is never NULL: stop matching and hold-back read it from the first token on
+        if (!st && !append(&g[i], "", 0)) st = lm_err(LM_ERR_OOM, "out of memory");
         results[i].n_prompt_tokens = (int)g[i].n_prompt;
         if (p.max_tokens == 0) g[i].done = true;
     }
@@ -225,6 +243,7 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
         lm_detok_free(g[i].detok);
     }
     free(g);
+    free(banned);
     free(btok);
     free(bseq);
     free(bwant);
@@ -237,4 +256,14 @@ void lm_gen_results_free(lm_gen_result *results, int n) {
         free(results[i].text);
         results[i].text = NULL;
     }
+}
+
+lm_status lm_tokenizer_check_model(const lm_tokenizer *tok, const lm_model *model) {
+    lm_model_info mi;
+    lm_model_get_info(model, &mi);
+    int tv = lm_tokenizer_vocab_size(tok);
+    if (tv > mi.vocab)
+        return lm_err(LM_ERR_FORMAT, "the tokenizer has token ids up to %d but the model's vocabulary has %d "
+                      "(config.json vocab_size): the tokenizer does not belong to this model", tv - 1, mi.vocab);
+    return LM_OK;
 }

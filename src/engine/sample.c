@@ -6,11 +6,13 @@
 
 #include "lightmoe.h"
 #include "util/err.h"
+#include "engine/sample.h"
 #include "util/hash.h"
 
 struct lm_sampler {
     lm_sampler_params p;
-    int vocab;
+    int vocab;              // ids [0, vocab) can be sampled
+    const uint8_t *banned;  // [vocab] or NULL: ids never to sample (not owned)
     uint64_t s[4];  // xoshiro256** state
     float *prob;    // [vocab]
     int *idx;       // [vocab]
@@ -91,22 +93,34 @@ static void select_top(int *idx, int n, int k, const float *p) {
     }
 }
 
+void lm_sampler_ban(lm_sampler *s, const uint8_t *banned) { s->banned = banned; }
+
 int32_t lm_sampler_sample(lm_sampler *s, const float *logits) {
     int V = s->vocab;
+    const uint8_t *ban = s->banned;
     if (s->p.temperature <= 0) {
-        int best = 0;
-        for (int i = 1; i < V; i++)
-            if (logits[i] > logits[best]) best = i;
-        return best;
+        int best = -1;
+        for (int i = 0; i < V; i++)
+            if (!(ban && ban[i]) && (best < 0 || logits[i] > logits[best])) best = i;
+        return best < 0 ? 0 : best;
     }
     float mx = -INFINITY;
-    for (int i = 0; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
-    float inv_t = 1.0f / s->p.temperature;
+    for (int i = 0; i < V; i++)
+        if (!(ban && ban[i])) mx = logits[i] > mx ? logits[i] : mx;
+    // Divide rather than multiply by 1/T: for a tiny T, 1/T overflows to
+    // infinity and 0 * inf is NaN, while 0 / T is 0 and the rest go to 0.
+    float t = s->p.temperature;
+    int n = 0;
     for (int i = 0; i < V; i++) {
-        s->prob[i] = expf((logits[i] - mx) * inv_t);
-        s->idx[i] = i;
+        if (ban && ban[i]) continue;
+        s->prob[n] = expf((logits[i] - mx) / t);
+        s->idx[n++] = i;
     }
-    int n = V;
+    // prob is indexed by id below: spread the compacted values back.
+    for (int k = n - 1; k >= 0; k--) {
+        float v = s->prob[k];
+        s->prob[s->idx[k]] = v;
+    }
     if (s->p.top_k > 0 && s->p.top_k < n) {
         select_top(s->idx, n, s->p.top_k, s->prob);
         n = s->p.top_k;

@@ -4,10 +4,13 @@
 // layout (bind_all) serves both sources so they cannot drift apart.
 #include "model/model.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "kernels/cpu/kernels.h"
 #include "util/err.h"
@@ -20,6 +23,7 @@ struct binder {
     lm_status (*get)(binder *b, const char *name, int rows, int cols, bool vec, lm_mat *m);
     lm_model *model;
     const char *where;  // directory or config path, for messages
+    uint8_t *used_tensor;  // [lm_st_count]: checkpoint tensors bound so far
     // synthetic source
     uint8_t *base;
     size_t used;
@@ -55,7 +59,8 @@ static lm_status get_checkpoint(binder *b, const char *name, int rows, int cols,
     if (t->dtype == LM_DT_OTHER)
         return lm_err(LM_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (supported: BF16, F16, F32)", file,
                       name, t->dtype_str);
-    *m = (lm_mat){t->data, t->dtype, rows, cols, (size_t)cols};
+    *m = (lm_mat){t->data, NULL, t->dtype, rows, cols, (size_t)cols};
+    b->used_tensor[t - lm_st_get(b->model->st, 0)] = 1;
     return LM_OK;
 }
 
@@ -89,7 +94,7 @@ static lm_status get_synthetic(binder *b, const char *name, int rows, int cols, 
     size_t off = b->used;
     b->used += (bytes + 63) & ~(size_t)63;
     if (b->counting) {
-        *m = (lm_mat){NULL, LM_DT_BF16, rows, cols, (size_t)cols};
+        *m = (lm_mat){NULL, NULL, LM_DT_BF16, rows, cols, (size_t)cols};
         return LM_OK;
     }
     uint16_t *dst = (uint16_t *)(b->base + off);
@@ -101,8 +106,23 @@ static lm_status get_synthetic(binder *b, const char *name, int rows, int cols, 
     float scale = norm ? 0.0f : (strstr(name, "embed") ? 1.7f : 1.7f / sqrtf((float)cols));
     fill_job job = {dst, (size_t)rows * (size_t)cols, h, scale};
     lm_pool_run(b->model->pool, fill_task, &job, (int)((job.n + FILL_CHUNK - 1) / FILL_CHUNK));
-    *m = (lm_mat){dst, LM_DT_BF16, rows, cols, (size_t)cols};
+    *m = (lm_mat){dst, NULL, LM_DT_BF16, rows, cols, (size_t)cols};
     return LM_OK;
+}
+
+// Keeps a copy of a tensor name for the model's lifetime (messages that
+// name a tensor after the checkpoint files are closed).
+static const char *intern_name(lm_model *md, const char *name) {
+    if (md->n_names == md->cap_names) {
+        int cap = md->cap_names ? md->cap_names * 2 : 256;
+        char **v = realloc(md->names, (size_t)cap * sizeof *v);
+        if (!v) return NULL;
+        md->names = v;
+        md->cap_names = cap;
+    }
+    char *c = lm_strdup(name);
+    if (c) md->names[md->n_names++] = c;
+    return c;
 }
 
 #define BIND(mat, rows, cols, vec, ...)                                      \
@@ -110,6 +130,8 @@ static lm_status get_synthetic(binder *b, const char *name, int rows, int cols, 
         snprintf(name, sizeof name, __VA_ARGS__);                            \
         lm_status _st = b->get(b, name, (rows), (cols), (vec), &(mat));      \
         if (_st) return _st;                                                 \
+        if (!b->counting && !((mat).name = intern_name(md, name)))           \
+            return lm_err(LM_ERR_OOM, "out of memory");                      \
         account(md, &(mat));                                                 \
     } while (0)
 
@@ -192,10 +214,14 @@ lm_model_params lm_model_default_params(void) {
 }
 
 lm_synthetic_params lm_synthetic_default_params(void) {
-    return (lm_synthetic_params){.config_path = NULL, .n_layers = 0, .seed = 1234};
+    return (lm_synthetic_params){.config_path = NULL, .n_layers = 0, .seed = 1234, .shapes_only = false};
 }
 
 static lm_status model_alloc(lm_model **out, const lm_model_params *params) {
+    int nt = params ? params->n_threads : 0, cpus = lm_cpu_count();
+    if (nt > cpus)
+        return lm_err(LM_ERR_INVALID_ARG, "%d threads asked for but this process may use %d CPUs "
+                      "(the workers spin between steps, so more threads than CPUs is slower)", nt, cpus);
     lm_model *md = lm_calloc(1, sizeof *md);
     if (!md) return LM_ERR_OOM;
     lm_status st = lm_pool_init(params ? params->n_threads : 0, &md->pool);
@@ -239,16 +265,6 @@ static int all_mats(lm_model *md, lm_mat **out, int cap) {
     return n;
 }
 
-static size_t mem_available(void) {
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[256];
-    size_t kb = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %zu kB", &kb) == 1) break;
-    if (f) fclose(f);
-    return kb * 1024;
-}
-
 typedef struct {
     lm_mat **mats;
     uint8_t *dst;
@@ -280,12 +296,13 @@ static lm_status copy_weights(lm_model *md, const char *dir) {
         off[k++] = total;
         total += (lm_mat_bytes(mats[i]) + 63) & ~(size_t)63;
     }
+    char sz[32];
     md->owned = lm_huge_alloc(total);
     if (!md->owned) {
         free(mats);
         free(off);
-        return lm_err(LM_ERR_OOM, "%s: cannot allocate %.2f GB to hold the weights (try mmap)", dir,
-                      (double)total / 1e9);
+        return lm_err(LM_ERR_OOM, "%s: cannot allocate %s to hold the weights (use --mmap)", dir,
+                      lm_format_bytes((double)total, sz, sizeof sz));
     }
     copy_job j = {mats, md->owned, off};
     lm_pool_run(md->pool, copy_task, &j, k);
@@ -298,35 +315,55 @@ static lm_status copy_weights(lm_model *md, const char *dir) {
     return LM_OK;
 }
 
+// Counts the checkpoint tensors no weight was bound to (a config with fewer
+// layers than the checkpoint, a different architecture's extra tensors).
+static lm_status note_unused(lm_model *md, const uint8_t *used) {
+    for (int i = 0; i < lm_st_count(md->st); i++) {
+        if (used[i]) continue;
+        if (!md->n_unused++ && !(md->unused_example = lm_strdup(lm_st_get(md->st, i)->name))) return LM_ERR_OOM;
+    }
+    return LM_OK;
+}
+
 lm_status lm_model_load(const char *dir, const lm_model_params *params, lm_model **out) {
     *out = NULL;
     lm_cpu_kernels_init(-1);
-    char path[4096];
-    if (!lm_path_join(path, sizeof path, dir, "config.json"))
-        return lm_err(LM_ERR_INVALID_ARG, "%s: path too long", dir);
-    if (!lm_file_exists(path))
-        return lm_err(LM_ERR_IO, "%s: no config.json (is this a Hugging Face checkpoint directory?)", dir);
-    lm_model *md;
-    lm_status st = model_alloc(&md, params);
+    lm_status st = lm_check_dir(dir);
     if (st) return st;
-    if ((st = lm_config_load(path, &md->cfg)) || (st = lm_st_open_dir(dir, &md->st)) ||
-        (st = model_layers_alloc(md))) {
+    char *path = lm_path_join(dir, "config.json");
+    if (!path) return LM_ERR_OOM;
+    struct stat sb;
+    if (lstat(path, &sb) != 0 && errno == ENOENT) {
+        free(path);
+        return lm_err(LM_ERR_IO, "%s: no config.json (is this a Hugging Face checkpoint directory?)", dir);
+    }
+    lm_model *md;
+    if ((st = model_alloc(&md, params))) {
+        free(path);
+        return st;
+    }
+    st = lm_config_load(path, &md->cfg);
+    free(path);
+    if (st || (st = lm_st_open_dir(dir, &md->st)) || (st = model_layers_alloc(md))) {
         lm_model_free(md);
         return st;
     }
     binder b = {.get = get_checkpoint, .model = md, .where = dir};
-    if ((st = bind_all(&b))) {
+    b.used_tensor = lm_calloc((size_t)lm_st_count(md->st) + 1, 1);
+    if (!b.used_tensor || (st = bind_all(&b)) || (st = note_unused(md, b.used_tensor))) {
+        free(b.used_tensor);
         lm_model_free(md);
-        return st;
+        return b.used_tensor ? st : LM_ERR_OOM;
     }
+    free(b.used_tensor);
     lm_weights_mode mode = params ? params->weights : LM_WEIGHTS_AUTO;
     uint64_t bytes = md->bytes_dt[0] + md->bytes_dt[1] + md->bytes_dt[2];
-    size_t avail = mem_available();
+    uint64_t avail = lm_mem_available();
     if (mode == LM_WEIGHTS_AUTO) mode = (double)bytes <= 0.9 * (double)avail ? LM_WEIGHTS_COPY : LM_WEIGHTS_MMAP;
-    else if (mode == LM_WEIGHTS_COPY && avail && (double)bytes > 0.95 * (double)avail) {
+    else if (mode == LM_WEIGHTS_COPY && (st = lm_mem_check(bytes, 0.05, "copying the weights"))) {
         lm_model_free(md);
-        return lm_err(LM_ERR_OOM, "%s: copying the weights needs %.2f GB but %.2f GB of memory is available (use mmap)",
-                      dir, (double)bytes / 1e9, (double)avail / 1e9);
+        lm_err_wrap(st, "%s", dir);
+        return lm_err_append(st, " (use mmap: --mmap)");
     }
     if (mode == LM_WEIGHTS_COPY && (st = copy_weights(md, dir))) {
         lm_model_free(md);
@@ -362,20 +399,35 @@ lm_status lm_model_load_synthetic(const lm_synthetic_params *sp, const lm_model_
     binder b = {.get = get_synthetic, .model = md, .where = sp->config_path, .counting = true, .seed = sp->seed};
     bind_all(&b);  // sizing pass: cannot fail
     size_t total = b.used;
+    if (sp->shapes_only) {
+        md->shapes_only = true;
+        *out = md;
+        return LM_OK;
+    }
+    char what[64 + 4096];
+    snprintf(what, sizeof what, "%s: synthetic weights for %d layers", sp->config_path, md->cfg.n_layers);
+    if ((st = lm_mem_check(total, 0.05, what))) {
+        lm_model_free(md);
+        return lm_err_append(st, " (keep fewer layers with CONFIG.json:LAYERS)");
+    }
     // Huge pages also make the fill itself fast: filling gigabytes of 4 KiB
     // pages is dominated by page faults.
     md->owned = lm_huge_alloc(total);
     if (!md->owned) {
         lm_model_free(md);
-        return lm_err(LM_ERR_OOM, "%s: cannot allocate %.2f GB of synthetic weights", sp->config_path,
-                      (double)total / 1e9);
+        char sz[32];
+        return lm_err(LM_ERR_OOM, "%s: cannot allocate %s of synthetic weights", sp->config_path,
+                      lm_format_bytes((double)total, sz, sizeof sz));
     }
     md->n_params = 0;
     memset(md->bytes_dt, 0, sizeof md->bytes_dt);
     b.counting = false;
     b.used = 0;
     b.base = md->owned;
-    bind_all(&b);
+    if ((st = bind_all(&b))) {  // only name copies can fail here
+        lm_model_free(md);
+        return st;
+    }
     *out = md;
     return LM_OK;
 }
@@ -387,6 +439,9 @@ void lm_model_free(lm_model *md) {
     free(md->owned);
     free(md->layers);
     free(md->expert_mem);
+    for (int i = 0; i < md->n_names; i++) free(md->names[i]);
+    free(md->names);
+    free(md->unused_example);
     lm_config_free(&md->cfg);
     free(md);
 }
@@ -410,6 +465,9 @@ void lm_model_get_info(const lm_model *md, lm_model_info *o) {
     o->max_positions = c->max_pos;
     o->tie_embeddings = c->tie_embeddings;
     o->weights_mmapped = md->st != NULL;
+    o->has_weights = !md->shapes_only;
+    o->n_unused_tensors = md->n_unused;
+    o->unused_tensor = md->unused_example;
     o->n_params_total = md->n_params;
     o->n_params_active = md->n_params_active;
     o->bytes_f32 = md->bytes_dt[LM_DT_F32];
@@ -420,4 +478,53 @@ void lm_model_get_info(const lm_model *md, lm_model_info *o) {
     o->bos_token_id = c->bos;
     o->n_eos = c->n_eos;
     for (int i = 0; i < c->n_eos && i < 8; i++) o->eos_token_ids[i] = c->eos[i];
+}
+
+typedef struct {
+    lm_mat **mats;
+    int n;
+    atomic_int bad;  // lowest index of a matrix with a non-finite value, or n
+    size_t *where;   // [n] first bad element per matrix
+} finite_job;
+
+static void finite_task(void *ctx, int i, int thread) {
+    finite_job *j = ctx;
+    const lm_mat *m = j->mats[i];
+    size_t n = (size_t)m->rows * (size_t)m->cols, es = lm_dtype_size(m->dt);
+    float v[1024];
+    for (size_t k0 = 0; k0 < n; k0 += 1024) {
+        size_t c = n - k0 < 1024 ? n - k0 : 1024;
+        lm_to_f32((const char *)m->data + k0 * es, m->dt, v, c);
+        for (size_t k = 0; k < c; k++)
+            if (!isfinite(v[k])) {
+                j->where[i] = k0 + k;
+                int cur = atomic_load(&j->bad);
+                while (i < cur && !atomic_compare_exchange_weak(&j->bad, &cur, i)) {}
+                return;
+            }
+    }
+}
+
+bool lm_model_weights_finite(const lm_model *md_c, char *msg, size_t cap) {
+    lm_model *md = (lm_model *)md_c;  // all_mats hands out pointers; nothing is written
+    if (md->shapes_only) return true;
+    int n_max = 64 + md->cfg.n_layers * (32 + 3 * md->cfg.n_experts);
+    lm_mat **mats = malloc((size_t)n_max * sizeof *mats);
+    size_t *where = malloc((size_t)n_max * sizeof *where);
+    bool ok = true;
+    if (mats && where) {
+        int n = all_mats(md, mats, n_max);
+        finite_job j = {mats, n, n, where};
+        lm_pool_run(md->pool, finite_task, &j, n);
+        int bad = atomic_load(&j.bad);
+        if (bad < n) {
+            ok = false;
+            const lm_mat *m = mats[bad];
+            snprintf(msg, cap, "tensor '%s' holds a NaN or Inf at element %zu (row %zu)",
+                     m->name ? m->name : "?", where[bad], where[bad] / (size_t)m->cols);
+        }
+    }
+    free(mats);
+    free(where);
+    return ok;
 }

@@ -12,6 +12,7 @@
 // Vectors are rows == 1. data == NULL means "absent" (optional weights).
 typedef struct lm_mat {
     const void *data;
+    const char *name;  // Hugging Face tensor name (owned by the model), for messages
     lm_dtype dt;
     int rows, cols;
     size_t stride;
@@ -45,7 +46,16 @@ struct lm_model {
     lm_pool *pool;
     uint64_t n_params, n_params_active;
     uint64_t bytes_dt[3];  // by lm_dtype (F32, F16, BF16)
+    bool shapes_only;      // synthetic model without weights: describable, not runnable
+    char **names;          // [n_names] tensor names the lm_mats point at
+    int n_names, cap_names;
+    int n_unused;          // checkpoint tensors no weight was bound to
+    char *unused_example;  // the first of them, for the warning
 };
+
+// Scans every weight for NaN/Inf; returns false and names the first tensor
+// and element found in *msg (cap bytes), true if every weight is finite.
+bool lm_model_weights_finite(const lm_model *md, char *msg, size_t cap);
 
 // Bytes of one matrix as stored.
 size_t lm_mat_bytes(const lm_mat *m);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "util/err.h"
+#include "util/file.h"
 
 // Matches the reference implementation's limit; real headers are ~1 MB.
 #define ST_MAX_HEADER 100000000ull
@@ -386,30 +387,22 @@ static lm_status set_add_file(lm_st_set *s, const char *path) {
     if (!f->path) return LM_ERR_OOM;
     s->n_files++;  // from here on lm_st_close cleans up this entry
 
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return lm_err(LM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return lm_err(LM_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return lm_err(LM_ERR_IO, "%s: not a regular file", path);
-    }
-    if (sb.st_size < 8) {  // also avoids mmap of 0 bytes, which fails
+    int fd;
+    uint64_t fsize;
+    lm_status st = lm_open_regular(path, &fd, &fsize);
+    if (st) return st;
+    if (fsize < 8) {  // also avoids mmap of 0 bytes, which fails
         close(fd);
         return lm_err(LM_ERR_FORMAT,
-                      "%s: truncated: file is %lld bytes, shorter than the 8-byte header length",
-                      path, (long long)sb.st_size);
+                      "%s: truncated: file is %llu bytes, shorter than the 8-byte header length",
+                      path, (unsigned long long)fsize);
     }
-    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *map = mmap(NULL, (size_t)fsize, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);  // the mapping keeps the file alive
     if (map == MAP_FAILED) return lm_err(LM_ERR_IO, "%s: cannot mmap: %s", path, strerror(e));
     f->map = map;
-    f->size = (size_t)sb.st_size;
+    f->size = (size_t)fsize;
 
     add_ctx c = {s, s->n_files - 1};
     return lm_st_parse(map, f->size, path, add_tensor_cb, &c);
@@ -443,48 +436,6 @@ lm_status lm_st_open_file(const char *path, lm_st_set **out) {
 
 // ------------------------------------------------------------- directories ---
 
-static char *path_join(const char *dir, const char *name) {
-    size_t dl = strlen(dir);
-    int slash = dl > 0 && dir[dl - 1] == '/';
-    size_t n = dl + strlen(name) + 2;
-    char *p = lm_malloc(n);
-    if (p) snprintf(p, n, "%s%s%s", dir, slash ? "" : "/", name);
-    return p;
-}
-
-static int file_exists(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0;
-}
-
-// Reads a whole small file into a NUL-terminated buffer.
-static lm_status read_text(const char *path, char **out, size_t *len) {
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return lm_err(LM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    lm_status st = LM_OK;
-    char *buf = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
-    if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        st = lm_err(LM_ERR_IO, "%s: cannot determine size: %s", path, strerror(errno));
-    } else if ((unsigned long long)n > ST_MAX_INDEX) {
-        st = lm_err(LM_ERR_FORMAT, "%s: %ld bytes is too large for an index file", path, n);
-    } else if (!(buf = lm_malloc((size_t)n + 1))) {
-        st = LM_ERR_OOM;
-    } else if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        st = lm_err(LM_ERR_IO, "%s: read failed", path);
-    } else {
-        buf[n] = 0;
-        *out = buf;
-        *len = (size_t)n;
-        buf = NULL;
-    }
-    free(buf);
-    fclose(f);
-    return st;
-}
-
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -497,7 +448,7 @@ static int shard_name_ok(const char *s) {
 static lm_status open_index(const char *dir, const char *ipath, lm_st_set **out) {
     char *text = NULL;
     size_t len = 0;
-    lm_status st = read_text(ipath, &text, &len);
+    lm_status st = lm_read_file(ipath, ST_MAX_INDEX, &text, &len);
     if (st != LM_OK) return st;
 
     cJSON *root = cJSON_ParseWithLength(text, len);
@@ -552,7 +503,7 @@ static lm_status open_index(const char *dir, const char *ipath, lm_st_set **out)
         goto out;
     }
     for (size_t i = 0; i < n_names; i++) {
-        char *p = path_join(dir, names[i]);
+        char *p = lm_path_join(dir, names[i]);
         if (!p) {
             st = LM_ERR_OOM;
             goto out;
@@ -590,6 +541,13 @@ out:
     return st;
 }
 
+// Anything at that name (even a broken symlink or a directory) is what the
+// user meant; opening it then says what is wrong with it.
+static bool path_present(const char *path) {
+    struct stat sb;
+    return lstat(path, &sb) == 0;
+}
+
 static int has_suffix(const char *s, const char *suf) {
     size_t a = strlen(s), b = strlen(suf);
     return a > b && strcmp(s + a - b, suf) == 0;
@@ -599,18 +557,18 @@ lm_status lm_st_open_dir(const char *dir, lm_st_set **out) {
     if (!dir || !out) return lm_err(LM_ERR_INVALID_ARG, "lm_st_open_dir: NULL argument");
     *out = NULL;
     lm_status st;
-    char *p = path_join(dir, "model.safetensors.index.json");
+    char *p = lm_path_join(dir, "model.safetensors.index.json");
     if (!p) return LM_ERR_OOM;
-    if (file_exists(p)) {
+    if (path_present(p)) {
         st = open_index(dir, p, out);
         free(p);
         return st;
     }
     free(p);
 
-    p = path_join(dir, "model.safetensors");
+    p = lm_path_join(dir, "model.safetensors");
     if (!p) return LM_ERR_OOM;
-    if (file_exists(p)) {
+    if (path_present(p)) {
         st = lm_st_open_file(p, out);
         free(p);
         return st;
@@ -647,7 +605,7 @@ lm_status lm_st_open_dir(const char *dir, lm_st_set **out) {
                         "%s: %d *.safetensors files (%s, %s%s) but no "
                         "model.safetensors.index.json saying which to load",
                         dir, count, first, second, count > 2 ? ", ..." : "");
-        } else if (!(p = path_join(dir, first))) {
+        } else if (!(p = lm_path_join(dir, first))) {
             st = LM_ERR_OOM;
         } else {
             st = lm_st_open_file(p, out);

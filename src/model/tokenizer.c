@@ -8,10 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <utf8proc.h>
 
 #include "model/tokenizer.h"
 #include "util/err.h"
+#include "util/file.h"
 
 // ------------------------------------------------------------ JSON helpers --
 
@@ -33,34 +35,32 @@ static bool jint(const cJSON *v, int32_t *out) {
     return true;
 }
 
-static lm_status read_file(const char *path, char **data, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return lm_err(LM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    tk_buf b = {0};
-    char chunk[1 << 16];
-    size_t got;
-    while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
-        if (!tk_buf_put(&b, chunk, got)) {
-            fclose(f);
-            tk_buf_free(&b);
-            return LM_ERR_OOM;
-        }
-    bool err = ferror(f);
-    fclose(f);
-    if (err) {
-        tk_buf_free(&b);
-        return lm_err(LM_ERR_IO, "%s: read error", path);
+// A token id larger than any real vocabulary (the largest today are ~256k):
+// refusing it keeps a hostile id from sizing the id tables.
+#define TK_MAX_ID (1 << 24)
+// Real tokenizer.json files are at most tens of MB.
+#define TK_MAX_FILE ((size_t)1 << 30)
+
+static bool jid(const cJSON *v, int32_t *out) { return jint(v, out) && *out < TK_MAX_ID; }
+
+// A JSON text must be UTF-8 (RFC 8259); every string of the file then is,
+// which the regex engine relies on (it is run without its own UTF check).
+static lm_status check_utf8(const char *path, const char *data, size_t len) {
+    size_t bad = tk_utf8_invalid_at(data, len);
+    if (bad == len) return LM_OK;
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i < bad; i++) {
+        if (data[i] == '\n') line++, col = 1;
+        else if (((unsigned char)data[i] & 0xC0) != 0x80) col++;
     }
-    if (!tk_buf_put(&b, "", 1)) {
-        tk_buf_free(&b);
-        return LM_ERR_OOM;
-    }
-    *data = b.p;
-    *len = b.n - 1;
-    return LM_OK;
+    return lm_err(LM_ERR_FORMAT, "%s: not valid UTF-8 at byte %zu (line %zu, column %zu): a JSON file must be UTF-8",
+                  path, bad, line, col);
 }
 
 static lm_status parse_json(const char *path, const char *data, size_t len, cJSON **out) {
+    *out = NULL;
+    lm_status st = check_utf8(path, data, len);
+    if (st) return st;
     *out = cJSON_ParseWithLength(data, len);
     if (!*out) {
         const char *at = cJSON_GetErrorPtr();
@@ -87,7 +87,7 @@ static lm_status one_char(const lm_tokenizer *t, const char *s, const char *what
 // {"String": s} or {"Regex": r} -> compiled pattern
 static lm_status parse_pattern(lm_tokenizer *t, const cJSON *p, const char *what, tk_regex *re) {
     const char *lit = jstr(p, "String"), *rx = jstr(p, "Regex");
-    char name[160];
+    char name[4400];
     snprintf(name, sizeof name, "%s: %s", t->path, what);
     if (lit) return tk_regex_compile(re, lit, true, name);
     if (rx) return tk_regex_compile(re, rx, false, name);
@@ -192,8 +192,8 @@ static lm_status parse_pre(lm_tokenizer *t, const cJSON *p) {
     tk_pre *pt = &t->pre[t->n_pre];
     *pt = (tk_pre){0};
     lm_status st = LM_OK;
-    char name[160];
-    snprintf(name, sizeof name, "%s: %s pre-tokenizer", t->path, type);
+    char name[4400];
+    snprintf(name, sizeof name, "%s: %.200s pre-tokenizer", t->path, type);
     if (!strcmp(type, "Split")) {
         pt->type = TK_PRE_SPLIT;
         pt->invert = jbool(p, "invert", false);
@@ -299,7 +299,9 @@ static lm_status add_ids(lm_tokenizer *t, tk_ids *dst, const cJSON *ids, const c
     if (!cJSON_IsArray(ids)) return lm_err(LM_ERR_FORMAT, "%s: %s has no ids", t->path, what);
     cJSON_ArrayForEach(it, ids) {
         int32_t id;
-        if (!jint(it, &id)) return lm_err(LM_ERR_FORMAT, "%s: %s has a bad id", t->path, what);
+        if (!jid(it, &id) || id >= t->n_ids || !t->tok_str[id])
+            return lm_err(LM_ERR_FORMAT, "%s: %s has id %.0f, which is not a token of this tokenizer", t->path,
+                          what, cJSON_IsNumber(it) ? it->valuedouble : -1.0);
         if (!tk_ids_push(dst, id)) return LM_ERR_OOM;
     }
     return LM_OK;
@@ -349,8 +351,10 @@ static lm_status parse_post(lm_tokenizer *t, const cJSON *p) {
         const cJSON *cls = cJSON_GetObjectItemCaseSensitive(p, "cls");
         const cJSON *sep = cJSON_GetObjectItemCaseSensitive(p, "sep");
         int32_t cid, sid;
-        if (!jint(cJSON_GetArrayItem(cls, 1), &cid) || !jint(cJSON_GetArrayItem(sep, 1), &sid))
+        if (!jid(cJSON_GetArrayItem(cls, 1), &cid) || !jid(cJSON_GetArrayItem(sep, 1), &sid))
             return lm_err(LM_ERR_FORMAT, "%s: %s needs cls and sep", t->path, type);
+        if (cid >= t->n_ids || !t->tok_str[cid] || sid >= t->n_ids || !t->tok_str[sid])
+            return lm_err(LM_ERR_FORMAT, "%s: %s cls/sep ids are not tokens of this tokenizer", t->path, type);
         if (!tk_ids_push(&pre, cid) || !tk_ids_push(&post, sid)) st = LM_ERR_OOM;
     } else {
         return lm_err(LM_ERR_UNSUPPORTED,
@@ -393,8 +397,9 @@ static lm_status parse_bpe(lm_tokenizer *t, const cJSON *model) {
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
         int32_t id;
-        if (!jint(it, &id))
-            return lm_err(LM_ERR_FORMAT, "%s: vocab entry '%s' has no valid id", t->path, it->string);
+        if (!jid(it, &id))
+            return lm_err(LM_ERR_FORMAT, "%s: vocab entry '%.200s' has no valid id (an integer in [0, %d))", t->path,
+                          it->string, TK_MAX_ID);
         lm_status st = set_token(t, id, it->string, strlen(it->string));
         if (st) return st;
         if (!tk_strmap_put(&t->vocab, t->tok_str[id], t->tok_len[id], id)) return LM_ERR_OOM;
@@ -520,20 +525,32 @@ static lm_status build_trie(lm_tokenizer *t, tk_trie *tr, bool normalized) {
     return st;
 }
 
+static lm_status added_entries(lm_tokenizer *t, const cJSON *arr, tk_strmap *seen);
+
 static lm_status parse_added(lm_tokenizer *t, const cJSON *arr) {
-    const cJSON *it;
     int n = cJSON_GetArraySize(arr);
     t->added = calloc(n ? n : 1, sizeof *t->added);
-    if (!t->added) return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
+    tk_strmap seen = {0};  // contents so far (keys point into the JSON tree)
+    if (!t->added || !tk_strmap_init(&seen, (size_t)n)) {
+        tk_strmap_free(&seen);
+        return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
+    }
+    lm_status st = added_entries(t, arr, &seen);
+    tk_strmap_free(&seen);
+    return st;
+}
+
+static lm_status added_entries(lm_tokenizer *t, const cJSON *arr, tk_strmap *seen) {
+    const cJSON *it;
     cJSON_ArrayForEach(it, arr) {
         const char *content = jstr(it, "content");
         int32_t id;
-        if (!content || !jint(cJSON_GetObjectItemCaseSensitive(it, "id"), &id))
-            return lm_err(LM_ERR_FORMAT, "%s: added_tokens entry without content or id", t->path);
+        if (!content || !jid(cJSON_GetObjectItemCaseSensitive(it, "id"), &id))
+            return lm_err(LM_ERR_FORMAT, "%s: added_tokens entry without content or a valid id (an integer in [0, %d))",
+                          t->path, TK_MAX_ID);
         if (!*content) continue;
-        bool dup = false;
-        for (int i = 0; i < t->n_added; i++) dup = dup || !strcmp(t->added[i].content, content);
-        if (dup) continue;
+        if (tk_strmap_get(seen, content, strlen(content)) >= 0) continue;  // a repeat: the first one wins
+        if (!tk_strmap_put(seen, content, strlen(content), 1)) return LM_ERR_OOM;
         // a token already in the model vocabulary keeps the model's id
         int32_t vid = tk_strmap_get(&t->vocab, content, strlen(content));
         if (vid >= 0) id = vid;
@@ -562,26 +579,21 @@ static int32_t config_token(const lm_tokenizer *t, const cJSON *cfg, const char 
 }
 
 static lm_status read_config(lm_tokenizer *t) {
-    // tokenizer_config.json in the directory of tokenizer.json, if present
-    const char *slash = strrchr(t->path, '/');
-    size_t dir_n = slash ? (size_t)(slash - t->path + 1) : 0;
-    char *cpath = malloc(dir_n + sizeof "tokenizer_config.json");
-    if (!cpath) return lm_err(LM_ERR_OOM, "out of memory");
-    memcpy(cpath, t->path, dir_n);
-    strcpy(cpath + dir_n, "tokenizer_config.json");
-
     // without a config, the BOS is the special token the template puts first
     t->bos = t->post_prefix.n ? t->post_prefix.v[0] : -1;
     t->eos = -1;
-    char *data = NULL;
-    size_t len;
-    FILE *f = fopen(cpath, "rb");
-    if (!f) {
+    if (!t->dir) return LM_OK;  // parsed from memory
+    // tokenizer_config.json next to tokenizer.json, if present
+    char *cpath = lm_path_join(t->dir, "tokenizer_config.json");
+    if (!cpath) return LM_ERR_OOM;
+    struct stat sb;
+    if (lstat(cpath, &sb) != 0 && errno == ENOENT) {
         free(cpath);
         return LM_OK;
     }
-    fclose(f);
-    lm_status st = read_file(cpath, &data, &len);
+    char *data = NULL;
+    size_t len;
+    lm_status st = lm_read_file(cpath, TK_MAX_FILE, &data, &len);
     cJSON *cfg = NULL;
     if (st == LM_OK) st = parse_json(cpath, data, len, &cfg);
     free(data);
@@ -631,23 +643,21 @@ static lm_status load(lm_tokenizer *t, const cJSON *root) {
     return read_config(t);
 }
 
-lm_status lm_tokenizer_load(const char *path, lm_tokenizer **out) {
-    if (!path || !out) return lm_err(LM_ERR_INVALID_ARG, "lm_tokenizer_load: NULL argument");
+// Parses tokenizer.json text; `dir` (may be NULL) is where tokenizer_config.json is looked for.
+static lm_status parse_tokenizer(const char *name, const char *dir, const char *data, size_t len,
+                                 lm_tokenizer **out) {
     *out = NULL;
     lm_tokenizer *t = calloc(1, sizeof *t);
-    if (!t) return lm_err(LM_ERR_OOM, "%s: out of memory", path);
+    if (!t) return lm_err(LM_ERR_OOM, "%s: out of memory", name);
     t->unk_id = t->bos = t->eos = -1;
-    t->path = strdup(path);
-    if (!t->path) {
-        free(t);
-        return lm_err(LM_ERR_OOM, "%s: out of memory", path);
+    t->path = strdup(name);
+    t->dir = dir ? strdup(dir) : NULL;
+    if (!t->path || (dir && !t->dir)) {
+        lm_tokenizer_free(t);
+        return lm_err(LM_ERR_OOM, "%s: out of memory", name);
     }
-    char *data = NULL;
-    size_t len = 0;
     cJSON *root = NULL;
-    lm_status st = read_file(path, &data, &len);
-    if (st == LM_OK) st = parse_json(path, data, len, &root);
-    free(data);
+    lm_status st = parse_json(name, data, len, &root);
     if (st == LM_OK) st = load(t, root);
     cJSON_Delete(root);
     if (st != LM_OK) {
@@ -656,6 +666,27 @@ lm_status lm_tokenizer_load(const char *path, lm_tokenizer **out) {
     }
     *out = t;
     return LM_OK;
+}
+
+lm_status tk_tokenizer_parse(const char *json, size_t len, const char *name, lm_tokenizer **out) {
+    if (!json || !out) return lm_err(LM_ERR_INVALID_ARG, "tk_tokenizer_parse: NULL argument");
+    return parse_tokenizer(name ? name : "(memory)", NULL, json, len, out);
+}
+
+lm_status lm_tokenizer_load(const char *path, lm_tokenizer **out) {
+    if (!path || !out) return lm_err(LM_ERR_INVALID_ARG, "lm_tokenizer_load: NULL argument");
+    *out = NULL;
+    char *data = NULL, *dir = strdup(path);
+    size_t len = 0;
+    if (!dir) return lm_err(LM_ERR_OOM, "%s: out of memory", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) slash[slash == dir ? 1 : 0] = 0;
+    else strcpy(dir, ".");
+    lm_status st = lm_read_file(path, TK_MAX_FILE, &data, &len);
+    if (st == LM_OK) st = parse_tokenizer(path, dir, data, len, out);
+    free(data);
+    free(dir);
+    return st;
 }
 
 void lm_tokenizer_free(lm_tokenizer *t) {
@@ -682,10 +713,14 @@ void lm_tokenizer_free(lm_tokenizer *t) {
     free(t->tok_flags);
     tk_arena_free(&t->arena);
     free(t->path);
+    free(t->dir);
     free(t);
 }
 
 int lm_tokenizer_vocab_size(const lm_tokenizer *t) { return t ? t->n_ids : 0; }
+bool lm_tokenizer_id_valid(const lm_tokenizer *t, int32_t id) {
+    return t && id >= 0 && id < t->n_ids && t->tok_str[id];
+}
 int32_t lm_tokenizer_bos(const lm_tokenizer *t) { return t ? t->bos : -1; }
 int32_t lm_tokenizer_eos(const lm_tokenizer *t) { return t ? t->eos : -1; }
 
@@ -769,7 +804,11 @@ lm_status lm_tokenize(const lm_tokenizer *t, const char *text, size_t len, bool 
     if (!t || !ids || !n_ids || (!text && len)) return lm_err(LM_ERR_INVALID_ARG, "lm_tokenize: NULL argument");
     *ids = NULL;
     *n_ids = 0;
-    if (!tk_utf8_valid(text, len)) return lm_err(LM_ERR_INVALID_ARG, "lm_tokenize: input is not valid UTF-8");
+    // BPE positions are int32: longer texts must be cut by the caller.
+    if (len >= ((size_t)1 << 31) - 1)
+        return lm_err(LM_ERR_INVALID_ARG, "text of %zu bytes is too long to tokenize at once (limit 2^31 - 2)", len);
+    size_t bad = tk_utf8_invalid_at(text, len);
+    if (bad != len) return lm_err(LM_ERR_INVALID_ARG, "text is not valid UTF-8 (byte %zu of %zu)", bad, len);
 
     tk_splits raw = {0}, norm = {0};
     tk_buf nb = {0};

@@ -46,7 +46,11 @@ void tk_arena_free(tk_arena *a);
 // Decodes one strict UTF-8 character at s (n bytes available): returns its
 // length and sets *cp, or 0 if the bytes there are not valid UTF-8.
 int tk_utf8_next(const char *s, size_t n, uint32_t *cp);
+// As tk_utf8_next, but an invalid byte reads as one U+FFFD character, so
+// loops over text always advance (n > 0 gives a length >= 1).
+int tk_utf8_step(const char *s, size_t n, uint32_t *cp);
 bool tk_utf8_valid(const char *s, size_t n);
+size_t tk_utf8_invalid_at(const char *s, size_t n);  // offset of the first invalid byte, n if none
 int tk_utf8_encode(uint32_t cp, char out[4]);  // returns the length
 bool tk_utf8_put(tk_buf *b, uint32_t cp);
 // Rust's String::from_utf8_lossy: each maximal invalid subsequence -> U+FFFD.
@@ -172,6 +176,7 @@ typedef struct tk_trie {
 
 struct lm_tokenizer {
     char *path;  // for error messages
+    char *dir;   // directory of tokenizer.json (tokenizer_config.json); NULL when parsed from memory
     tk_arena arena;
 
     // id -> token string (model vocab and added tokens); NULL where an id is unused
@@ -231,6 +236,10 @@ typedef struct tk_splits {
 
 bool tk_splits_add(tk_splits *s, const char *text, size_t len, int32_t id, bool at_start);
 void tk_splits_free(tk_splits *s);
+
+// Parses tokenizer.json text held in memory (no tokenizer_config.json);
+// `name` is used in messages. For tests and fuzzing.
+lm_status tk_tokenizer_parse(const char *json, size_t len, const char *name, lm_tokenizer **out);
 
 lm_status tk_normalize(const lm_tokenizer *t, const char *s, size_t n, tk_buf *out);
 lm_status tk_pretokenize(const lm_tokenizer *t, tk_splits *sp);

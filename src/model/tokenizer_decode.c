@@ -245,7 +245,7 @@ struct lm_detok {
     size_t read;
     tk_buf prefix;   // decode(win[0..read))
     tk_buf text;     // scratch
-    tk_buf pending;  // decided text the caller's buffer had no room for
+    tk_buf pending;  // text decided by the last call, handed out to the caller
 };
 
 lm_status lm_detok_init(const lm_tokenizer *tok, bool skip_special, lm_detok **out) {
@@ -267,39 +267,37 @@ void lm_detok_free(lm_detok *d) {
     free(d);
 }
 
-// Copies as much pending text as fits (whole characters) into out.
-static void write_out(lm_detok *d, char *out, size_t cap, size_t *n_out) {
-    size_t n = 0;
-    if (cap > 0) {
-        n = d->pending.n < cap - 1 ? d->pending.n : cap - 1;
-        while (n > 0 && n < d->pending.n && ((unsigned char)d->pending.p[n] & 0xC0) == 0x80) n--;
-        if (n) {
-            memcpy(out, d->pending.p, n);
-            memmove(d->pending.p, d->pending.p + n, d->pending.n - n);
-            d->pending.n -= n;
-        }
-        out[n] = 0;
-    }
-    if (n_out) *n_out = n;
+// Hands out the text decided by this call, NUL-terminated, in d's buffer.
+static lm_status give_out(lm_detok *d, const char **text, size_t *len) {
+    if (!tk_buf_put(&d->pending, "", 1)) return LM_ERR_OOM;
+    d->pending.n--;
+    *text = d->pending.p;
+    if (len) *len = d->pending.n;
+    return LM_OK;
 }
 
 static bool ends_with_fffd(const tk_buf *b) {
     return b->n >= 3 && memcmp(b->p + b->n - 3, "\xEF\xBF\xBD", 3) == 0;
 }
 
-// Appends text[from..] to pending, where `from` is where text stops agreeing
-// with the emitted prefix (normally the prefix's whole length).
-static bool take_new_text(lm_detok *d) {
-    size_t from = 0, m = d->prefix.n < d->text.n ? d->prefix.n : d->text.n;
-    while (from < m && d->prefix.p[from] == d->text.p[from]) from++;
-    while (from > 0 && from < d->text.n && ((unsigned char)d->text.p[from] & 0xC0) == 0x80) from--;
-    return tk_buf_put(&d->pending, d->text.p + from, d->text.n - from);
+// Appends the text the unread ids added. Normally the window's decode
+// extends the emitted prefix and the new part is its tail. When it does not
+// (a byte run completed by later ids turns invalid as a whole, and
+// ByteFallback then replaces every byte of it), emitted text cannot be taken
+// back: the unread ids are decoded on their own instead.
+static lm_status take_new_text(lm_detok *d) {
+    if (d->text.n >= d->prefix.n && !memcmp(d->text.p, d->prefix.p, d->prefix.n))
+        return tk_buf_put(&d->pending, d->text.p + d->prefix.n, d->text.n - d->prefix.n) ? LM_OK : LM_ERR_OOM;
+    lm_status st = tk_decode_tokens(d->tok, d->win.v + d->read, d->win.n - d->read, d->skip_special, &d->text);
+    if (st) return st;
+    return tk_buf_put(&d->pending, d->text.p, d->text.n) ? LM_OK : LM_ERR_OOM;
 }
 
-lm_status lm_detok_push(lm_detok *d, int32_t id, char *out, size_t cap, size_t *n_out) {
-    if (!d || (!out && cap)) return lm_err(LM_ERR_INVALID_ARG, "lm_detok_push: NULL argument");
-    if (n_out) *n_out = 0;
-    if (cap) out[0] = 0;
+lm_status lm_detok_push(lm_detok *d, int32_t id, const char **text, size_t *len) {
+    if (!d || !text) return lm_err(LM_ERR_INVALID_ARG, "lm_detok_push: NULL argument");
+    *text = "";
+    if (len) *len = 0;
+    d->pending.n = 0;  // the previous call's text was handed out
     lm_status st = check_id(d->tok, id);
     if (st) return st;
     if (!(d->skip_special && (d->tok->tok_flags[id] & TK_FLAG_SPECIAL))) {
@@ -310,7 +308,7 @@ lm_status lm_detok_push(lm_detok *d, int32_t id, char *out, size_t cap, size_t *
         // U+FFFD is real (invalid bytes) and holding on would only grow the window.
         bool held = ends_with_fffd(&d->text) && d->win.n - d->read <= MAX_HELD;
         if (d->text.n > d->prefix.n && !held) {
-            if (!take_new_text(d)) return LM_ERR_OOM;
+            if ((st = take_new_text(d))) return st;
             // keep the ids since the last read point as context for the next id
             size_t keep = d->win.n - d->read;
             memmove(d->win.v, d->win.v + d->read, keep * sizeof *d->win.v);
@@ -320,21 +318,20 @@ lm_status lm_detok_push(lm_detok *d, int32_t id, char *out, size_t cap, size_t *
             if (st) return st;
         }
     }
-    write_out(d, out, cap, n_out);
-    return LM_OK;
+    return give_out(d, text, len);
 }
 
-lm_status lm_detok_flush(lm_detok *d, char *out, size_t cap, size_t *n_out) {
-    if (!d || (!out && cap)) return lm_err(LM_ERR_INVALID_ARG, "lm_detok_flush: NULL argument");
-    if (n_out) *n_out = 0;
-    if (cap) out[0] = 0;
+lm_status lm_detok_flush(lm_detok *d, const char **text, size_t *len) {
+    if (!d || !text) return lm_err(LM_ERR_INVALID_ARG, "lm_detok_flush: NULL argument");
+    *text = "";
+    if (len) *len = 0;
+    d->pending.n = 0;
     lm_status st = tk_decode_tokens(d->tok, d->win.v, d->win.n, d->skip_special, &d->text);
     if (st) return st;
-    if (d->text.n > d->prefix.n && !take_new_text(d)) return LM_ERR_OOM;
+    if (d->text.n > d->prefix.n && (st = take_new_text(d))) return st;
     // the sequence ends here: the next id starts a fresh one
     d->win.n = 0;
     d->read = 0;
     d->prefix.n = 0;
-    write_out(d, out, cap, n_out);
-    return LM_OK;
+    return give_out(d, text, len);
 }

@@ -75,7 +75,7 @@ static lm_status norm_one(const tk_norm *nm, const char *s, size_t n, tk_buf *ou
     case TK_NORM_LOWERCASE:
         for (size_t i = 0; i < n;) {
             uint32_t cp;
-            int l = tk_utf8_next(s + i, n - i, &cp);
+            int l = tk_utf8_step(s + i, n - i, &cp);
             i += l;
             // Rust's to_lowercase uses the full mapping: U+0130 becomes two chars.
             bool ok = is_cased_upper_i_dot(cp) ? tk_buf_put(out, "i\xCC\x87", 3)
@@ -106,14 +106,14 @@ static lm_status norm_one(const tk_norm *nm, const char *s, size_t n, tk_buf *ou
         size_t a = 0, b = n;
         uint32_t cp;
         while (nm->left && a < b) {
-            int l = tk_utf8_next(s + a, b - a, &cp);
+            int l = tk_utf8_step(s + a, b - a, &cp);
             if (!tk_is_whitespace(cp)) break;
             a += l;
         }
         while (nm->right && a < b) {
             size_t k = b - 1;
             while (k > a && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
-            tk_utf8_next(s + k, b - k, &cp);
+            tk_utf8_step(s + k, b - k, &cp);
             if (!tk_is_whitespace(cp)) break;
             b = k;
         }
@@ -168,7 +168,7 @@ static lm_status char_segments(char_pred pred, uint32_t arg, const char *s, size
     size_t last = 0;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
-        int l = tk_utf8_next(s + i, n - i, &cp);
+        int l = tk_utf8_step(s + i, n - i, &cp);
         if (pred(cp, arg)) {
             if (last < i && !seg_push(out, last, i, false)) return LM_ERR_OOM;
             if (!seg_push(out, i, i + l, true)) return LM_ERR_OOM;

@@ -122,7 +122,15 @@ int tk_utf8_next(const char *str, size_t n, uint32_t *cp) {
     return len;
 }
 
-bool tk_utf8_valid(const char *s, size_t n) {
+int tk_utf8_step(const char *s, size_t n, uint32_t *cp) {
+    if (n == 0) return 0;
+    int l = tk_utf8_next(s, n, cp);
+    if (l) return l;
+    *cp = 0xFFFD;
+    return 1;
+}
+
+size_t tk_utf8_invalid_at(const char *s, size_t n) {
     size_t i = 0;
     uint32_t cp;
     while (i < n) {
@@ -131,11 +139,13 @@ bool tk_utf8_valid(const char *s, size_t n) {
             continue;
         }
         int l = tk_utf8_next(s + i, n - i, &cp);
-        if (!l) return false;
+        if (!l) return i;
         i += l;
     }
-    return true;
+    return n;
 }
+
+bool tk_utf8_valid(const char *s, size_t n) { return tk_utf8_invalid_at(s, n) == n; }
 
 int tk_utf8_encode(uint32_t cp, char t[4]) {
     if (cp < 0x80) {

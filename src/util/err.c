@@ -6,7 +6,9 @@
 #include <string.h>
 #include <sys/mman.h>
 
-static _Thread_local char g_msg[1024];
+// Large enough for a message naming three paths of PATH_MAX: the reason
+// at the end of a message must never be cut off by a long path.
+static _Thread_local char g_msg[16384];
 
 lm_status lm_err(lm_status st, const char *fmt, ...) {
     va_list ap;
@@ -33,6 +35,15 @@ lm_status lm_err_wrap(lm_status st, const char *fmt, ...) {
     return st;
 }
 
+lm_status lm_err_append(lm_status st, const char *fmt, ...) {
+    size_t at = strnlen(g_msg, sizeof g_msg - 1);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_msg + at, sizeof g_msg - at, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
 void lm_err_clear(void) { g_msg[0] = 0; }
 
 const char *lm_last_error(void) { return g_msg[0] ? g_msg : "no error"; }
@@ -47,6 +58,7 @@ const char *lm_status_str(lm_status st) {
     case LM_ERR_OOM: return "out of memory";
     case LM_ERR_RANGE: return "out of range";
     case LM_ERR_NOT_FOUND: return "not found";
+    case LM_ERR_NUMERIC: return "numeric error";
     }
     return "unknown status";
 }

@@ -15,6 +15,9 @@ lm_status lm_err(lm_status st, const char *fmt, ...)
 lm_status lm_err_wrap(lm_status st, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+// Appends text to the current message (advice: " (use --mmap)").
+lm_status lm_err_append(lm_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 void lm_err_clear(void);
 
 // Allocation helpers: return NULL and set LM_ERR_OOM with a message on failure.

@@ -1,6 +1,10 @@
 // Sampling and batched generation on the shipped model: seeds reproduce,
 // batching does not change any sequence's text, stop strings cut exactly,
 // and streamed pieces add up to the final text.
+#include <float.h>
+
+#include "engine/sample.h"
+#include "model/tokenizer.h"
 #include "lightmoe.h"
 #include "testlib.h"
 
@@ -31,6 +35,31 @@ static void test_sampler(void) {
     lm_sampler_free(s);
     p.top_p = 0.f;
     CHECK(lm_sampler_init(&p, 4, &s) == LM_ERR_INVALID_ARG);
+
+    // A temperature so small that 1/T overflows is the greedy limit, not NaN
+    // garbage: only the largest logit (or a tie of them) can come out.
+    float tiny[] = {1e-39f, FLT_MIN, 1e-30f, 1e-6f};
+    for (int k = 0; k < 4; k++) {
+        p = lm_sampler_default_params();
+        p.temperature = tiny[k];
+        CHECK(lm_sampler_init(&p, 4, &s) == LM_OK);
+        for (int i = 0; i < 50; i++) CHECK_MSG(lm_sampler_sample(s, logits) == 1, "T = %g", (double)tiny[k]);
+        lm_sampler_free(s);
+    }
+    // Banned ids (ones the tokenizer cannot decode) never come out.
+    uint8_t banned[4] = {0, 1, 0, 0};
+    p = lm_sampler_default_params();
+    CHECK(lm_sampler_init(&p, 4, &s) == LM_OK);
+    lm_sampler_ban(s, banned);
+    CHECK(lm_sampler_sample(s, logits) == 0);  // greedy: the best allowed id
+    lm_sampler_free(s);
+    p.temperature = 2.0f;
+    CHECK(lm_sampler_init(&p, 4, &s) == LM_OK);
+    lm_sampler_ban(s, banned);
+    int seen[4] = {0};
+    for (int i = 0; i < 2000; i++) seen[lm_sampler_sample(s, logits)]++;
+    CHECK(seen[1] == 0 && seen[0] > 0 && seen[2] > 0 && seen[3] > 0);
+    lm_sampler_free(s);
 }
 
 typedef struct {
@@ -132,6 +161,50 @@ static void test_stop_strings(void) {
     lm_gen_results_free(&cut, 1);
 }
 
+// Stop strings with sampling when the first generated token is only part of
+// a UTF-8 character (no text yet): this once dereferenced a NULL text. With
+// one new token the held byte is flushed at the length limit as U+FFFD, which
+// shows the case was hit.
+static void test_stop_with_partial_first_token(void) {
+    lm_gen_params gp = lm_gen_default_params();
+    gp.max_tokens = 1;
+    gp.ignore_eos = true;
+    gp.sampler.temperature = 100.0f;  // near-uniform over the 4096 ids, 3% of them partial characters
+    const char *stops[1] = {"x"};
+    gp.stop = stops;
+    gp.n_stop = 1;
+    int partial = 0;
+    for (uint64_t seed = 1; seed <= 120; seed++) {
+        gp.sampler.seed = seed;
+        lm_gen_result r;
+        gen(prompts, 1, &gp, &r, NULL);
+        partial += r.text && !strcmp(r.text, "\xEF\xBF\xBD");
+        lm_gen_results_free(&r, 1);
+    }
+    CHECK_MSG(partial > 0, "no seed produced a partial first character; the test does not reach its case");
+}
+
+static void test_tokenizer_must_fit_model(void) {
+    // A tokenizer with an id beyond the model's 4096 is refused before any work.
+    char json[512];
+    snprintf(json, sizeof json, "{\"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {\"a\": 0, \"b\": 5000}}}");
+    lm_tokenizer *big = NULL;
+    CHECK(tk_tokenizer_parse(json, strlen(json), "big.json", &big) == LM_OK);
+    if (!big) return;
+    CHECK(lm_tokenizer_check_model(big, model) == LM_ERR_FORMAT);
+    CHECK_MSG(strstr(lm_last_error(), "up to 5000") && strstr(lm_last_error(), "4096"), "%s", lm_last_error());
+    lm_context_params cp = lm_context_default_params();
+    lm_context *ctx;
+    CHECK(lm_context_init(model, &cp, &ctx) == LM_OK);
+    lm_gen_result r;
+    lm_gen_params gp = lm_gen_default_params();
+    CHECK(lm_generate(ctx, big, prompts, 1, &gp, NULL, NULL, &r) == LM_ERR_FORMAT);
+    lm_context_free(ctx);
+    lm_tokenizer_free(big);
+    // One with fewer ids than the model is fine (padded embedding tables).
+    CHECK(lm_tokenizer_check_model(tok, model) == LM_OK);
+}
+
 static void test_limits(void) {
     lm_gen_params gp = lm_gen_default_params();
     gp.max_tokens = 0;
@@ -163,6 +236,8 @@ int main(void) {
     RUN(test_seed);
     RUN(test_stop_strings);
     RUN(test_limits);
+    RUN(test_stop_with_partial_first_token);
+    RUN(test_tokenizer_must_fit_model);
     lm_tokenizer_free(tok);
     lm_model_free(model);
     return tl_finish();

@@ -358,7 +358,7 @@ static void test_open_errors(void) {
     lm_st_set *s = NULL;
     CHECK(lm_st_open_file(path, &s) == LM_ERR_IO && s == NULL);
     CHECK(strstr(lm_last_error(), "missing.safetensors") != NULL);
-    CHECK(strstr(lm_last_error(), "No such file") != NULL);
+    CHECK(strstr(lm_last_error(), "no such file") != NULL);
     CHECK(lm_st_open_file(dir, &s) == LM_ERR_IO && s == NULL);  // a directory
     CHECK(strstr(lm_last_error(), dir) != NULL);
 
