@@ -120,6 +120,9 @@ void lm_tokenizer_free(lm_tokenizer *tok);
 lm_status lm_tokenize(const lm_tokenizer *tok, const char *text, size_t len, bool add_special,
                       int32_t **ids, size_t *n_ids);
 
+// Offset of the first byte of s[0..n) that is not valid UTF-8; n if all is.
+size_t lm_utf8_invalid_at(const char *s, size_t n);
+
 int lm_tokenizer_vocab_size(const lm_tokenizer *tok);  // 1 + the largest id, added tokens included
 bool lm_tokenizer_id_valid(const lm_tokenizer *tok, int32_t id);  // id names a token that can be decoded
 int32_t lm_tokenizer_bos(const lm_tokenizer *tok);     // -1 if none

@@ -53,7 +53,7 @@ static lm_status check_utf8(const char *path, const char *data, size_t len) {
         if (data[i] == '\n') line++, col = 1;
         else if (((unsigned char)data[i] & 0xC0) != 0x80) col++;
     }
-    return lm_err(LM_ERR_FORMAT, "%s: not valid UTF-8 at byte %zu (line %zu, column %zu): a JSON file must be UTF-8",
+    return lm_err(LM_ERR_FORMAT, "%s: not valid UTF-8 at byte offset %zu (line %zu, column %zu): a JSON file must be UTF-8",
                   path, bad, line, col);
 }
 
@@ -620,9 +620,10 @@ static lm_status load(lm_tokenizer *t, const cJSON *root) {
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
     const cJSON *it;
     int32_t max_id = -1, id;
-    cJSON_ArrayForEach(it, vocab) if (jint(it, &id) && id > max_id) max_id = id;
+    // (ids that are not valid are refused with a message when parsed below)
+    cJSON_ArrayForEach(it, vocab) if (jid(it, &id) && id > max_id) max_id = id;
     cJSON_ArrayForEach(it, added) {
-        if (jint(cJSON_GetObjectItemCaseSensitive(it, "id"), &id) && id > max_id) max_id = id;
+        if (jid(cJSON_GetObjectItemCaseSensitive(it, "id"), &id) && id > max_id) max_id = id;
     }
     t->n_ids = max_id + 1;
     t->tok_str = calloc(t->n_ids ? t->n_ids : 1, sizeof *t->tok_str);
@@ -716,6 +717,8 @@ void lm_tokenizer_free(lm_tokenizer *t) {
     free(t->dir);
     free(t);
 }
+
+size_t lm_utf8_invalid_at(const char *s, size_t n) { return tk_utf8_invalid_at(s, n); }
 
 int lm_tokenizer_vocab_size(const lm_tokenizer *t) { return t ? t->n_ids : 0; }
 bool lm_tokenizer_id_valid(const lm_tokenizer *t, int32_t id) {

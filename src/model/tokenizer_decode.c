@@ -286,7 +286,7 @@ static bool ends_with_fffd(const tk_buf *b) {
 // ByteFallback then replaces every byte of it), emitted text cannot be taken
 // back: the unread ids are decoded on their own instead.
 static lm_status take_new_text(lm_detok *d) {
-    if (d->text.n >= d->prefix.n && !memcmp(d->text.p, d->prefix.p, d->prefix.n))
+    if (d->text.n >= d->prefix.n && (!d->prefix.n || !memcmp(d->text.p, d->prefix.p, d->prefix.n)))
         return tk_buf_put(&d->pending, d->text.p + d->prefix.n, d->text.n - d->prefix.n) ? LM_OK : LM_ERR_OOM;
     lm_status st = tk_decode_tokens(d->tok, d->win.v + d->read, d->win.n - d->read, d->skip_special, &d->text);
     if (st) return st;

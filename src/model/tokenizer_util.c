@@ -8,7 +8,8 @@
 // ---------------------------------------------------------------- buffers ---
 
 bool tk_buf_reserve(tk_buf *b, size_t extra) {
-    if (b->cap - b->n >= extra) return true;
+    // Allocates even for 0 bytes: users index b->p + offset after any put.
+    if (b->p && b->cap - b->n >= extra) return true;
     size_t cap = b->cap ? b->cap : 64;
     while (cap - b->n < extra) {
         if (cap > SIZE_MAX / 2) {

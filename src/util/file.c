@@ -31,7 +31,7 @@ static lm_status open_error(const char *path, int e) {
     }
 }
 
-lm_status lm_open_regular(const char *path, int *fd, uint64_t *size) {
+static lm_status open_input(const char *path, bool streams, int *fd, uint64_t *size) {
     *fd = -1;
     if (size) *size = 0;
     if (!path || !*path) return lm_err(LM_ERR_INVALID_ARG, "empty file name");
@@ -44,16 +44,20 @@ lm_status lm_open_regular(const char *path, int *fd, uint64_t *size) {
         close(f);
         return lm_err(LM_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
     }
-    if (!S_ISREG(sb.st_mode)) {
+    bool ok = S_ISREG(sb.st_mode) || (streams && (S_ISFIFO(sb.st_mode) || S_ISCHR(sb.st_mode)));
+    if (!ok) {
         close(f);
         return lm_err(LM_ERR_IO, "%s: %s", path, kind_of(sb.st_mode));
     }
     int fl = fcntl(f, F_GETFL);
     if (fl >= 0) fcntl(f, F_SETFL, fl & ~O_NONBLOCK);
     *fd = f;
-    if (size) *size = (uint64_t)sb.st_size;
+    if (size) *size = S_ISREG(sb.st_mode) ? (uint64_t)sb.st_size : 0;
     return LM_OK;
 }
+
+lm_status lm_open_regular(const char *path, int *fd, uint64_t *size) { return open_input(path, false, fd, size); }
+lm_status lm_open_stream(const char *path, int *fd, uint64_t *size) { return open_input(path, true, fd, size); }
 
 lm_status lm_read_file(const char *path, size_t max_bytes, char **buf, size_t *len) {
     *buf = NULL;

@@ -17,6 +17,11 @@
 // symlink loop, ...
 lm_status lm_open_regular(const char *path, int *fd, uint64_t *size);
 
+// As lm_open_regular, but a FIFO or a character device (a pipe, /dev/stdin)
+// is accepted too, for inputs read as a stream with their own bounds
+// (*size is 0 for those). Directories and sockets are still refused.
+lm_status lm_open_stream(const char *path, int *fd, uint64_t *size);
+
 // Reads a whole regular file (at most max_bytes, else an error naming the
 // size and the limit) into a NUL-terminated malloc'ed buffer.
 lm_status lm_read_file(const char *path, size_t max_bytes, char **buf, size_t *len);
