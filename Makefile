@@ -76,12 +76,10 @@ testdata:
 test: all $(TEST_BIN) testdata
 	@BUILD=$(BUILD) bash tests/run.sh
 
-# libFuzzer targets for the safetensors header and config.json parsers.
-FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -Isrc -fsanitize=fuzzer,address,undefined
-fuzz: $(LIB_SRC)
-	@mkdir -p build-fuzz
-	clang $(FUZZ_FLAGS) -o build-fuzz/fuzz_safetensors fuzz/fuzz_safetensors.c $(LIB_SRC) $(LDLIBS)
-	clang $(FUZZ_FLAGS) -o build-fuzz/fuzz_config fuzz/fuzz_config.c $(LIB_SRC) $(LDLIBS)
+# libFuzzer targets: safetensors header, config.json, tokenizer.json, JSONL
+# prompts (tools/fuzz_smoke.sh builds and runs them).
+fuzz:
+	bash tools/fuzz_smoke.sh 20
 
 clean:
 	rm -rf build build-san build-fuzz

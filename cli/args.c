@@ -18,15 +18,34 @@ void arg_fail(args *a, const char *fmt, ...) {
     fprintf(stderr, " (see 'lightmoe %s --help')\n", a->cmd);
 }
 
-static bool is(const args *a, const char *flag, const char *alt) {
-    const char *s = a->argv[a->i];
-    return strcmp(s, flag) == 0 || (alt && strcmp(s, alt) == 0);
+// argv[i] is `name`, or `name=value` (then *inline_val points at value).
+static bool matches(const char *s, const char *name, const char **inline_val) {
+    size_t n = strlen(name);
+    if (strncmp(s, name, n) != 0) return false;
+    if (s[n] == 0) return *inline_val = NULL, true;
+    if (s[n] == '=' && name[0] == '-' && name[1] == '-') return *inline_val = s + n + 1, true;
+    return false;
 }
 
-bool arg_flag(args *a, const char *flag, const char *alt) { return is(a, flag, alt); }
+static bool is(const args *a, const char *flag, const char *alt, const char **inline_val) {
+    const char *s = a->argv[a->i];
+    return matches(s, flag, inline_val) || (alt && matches(s, alt, inline_val));
+}
+
+bool arg_flag(args *a, const char *flag, const char *alt) {
+    const char *v;
+    if (!is(a, flag, alt, &v)) return false;
+    if (v) arg_fail(a, "%s takes no value", flag);
+    return true;
+}
 
 bool arg_val(args *a, const char *flag, const char *alt, const char **val) {
-    if (!is(a, flag, alt)) return false;
+    const char *v;
+    if (!is(a, flag, alt, &v)) return false;
+    if (v) {
+        *val = v;
+        return true;
+    }
     if (a->i + 1 >= a->argc) {
         arg_fail(a, "%s needs a value", a->argv[a->i]);
         *val = NULL;
@@ -68,8 +87,16 @@ bool arg_float(args *a, const char *flag, const char *alt, double lo, double hi,
     char *end;
     errno = 0;
     double x = strtod(v, &end);
-    if (errno || end == v || *end || !isfinite(x)) arg_fail(a, "%s: '%s' is not a number", flag, v);
+    // ERANGE on underflow is fine (1e-39 is a usable float); overflow is not.
+    if ((errno && fabs(x) >= 1) || end == v || *end || !isfinite(x)) arg_fail(a, "%s: '%s' is not a number", flag, v);
     else if (x < lo || x > hi) arg_fail(a, "%s: %g is out of range [%g, %g]", flag, x, lo, hi);
     else *out = (float)x;
     return true;
+}
+
+void arg_unknown(args *a, const char *positional_hint) {
+    const char *s = a->argv[a->i];
+    if (s[0] == '-' && s[1]) arg_fail(a, "unknown option '%s'", s);
+    else if (positional_hint) arg_fail(a, "unexpected argument '%s': %s", s, positional_hint);
+    else arg_fail(a, "unexpected argument '%s'", s);
 }

@@ -1,6 +1,8 @@
 #ifndef LM_CLI_H
 #define LM_CLI_H
 
+#include <stdio.h>
+
 #include "args.h"
 #include "lightmoe.h"
 
@@ -11,8 +13,8 @@ int cmd_info(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 
-// The model shipped in the repo (models/ beside build/), used when -m is absent.
-// Returns NULL (after printing why) when it cannot be found.
+// The model shipped in the repo (models/ beside build/), or $LIGHTMOE_MODEL,
+// used when -m is absent. Returns NULL (after printing why) when it cannot be found.
 const char *cli_default_model(void);
 
 double cli_now(void);  // monotonic seconds
@@ -20,24 +22,39 @@ double cli_now(void);  // monotonic seconds
 // Prints "lightmoe CMD: <library message>" and returns 1.
 int cli_error(const char *cmd, lm_status st);
 
-// Loads a checkpoint dir, or a synthetic model for "CONFIG.json[:LAYERS]".
+// dir/tokenizer.json, malloc'ed (NULL after printing on failure).
+char *cli_tokenizer_path(const char *cmd, const char *dir);
+
 // Options every model-loading command takes.
 typedef struct cli_model_opts {
     int threads;              // 0: one per core
     lm_weights_mode weights;  // --mmap / --no-mmap
     uint64_t seed;            // synthetic weights only
+    bool verbose;             // -v: say where the weights went, tokenizer coverage
+    bool quiet;               // no warnings (a load that only validates)
 } cli_model_opts;
 
-#define CLI_MODEL_OPTS_HELP                                                          \
-    "  -t, --threads N    CPU threads (default: all cores)\n"                        \
-    "  --mmap             run from the mmap'ed checkpoint files (page cache)\n"      \
-    "  --no-mmap          copy the weights into huge-page memory (faster decode: fewer TLB misses)\n" \
-    "                     default: copy when they fit in 90% of available memory\n"
+#define CLI_MODEL_OPTS_HELP                                                                     \
+    "  -t, --threads N       CPU threads (default: all cores; at most the number of cores)\n"   \
+    "      --mmap            run from the mmap'ed checkpoint files (page cache)\n"              \
+    "      --no-mmap         copy the weights into huge-page memory (faster decode: fewer\n"    \
+    "                        TLB misses); default: copy when they fit in 90% of free memory\n" \
+    "  -v, --verbose         say where the weights went and other details\n"
 
-// Consumes -t/--threads, --mmap, --no-mmap at a->i; true if it did.
+// Consumes -t/--threads, --mmap, --no-mmap, -v at a->i; true if it did.
 bool cli_model_opt(args *a, cli_model_opts *o);
 
-int cli_load_model(const char *cmd, const char *dir, const char *synthetic, const cli_model_opts *o,
-                   lm_model **out);
+// Loads a checkpoint dir, or a synthetic model for "CONFIG.json[:LAYERS]"
+// (shapes_only: no weights, for describing it). Warns about checkpoint
+// tensors the config does not use.
+int cli_load_model(const char *cmd, const char *dir, const char *synthetic, bool shapes_only,
+                   const cli_model_opts *o, lm_model **out);
+
+// Opens an output file before any work, so a bad path fails at once with
+// the reason; "-" is stdout. NULL after printing on failure.
+FILE *cli_open_out(const char *cmd, const char *path);
+// Flushes and closes (stdout is only flushed); 0, or 1 after printing the
+// write error (disk full, ...). Call it whatever happened before.
+int cli_close_out(const char *cmd, FILE *f, const char *path);
 
 #endif

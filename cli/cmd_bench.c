@@ -14,15 +14,18 @@ static const char *help =
     "Measures prefill and decode tokens/s on random prompt tokens and prints each next\n"
     "to its roofline: a step takes at least max(bytes it must read / measured read\n"
     "bandwidth, flops / measured FMA peak); decode at small batch is memory-bound,\n"
-    "prefill compute-bound. --synthetic builds random bf16\n"
-    "weights with the shapes of a config.json, optionally keeping only LAYERS layers\n"
-    "(e.g. ../shared/configs/mixtral-8x7b.json:2), so real sizes need no download.\n"
-    "Without -m or --synthetic it uses the model shipped in models/.\n"
+    "prefill compute-bound. --synthetic builds random bf16 weights with the shapes\n"
+    "of a config.json, optionally keeping only LAYERS layers (e.g.\n"
+    "configs/mixtral-8x7b.json:2), so real sizes need no download. Without -m or\n"
+    "--synthetic it uses the model shipped in models/.\n"
     "\n"
-    "  --batch B        sequences decoded together (default 1)\n"
-    "  --prompt-len S   prompt tokens per sequence (default 128)\n"
-    "  --gen-len N      decode steps (default 32)\n"
-    "  --seed S         seed of the synthetic weights (default 1234)\n" CLI_MODEL_OPTS_HELP;
+    "  -m, --model DIR       checkpoint directory\n"
+    "      --synthetic CONFIG.json[:LAYERS]\n"
+    "                        random weights with the shapes of CONFIG.json\n"
+    "  -b, --batch B         sequences decoded together (default 1)\n"
+    "      --prompt-len S    prompt tokens per sequence (default 128)\n"
+    "      --gen-len N       decode steps (default 32)\n"
+    "      --seed S          seed of the synthetic weights (default 1234)\n" CLI_MODEL_OPTS_HELP;
 
 static int32_t argmax(const float *v, int n) {
     int best = 0;
@@ -46,7 +49,7 @@ int cmd_bench(int argc, char **argv) {
             arg_int(&a, "--gen-len", NULL, 0, 1 << 20, &glen) || cli_model_opt(&a, &mo) ||
             arg_u64(&a, "--seed", NULL, &mo.seed))
             continue;
-        arg_fail(&a, "unknown option '%s'", argv[a.i]);
+        arg_unknown(&a, NULL);
     }
     if (!a.failed && dir && syn) arg_fail(&a, "give -m DIR or --synthetic CONFIG, not both");
     if (a.failed) return EXIT_USAGE;
@@ -59,14 +62,22 @@ int cmd_bench(int argc, char **argv) {
         if (sched_getaffinity(0, sizeof set, &set) == 0) n_threads = CPU_COUNT(&set);
         if (n_threads <= 0) n_threads = 1;
     }
+    // A bad model path or config must fail before seconds of probing: check
+    // it with a load that reads headers only (no weight built or copied).
+    lm_model *model;
+    cli_model_opts check = mo;
+    check.weights = LM_WEIGHTS_MMAP;
+    check.quiet = true;
+    int rc = cli_load_model("bench", dir, syn, true, &check, &model);
+    if (rc) return rc;
+    lm_model_free(model);
     // Ceilings first, before the model takes memory (a fragmented heap gets
     // fewer huge pages for the probe's buffer).
     fprintf(stderr, "measuring memory bandwidth and FMA peak (%d threads) ...\n", n_threads);
     double bw = lm_probe_read_bandwidth(n_threads), peak = lm_probe_fma_peak(n_threads);
 
-    lm_model *model;
     double t_load = cli_now();
-    int rc = cli_load_model("bench", dir, syn, &mo, &model);
+    rc = cli_load_model("bench", dir, syn, false, &mo, &model);
     if (rc) return rc;
     t_load = cli_now() - t_load;
     lm_model_info mi;
@@ -158,9 +169,10 @@ int cmd_bench(int argc, char **argv) {
                            attn_tok * (double)batch * plen * (plen + 1) / 2.0;
     double prefill_bound = peak > 0 ? (double)total_prefill / (prefill_flops / peak) : 0;
 
-    printf("model            %s%s%s, %d layers, %.3g params (%.3g active), %.2f GB weights\n", mi.architecture,
+    char wb[32];
+    printf("model            %s%s%s, %d layers, %.3g params (%.3g active), %s of weights\n", mi.architecture,
            syn ? " synthetic " : " ", syn ? syn : dir, mi.n_layers, (double)mi.n_params_total,
-           (double)mi.n_params_active, wbytes / 1e9);
+           (double)mi.n_params_active, lm_format_bytes(wbytes, wb, sizeof wb));
     printf("setup            batch %d, prompt %d, gen %d, %d threads, load %.2f s, weights %s\n", batch, plen, glen,
            n_threads, t_load, mi.weights_mmapped ? "mmap'ed" : "in huge-page memory");
     printf("machine          read bandwidth %.1f GB/s, FMA peak %.0f GFLOP/s (measured, %d threads)\n", bw / 1e9,

@@ -7,11 +7,15 @@
 #include "cli.h"
 
 static const char *logits_help =
-    "usage: lightmoe logits -m DIR --ids 1,2,3 --out FILE [options]\n"
+    "usage: lightmoe logits [-m DIR] --ids 1,2,3 --out FILE [options]\n"
     "\n"
     "Runs the ids as one prompt and writes the logits of every position as raw\n"
     "little-endian float32, row-major [n_ids, vocab]. Needs only config.json and the\n"
-    "weights (no tokenizer). This is the interface the golden tests verify.\n\n" CLI_MODEL_OPTS_HELP;
+    "weights (no tokenizer). This is the interface the golden tests verify.\n"
+    "\n"
+    "  -m, --model DIR       checkpoint directory (default: the model shipped in models/)\n"
+    "      --ids LIST        comma-separated token ids\n"
+    "  -o, --out FILE        where to write the logits ('-': standard output)\n" CLI_MODEL_OPTS_HELP;
 
 static int parse_ids(const char *s, int32_t **ids, int *n) {
     int cap = 16;
@@ -49,9 +53,9 @@ int cmd_logits(int argc, char **argv) {
         if (arg_val(&a, "--model", "-m", &dir) || arg_val(&a, "--ids", NULL, &ids_s) ||
             arg_val(&a, "--out", "-o", &out_path) || cli_model_opt(&a, &mo))
             continue;
-        arg_fail(&a, "unknown option '%s'", argv[a.i]);
+        arg_unknown(&a, NULL);
     }
-    if (!a.failed && (!dir || !ids_s || !out_path)) arg_fail(&a, "-m DIR, --ids and --out are required");
+    if (!a.failed && (!ids_s || !out_path)) arg_fail(&a, "--ids and --out are required");
     int32_t *ids = NULL;
     int n = 0;
     if (!a.failed && parse_ids(ids_s, &ids, &n))
@@ -63,7 +67,10 @@ int cmd_logits(int argc, char **argv) {
     lm_model *model = NULL;
     lm_context *ctx = NULL;
     FILE *f = NULL;
-    int rc = cli_load_model("logits", dir, NULL, &mo, &model);
+    int rc = 0;
+    if (!dir && !(dir = cli_default_model())) rc = 1;
+    if (!rc && !(f = cli_open_out("logits", out_path))) rc = 1;
+    if (!rc) rc = cli_load_model("logits", dir, NULL, false, &mo, &model);
     if (rc) goto done;
     lm_model_info mi;
     lm_model_get_info(model, &mi);
@@ -73,7 +80,12 @@ int cmd_logits(int argc, char **argv) {
     cp.n_batch = n;
     lm_status st = lm_context_init(model, &cp, &ctx);
     int32_t *seq = calloc((size_t)n, sizeof *seq);
-    if (!st && seq) {
+    if (!st && !seq) {
+        fprintf(stderr, "lightmoe logits: out of memory\n");
+        rc = 1;
+        goto done;
+    }
+    if (!st) {
         lm_batch b = {n, ids, seq, NULL};
         st = lm_decode(ctx, &b);
     }
@@ -82,24 +94,12 @@ int cmd_logits(int argc, char **argv) {
         rc = cli_error("logits", st);
         goto done;
     }
-    f = fopen(out_path, "wb");
-    if (!f) {
-        fprintf(stderr, "lightmoe logits: %s: cannot open for writing: %s\n", out_path, strerror(errno));
-        rc = 1;
-        goto done;
-    }
     for (int i = 0; i < n; i++)
-        if (fwrite(lm_get_logits(ctx, i), sizeof(float), (size_t)mi.vocab, f) != (size_t)mi.vocab) {
-            fprintf(stderr, "lightmoe logits: %s: write failed\n", out_path);
-            rc = 1;
-            break;
-        }
-    if (fclose(f) != 0 && !rc) {
-        fprintf(stderr, "lightmoe logits: %s: write failed\n", out_path);
-        rc = 1;
-    }
+        if (fwrite(lm_get_logits(ctx, i), sizeof(float), (size_t)mi.vocab, f) != (size_t)mi.vocab) break;
+    rc = cli_close_out("logits", f, out_path);  // reports a failed write with its reason
     f = NULL;
 done:
+    if (f && f != stdout) fclose(f);
     free(ids);
     lm_context_free(ctx);
     lm_model_free(model);
@@ -107,30 +107,42 @@ done:
 }
 
 static const char *tokenize_help =
-    "usage: lightmoe tokenize --tokenizer PATH/tokenizer.json [--add-special] TEXT\n"
+    "usage: lightmoe tokenize [-m DIR | --tokenizer FILE] [--add-special] TEXT\n"
     "\n"
-    "Prints the token ids of TEXT, comma-separated. --add-special adds BOS/EOS as the\n"
-    "tokenizer's post-processor does (transformers' add_special_tokens=True).\n";
+    "Prints the token ids of TEXT, comma-separated.\n"
+    "\n"
+    "  -m, --model DIR       use DIR/tokenizer.json (default: the model shipped in models/)\n"
+    "      --tokenizer FILE  a tokenizer.json file\n"
+    "      --add-special     add BOS/EOS as the tokenizer's post-processor does\n"
+    "                        (transformers' add_special_tokens=True)\n";
 
 int cmd_tokenize(int argc, char **argv) {
     args a = {argc, 1, argv, "tokenize", false};
-    const char *path = NULL, *text = NULL;
-    bool special = false;
+    const char *path = NULL, *dir = NULL, *text = NULL;
+    bool special = false, dashdash = false;
     for (; a.i < argc && !a.failed; a.i++) {
-        if (arg_flag(&a, "--help", "-h")) {
+        if (!dashdash && arg_flag(&a, "--help", "-h")) {
             fputs(tokenize_help, stdout);
             return 0;
         }
-        if (arg_val(&a, "--tokenizer", NULL, &path)) continue;
-        if (arg_flag(&a, "--add-special", NULL)) special = true;
-        else if (argv[a.i][0] == '-' && argv[a.i][1] == '-' && !text) arg_fail(&a, "unknown option '%s'", argv[a.i]);
+        if (!dashdash && (arg_val(&a, "--tokenizer", NULL, &path) || arg_val(&a, "--model", "-m", &dir))) continue;
+        if (!dashdash && arg_flag(&a, "--add-special", NULL)) special = true;
+        else if (!dashdash && !strcmp(argv[a.i], "--")) dashdash = true;  // TEXT may start with '-'
+        else if (!dashdash && argv[a.i][0] == '-' && argv[a.i][1] == '-' && !text) arg_unknown(&a, NULL);
         else if (!text) text = argv[a.i];
         else arg_fail(&a, "more than one TEXT argument (quote the text)");
     }
-    if (!a.failed && (!path || !text)) arg_fail(&a, "--tokenizer PATH and TEXT are required");
+    if (!a.failed && !text) arg_fail(&a, "TEXT is required");
+    if (!a.failed && path && dir) arg_fail(&a, "give -m DIR or --tokenizer FILE, not both");
     if (a.failed) return EXIT_USAGE;
+    char *own = NULL;
+    if (!path) {
+        if (!dir && !(dir = cli_default_model())) return 1;
+        if (!(path = own = cli_tokenizer_path("tokenize", dir))) return 1;
+    }
     lm_tokenizer *tok;
     lm_status st = lm_tokenizer_load(path, &tok);
+    free(own);
     if (st) return cli_error("tokenize", st);
     int32_t *ids;
     size_t n;
@@ -144,23 +156,21 @@ int cmd_tokenize(int argc, char **argv) {
 }
 
 static const char *info_help =
-    "usage: lightmoe info (-m DIR | --synthetic CONFIG.json[:LAYERS]) [--ctx N]\n"
+    "usage: lightmoe info [-m DIR | --synthetic CONFIG.json[:LAYERS]] [--ctx N]\n"
     "\n"
     "Describes a checkpoint: architecture, shapes, parameter count (total and active\n"
     "per token), bytes stored per dtype, and the memory a run needs (weights + fp32 KV\n"
-    "cache for N tokens, default 4096).\n";
-
-static void human(char *buf, size_t cap, double bytes) {
-    const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    int u = 0;
-    while (bytes >= 1024 && u < 4) bytes /= 1024, u++;
-    snprintf(buf, cap, "%.2f %s", bytes, unit[u]);
-}
+    "cache for N tokens). Reads headers only: no weight is loaded or built.\n"
+    "\n"
+    "  -m, --model DIR       checkpoint directory (default: the model shipped in models/)\n"
+    "      --synthetic CONFIG.json[:LAYERS]\n"
+    "                        describe the shapes of a config.json (first LAYERS layers)\n"
+    "      --ctx N           tokens of KV cache to count (default: the model's maximum)\n";
 
 int cmd_info(int argc, char **argv) {
     args a = {argc, 1, argv, "info", false};
     const char *dir = NULL, *syn = NULL;
-    int n_ctx = 4096;
+    int n_ctx = 0;
     for (; a.i < argc && !a.failed; a.i++) {
         if (arg_flag(&a, "--help", "-h")) {
             fputs(info_help, stdout);
@@ -169,16 +179,18 @@ int cmd_info(int argc, char **argv) {
         if (arg_val(&a, "--model", "-m", &dir) || arg_val(&a, "--synthetic", NULL, &syn) ||
             arg_int(&a, "--ctx", NULL, 1, 1 << 24, &n_ctx))
             continue;
-        arg_fail(&a, "unknown option '%s'", argv[a.i]);
+        arg_unknown(&a, NULL);
     }
-    if (!a.failed && !!dir == !!syn) arg_fail(&a, "give exactly one of -m DIR or --synthetic CONFIG");
+    if (!a.failed && dir && syn) arg_fail(&a, "give -m DIR or --synthetic CONFIG, not both");
     if (a.failed) return EXIT_USAGE;
+    if (!dir && !syn && !(dir = cli_default_model())) return 1;
     lm_model *model;
     cli_model_opts mo = {.threads = 1, .weights = LM_WEIGHTS_MMAP};  // info reads headers, not weights
-    int rc = cli_load_model("info", dir, syn, &mo, &model);
+    int rc = cli_load_model("info", dir, syn, true, &mo, &model);
     if (rc) return rc;
     lm_model_info mi;
     lm_model_get_info(model, &mi);
+    if (!n_ctx) n_ctx = mi.max_positions;
     char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];
     printf("architecture      %s\n", mi.architecture);
     printf("layers            %d (%d MoE, %d dense)\n", mi.n_layers, mi.n_moe_layers, mi.n_layers - mi.n_moe_layers);
@@ -190,18 +202,18 @@ int cmd_info(int argc, char **argv) {
     printf("\n");
     printf("parameters        %.4g total, %.4g active per token (%.1f%%)\n", (double)mi.n_params_total,
            (double)mi.n_params_active, 100.0 * (double)mi.n_params_active / (double)mi.n_params_total);
-    human(b1, sizeof b1, (double)mi.bytes_bf16);
-    human(b2, sizeof b2, (double)mi.bytes_f16);
-    human(b3, sizeof b3, (double)mi.bytes_f32);
-    human(b4, sizeof b4, (double)mi.bytes_weights);
+    lm_format_bytes((double)mi.bytes_bf16, b1, sizeof b1);
+    lm_format_bytes((double)mi.bytes_f16, b2, sizeof b2);
+    lm_format_bytes((double)mi.bytes_f32, b3, sizeof b3);
+    lm_format_bytes((double)mi.bytes_weights, b4, sizeof b4);
     printf("weights           %s (bf16 %s, f16 %s, f32 %s)\n", b4, b1, b2, b3);
-    human(b5, sizeof b5, (double)mi.bytes_kv_per_token);
-    human(b6, sizeof b6, (double)mi.bytes_weights + (double)mi.bytes_kv_per_token * n_ctx);
+    lm_format_bytes((double)mi.bytes_kv_per_token, b5, sizeof b5);
+    lm_format_bytes((double)mi.bytes_weights + (double)mi.bytes_kv_per_token * n_ctx, b6, sizeof b6);
     printf("KV cache          %s per token (fp32)\n", b5);
     printf("expected memory   %s for weights + KV cache of %d tokens\n", b6, n_ctx);
     double active_bytes = (double)mi.bytes_weights * (double)mi.n_params_active / (double)mi.n_params_total;
-    human(b1, sizeof b1, active_bytes);
-    printf("bytes per token   %s of weights read per decoded token at batch 1\n", b1);
+    printf("bytes per token   %s of weights read per decoded token at batch 1\n",
+           lm_format_bytes(active_bytes, b1, sizeof b1));
     lm_model_free(model);
     return 0;
 }

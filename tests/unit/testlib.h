@@ -8,7 +8,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int tl_failed, tl_checks;
+static int tl_failed, tl_checks, tl_skipped;
+
+// A check that cannot run here (reference data not fetched): said once per
+// reason on a "SKIP:" line, which tests/run.sh reports; not a failure.
+#define TL_SKIP(...)                                                             \
+    do {                                                                         \
+        tl_skipped++;                                                            \
+        printf("SKIP: ");                                                        \
+        printf(__VA_ARGS__);                                                     \
+        putchar('\n');                                                          \
+    } while (0)
+
+// Exit status of a test binary none of whose checks could run.
+#define TL_EXIT_SKIPPED 77
 
 #define CHECK(cond)                                                              \
     do {                                                                         \
@@ -44,8 +57,9 @@ static int tl_failed, tl_checks;
     } while (0)
 
 static inline int tl_finish(void) {
-    printf("%d checks, %d failed\n", tl_checks, tl_failed);
-    return tl_failed ? 1 : 0;
+    printf("%d checks, %d failed, %d skipped\n", tl_checks, tl_failed, tl_skipped);
+    if (tl_failed) return 1;
+    return tl_checks == 0 && tl_skipped ? TL_EXIT_SKIPPED : 0;
 }
 
 #endif

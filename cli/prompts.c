@@ -1,0 +1,166 @@
+#include "prompts.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lightmoe.h"
+#include "util/file.h"
+
+// A line longer than this is not a prompt anyone meant (and getline would
+// otherwise grow without bound on a file with no newline, e.g. a pipe).
+#define MAX_LINE ((size_t)64 << 20)
+
+static bool json_ws(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+// cJSON turns the escape \u0000 into a NUL that silently ends the C string:
+// find it in the raw text (in any string, outside other escapes).
+static bool has_nul_escape(const char *s, size_t n) {
+    bool in_str = false;
+    for (size_t i = 0; i < n; i++) {
+        if (!in_str) {
+            in_str = s[i] == '"';
+            continue;
+        }
+        if (s[i] == '"') in_str = false;
+        else if (s[i] == '\\' && i + 1 < n) {
+            if (s[i + 1] == 'u' && i + 5 < n && !memcmp(s + i + 2, "0000", 4)) return true;
+            i++;  // the escaped character
+        }
+    }
+    return false;
+}
+
+int cli_prompt_parse_line(const char *line, size_t len, char **prompt, char *err, size_t errcap) {
+    *prompt = NULL;
+    size_t i = 0;
+    while (i < len && json_ws(line[i])) i++;
+    if (i == len) return 0;  // blank line
+    if (memchr(line, 0, len)) return snprintf(err, errcap, "the line contains a NUL byte"), -1;
+    size_t bad = lm_utf8_invalid_at(line, len);
+    if (bad != len) return snprintf(err, errcap, "not valid UTF-8 (byte offset %zu of the line)", bad), -1;
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(line, len, &end, 0);
+    int rc = -1;
+    if (!j) {
+        size_t at = end && end >= line && end <= line + len ? (size_t)(end - line) : 0;
+        snprintf(err, errcap, "not valid JSON (near byte offset %zu)", at);
+        return -1;
+    }
+    size_t rest = (size_t)(end - line);
+    while (rest < len && json_ws(line[rest])) rest++;
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "prompt");
+    int n_prompt = 0;
+    for (const cJSON *c = cJSON_IsObject(j) ? j->child : NULL; c; c = c->next)
+        n_prompt += c->string && !strcmp(c->string, "prompt");
+    if (rest < len)
+        snprintf(err, errcap, "more than one JSON value on the line (at byte offset %zu): put one object per line", rest);
+    else if (!cJSON_IsObject(j))
+        snprintf(err, errcap, "not a JSON object");
+    else if (!cJSON_IsString(p))
+        snprintf(err, errcap, "missing string field \"prompt\"");
+    else if (n_prompt > 1)
+        snprintf(err, errcap, "field \"prompt\" appears %d times", n_prompt);
+    else if (has_nul_escape(line, len))
+        snprintf(err, errcap, "a string contains the NUL character (\\u0000), which a prompt cannot hold");
+    else if (!(*prompt = strdup(p->valuestring)))
+        snprintf(err, errcap, "out of memory");
+    else
+        rc = 0;
+    cJSON_Delete(j);
+    return rc;
+}
+
+int cli_prompts_add(cli_prompts *p, char *text, int line) {
+    if (p->n == p->cap) {
+        int cap = p->cap ? p->cap * 2 : 16;
+        char **t = realloc(p->text, (size_t)cap * sizeof *t);
+        if (t) p->text = t;
+        int *l = realloc(p->line, (size_t)cap * sizeof *l);
+        if (l) p->line = l;
+        if (!t || !l) return -1;
+        p->cap = cap;
+    }
+    p->text[p->n] = text;
+    p->line[p->n++] = line;
+    return 0;
+}
+
+void cli_prompts_free(cli_prompts *p) {
+    for (int i = 0; i < p->n; i++) free(p->text[i]);
+    free(p->text);
+    free(p->line);
+    *p = (cli_prompts){0};
+}
+
+int cli_prompts_read(const char *cmd, const char *path, cli_prompts *out) {
+    FILE *f = stdin;
+    bool is_stdin = !strcmp(path, "-");
+    if (!is_stdin) {
+        int fd;
+        uint64_t size;
+        lm_status st = lm_open_stream(path, &fd, &size);  // a pipe is fine: lines are read with a bound
+        // The prompts and their ids stay in memory: about three times the file.
+        if (!st) st = lm_mem_check(3 * size, 0.1, path);
+        if (st) {
+            if (fd >= 0) close(fd);
+            fprintf(stderr, "lightmoe %s: %s\n", cmd, lm_last_error());
+            return 1;
+        }
+        if (!(f = fdopen(fd, "r"))) {
+            fprintf(stderr, "lightmoe %s: %s: %s\n", cmd, path, strerror(errno));
+            close(fd);
+            return 1;
+        }
+    }
+    const char *name = is_stdin ? "(standard input)" : path;
+    char *line = NULL, err[256];
+    size_t cap = 0, len = 0;
+    int lineno = 0, rc = 0, c = 0;
+    while (!rc && c != EOF) {
+        // getline without a bound would read a newline-free pipe forever
+        len = 0;
+        while ((c = getc(f)) != EOF) {
+            if (len + 2 > cap) {
+                size_t ncap = cap ? cap * 2 : 4096;
+                char *t = len + 2 > MAX_LINE ? NULL : realloc(line, ncap);
+                if (!t) {
+                    fprintf(stderr, "lightmoe %s: %s:%d: line longer than %zu MB\n", cmd, name, lineno + 1,
+                            MAX_LINE >> 20);
+                    rc = 1;
+                    break;
+                }
+                line = t;
+                cap = ncap;
+            }
+            line[len++] = (char)c;
+            if (c == '\n') break;
+        }
+        if (rc || (c == EOF && len == 0)) break;
+        lineno++;
+        char *prompt;
+        if (cli_prompt_parse_line(line, len, &prompt, err, sizeof err)) {
+            fprintf(stderr, "lightmoe %s: %s:%d: %s\n", cmd, name, lineno, err);
+            rc = 1;
+        } else if (prompt && cli_prompts_add(out, prompt, lineno)) {
+            free(prompt);
+            fprintf(stderr, "lightmoe %s: out of memory\n", cmd);
+            rc = 1;
+        }
+    }
+    if (!rc && ferror(f)) {
+        fprintf(stderr, "lightmoe %s: %s: read error: %s\n", cmd, name, strerror(errno));
+        rc = 1;
+    }
+    free(line);
+    if (!is_stdin) fclose(f);
+    if (!rc && out->n == 0) {
+        fprintf(stderr, "lightmoe %s: %s: no prompts (expected one {\"prompt\": \"...\"} per line)\n", cmd, name);
+        rc = 1;
+    }
+    return rc;
+}
