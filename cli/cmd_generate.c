@@ -27,6 +27,7 @@ static const char *help =
     "      --top-p P         nucleus sampling threshold in (0, 1] (default 1 = off)\n"
     "      --seed S          random seed; the same seed gives the same text (default 42)\n"
     "      --stop STR        stop when STR is generated (not printed); repeatable\n"
+    "                        (at most 64 strings of at most 1024 bytes)\n"
     "      --ignore-eos      keep going after the end-of-sequence token\n"
     "      --no-special      do not add BOS/special tokens to the prompt\n"
     "      --max-batch-tokens N\n"
@@ -99,6 +100,8 @@ int cmd_generate(int argc, char **argv) {
         if (arg_val(&a, "--stop", NULL, &v)) {
             const char **t = v ? realloc(stops, (size_t)(n_stops + 1) * sizeof *t) : NULL;
             if (v && !*v) arg_fail(&a, "--stop needs a non-empty string");
+            else if (v && strlen(v) > LM_MAX_STOP_LEN) arg_fail(&a, "--stop: at most %d bytes", LM_MAX_STOP_LEN);
+            else if (v && n_stops == LM_MAX_STOPS) arg_fail(&a, "at most %d --stop strings", LM_MAX_STOPS);
             else if (v && !t) arg_fail(&a, "out of memory");
             else if (v) stops = t, stops[n_stops++] = v;
             continue;

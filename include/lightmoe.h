@@ -209,6 +209,9 @@ void lm_sampler_free(lm_sampler *s);
 
 // ------------------------------------------------------------ generation ---
 
+#define LM_MAX_STOP_LEN 1024  // bytes of one stop string
+#define LM_MAX_STOPS 64        // stop strings per request
+
 typedef struct lm_gen_params {
     int max_tokens;              // new tokens per prompt
     lm_sampler_params sampler;   // each prompt gets its own stream seeded with sampler.seed

@@ -84,7 +84,8 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     double kv_bytes = 2.0 * (double)cache * sizeof(float);
     double act_bytes = 4.0 * (double)nb * (3.0 * H + 2.0 * qd + 2.0 * kvd + (double)c->vocab) +
                        4.0 * (double)nb * kmax * (2.0 * H + 2.0 * inter + 3.0) + 4.0 * (double)nb * c->n_experts;
-    double need = kv_bytes + act_bytes;
+    double rope_bytes = 2.0 * 4.0 * (double)p.n_ctx * (double)(c->head_dim / 2);
+    double need = kv_bytes + act_bytes + rope_bytes;
     char what[160], kvs[32];
     snprintf(what, sizeof what, "a context of %d sequences x %d tokens (KV cache %s)", p.n_seq, p.n_ctx,
              lm_format_bytes(kv_bytes, kvs, sizeof kvs));

@@ -129,8 +129,15 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
     lm_gen_params p = params ? *params : lm_gen_default_params();
     if (n < 1) return lm_err(LM_ERR_INVALID_ARG, "no prompts");
     if (p.max_tokens < 0) return lm_err(LM_ERR_INVALID_ARG, "max tokens %d must be >= 0", p.max_tokens);
-    for (int s = 0; s < p.n_stop; s++)
+    for (int s = 0; s < p.n_stop; s++) {
         if (!p.stop[s] || !p.stop[s][0]) return lm_err(LM_ERR_INVALID_ARG, "stop strings must not be empty");
+        // Held-back text is matched against every prefix of every stop string
+        // per token: bound the cost.
+        if (strlen(p.stop[s]) > LM_MAX_STOP_LEN)
+            return lm_err(LM_ERR_INVALID_ARG, "stop string %d is %zu bytes long (at most %d)", s + 1, strlen(p.stop[s]),
+                          LM_MAX_STOP_LEN);
+    }
+    if (p.n_stop > LM_MAX_STOPS) return lm_err(LM_ERR_INVALID_ARG, "%d stop strings (at most %d)", p.n_stop, LM_MAX_STOPS);
     memset(results, 0, (size_t)n * sizeof *results);
     lm_model_info mi;
     lm_model_get_info(lm_context_model(ctx), &mi);

@@ -198,6 +198,13 @@ lm_status lm_config_parse(const char *json, size_t len, const char *fname, lm_co
     // Experts: num_local_experts (Mixtral, 5.x everywhere) or num_experts (4.x Qwen/OLMoE).
     const char *ekey = jget(&j, "num_local_experts") ? "num_local_experts" : "num_experts";
     TRY(jint(&j, ekey, 1, 1 << 14, -1, &c->n_experts));
+    // The per-expert tables are [layers][experts]: bound their product by far
+    // more than any real model has (DeepSeek-V3: 61 x 256).
+    if ((long)c->n_layers * c->n_experts > (1L << 18)) {
+        st = lm_err(LM_ERR_FORMAT, "%s: %d layers x %d experts is more expert weights than any real model has "
+                    "(limit %ld)", fname, c->n_layers, c->n_experts, 1L << 18);
+        goto fail;
+    }
     TRY(jint(&j, "num_experts_per_tok", 1, c->n_experts, -1, &c->top_k));
     TRY(jint(&j, "intermediate_size", 1, 1 << 20, -1, &c->dense_inter));
     TRY(jint(&j, "moe_intermediate_size", 1, 1 << 20, c->dense_inter, &c->moe_inter));

@@ -83,6 +83,7 @@ void tk_pairmap_free(tk_pairmap *m);
 
 typedef struct tk_regex {
     pcre2_code *code;
+    char *what;  // "FILE: Split pre-tokenizer", for match errors
 } tk_regex;
 
 // Compiles an Oniguruma-style pattern from tokenizer.json (literal: match the

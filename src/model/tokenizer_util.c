@@ -440,12 +440,15 @@ lm_status tk_regex_compile(tk_regex *re, const char *pattern, bool literal, cons
     }
     // JIT is an optimisation only: without it pcre2_match interprets.
     pcre2_jit_compile(re->code, PCRE2_JIT_COMPLETE);
+    if (!(re->what = strdup(what))) return lm_err(LM_ERR_OOM, "%s: out of memory", what);
     return LM_OK;
 }
 
 void tk_regex_free(tk_regex *re) {
     pcre2_code_free(re->code);
+    free(re->what);
     re->code = NULL;
+    re->what = NULL;
 }
 
 static bool segs_add(tk_segs *o, size_t s, size_t e, bool match) {
@@ -483,7 +486,8 @@ lm_status tk_regex_segments(const tk_regex *re, const char *s, size_t n, tk_segs
         if (rc < 0) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(rc, msg, sizeof msg);
-            st = lm_err(LM_ERR_INVALID_ARG, "tokenizer: regex match failed: %s", (char *)msg);
+            st = lm_err(LM_ERR_INVALID_ARG, "%s: regex match failed on the text: %s%s", re->what ? re->what : "tokenizer",
+                        (char *)msg, rc == PCRE2_ERROR_MATCHLIMIT ? " (the pattern backtracks without bound)" : "");
             break;
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
