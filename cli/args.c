@@ -1,5 +1,6 @@
 #include "args.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -55,10 +56,20 @@ bool arg_val(args *a, const char *flag, const char *alt, const char **val) {
     return true;
 }
 
+// strtol and friends skip leading whitespace and take "-1" as 2^64-1 for
+// unsigned: accept only a number that starts right away.
+static bool starts_number(const char *v, bool sign) {
+    return isdigit((unsigned char)v[0]) || (sign && (v[0] == '-' || v[0] == '+' || v[0] == '.'));
+}
+
 bool arg_int(args *a, const char *flag, const char *alt, long lo, long hi, int *out) {
     const char *v;
     if (!arg_val(a, flag, alt, &v)) return false;
     if (!v) return true;
+    if (!starts_number(v, true)) {
+        arg_fail(a, "%s: '%s' is not an integer", flag, v);
+        return true;
+    }
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
@@ -75,7 +86,8 @@ bool arg_u64(args *a, const char *flag, const char *alt, uint64_t *out) {
     char *end;
     errno = 0;
     unsigned long long x = strtoull(v, &end, 10);
-    if (errno || end == v || *end || v[0] == '-') arg_fail(a, "%s: '%s' is not a non-negative integer", flag, v);
+    if (errno || end == v || *end || !starts_number(v, false))
+        arg_fail(a, "%s: '%s' is not a non-negative integer", flag, v);
     else *out = x;
     return true;
 }
@@ -84,6 +96,10 @@ bool arg_float(args *a, const char *flag, const char *alt, double lo, double hi,
     const char *v;
     if (!arg_val(a, flag, alt, &v)) return false;
     if (!v) return true;
+    if (!starts_number(v, true)) {
+        arg_fail(a, "%s: '%s' is not a number", flag, v);
+        return true;
+    }
     char *end;
     errno = 0;
     double x = strtod(v, &end);

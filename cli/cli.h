@@ -50,11 +50,25 @@ bool cli_model_opt(args *a, cli_model_opts *o);
 int cli_load_model(const char *cmd, const char *dir, const char *synthetic, bool shapes_only,
                    const cli_model_opts *o, lm_model **out);
 
-// Opens an output file before any work, so a bad path fails at once with
-// the reason; "-" is stdout. NULL after printing on failure.
-FILE *cli_open_out(const char *cmd, const char *path);
-// Flushes and closes (stdout is only flushed); 0, or 1 after printing the
-// write error (disk full, ...). Call it whatever happened before.
-int cli_close_out(const char *cmd, FILE *f, const char *path);
+// An output file, opened before any work so a bad path fails at once with
+// the reason. A regular file (or a new one) is written under a temporary
+// name beside it and renamed over it only when everything succeeded, so a
+// failed run leaves an existing file as it was; "-" (standard output) and
+// non-regular files (/dev/stdout, a FIFO) are written directly.
+typedef struct cli_out {
+    FILE *f;
+    const char *path;  // as given; NULL or "-" for standard output
+    char *tmp;         // the temporary file, renamed to path on commit
+} cli_out;
+
+// Refuses an output that is one of the inputs (would replace a checkpoint
+// or the prompts being read): `inputs` are files, `dir` a model directory
+// whose every entry counts. 0, or 1 after printing.
+int cli_out_check(const char *cmd, const char *path, const char *dir, const char *const *inputs, int n_inputs);
+int cli_out_open(const char *cmd, const char *path, cli_out *o);  // 0, or 1 after printing
+// Flushes, checks for write errors (disk full, /dev/full) and renames into
+// place; 0, or 1 after printing the error. cli_out_abort after a failure.
+int cli_out_commit(const char *cmd, cli_out *o);
+void cli_out_abort(cli_out *o);
 
 #endif

@@ -70,7 +70,14 @@ int cmd_bench(int argc, char **argv) {
     check.quiet = true;
     int rc = cli_load_model("bench", dir, syn, true, &check, &model);
     if (rc) return rc;
+    lm_model_info mi;
+    lm_model_get_info(model, &mi);
     lm_model_free(model);
+    if (plen + glen > mi.max_positions) {
+        fprintf(stderr, "lightmoe bench: prompt-len + gen-len = %d exceeds the model's %d positions\n", plen + glen,
+                mi.max_positions);
+        return 1;
+    }
     // Ceilings first, before the model takes memory (a fragmented heap gets
     // fewer huge pages for the probe's buffer).
     fprintf(stderr, "measuring memory bandwidth and FMA peak (%d threads) ...\n", n_threads);
@@ -80,14 +87,7 @@ int cmd_bench(int argc, char **argv) {
     rc = cli_load_model("bench", dir, syn, false, &mo, &model);
     if (rc) return rc;
     t_load = cli_now() - t_load;
-    lm_model_info mi;
     lm_model_get_info(model, &mi);
-    if (plen + glen > mi.max_positions) {
-        fprintf(stderr, "lightmoe bench: prompt-len + gen-len = %d exceeds the model's %d positions\n", plen + glen,
-                mi.max_positions);
-        lm_model_free(model);
-        return 1;
-    }
 
     long total_prefill = (long)batch * plen;
     lm_context_params cp = lm_context_default_params();

@@ -1,5 +1,4 @@
 // lightmoe generate: one prompt streamed to stdout, or a JSONL batch.
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,23 +54,38 @@ static const char *finish_name(lm_finish f) {
     return f == LM_FINISH_EOS ? "eos" : f == LM_FINISH_STOP ? "stop" : "length";
 }
 
-static int write_results(FILE *out, const cli_prompts *prompts, const lm_gen_result *res) {
-    for (int i = 0; i < prompts->n; i++) {
-        cJSON *o = cJSON_CreateObject();
-        char *s = NULL;
-        if (o && cJSON_AddNumberToObject(o, "index", i) && cJSON_AddStringToObject(o, "prompt", prompts->text[i]) &&
-            cJSON_AddStringToObject(o, "text", res[i].text) &&
-            cJSON_AddNumberToObject(o, "prompt_tokens", res[i].n_prompt_tokens) &&
-            cJSON_AddNumberToObject(o, "generated_tokens", res[i].n_gen_tokens) &&
-            cJSON_AddStringToObject(o, "finish_reason", finish_name(res[i].finish)))
-            s = cJSON_PrintUnformatted(o);
-        cJSON_Delete(o);
-        if (!s) return -1;
-        int bad = fprintf(out, "%s\n", s) < 0;
-        free(s);
-        if (bad) return -1;
+// A JSON string of n bytes: NUL and other control bytes escaped (cJSON works
+// on C strings and would cut the text at a NUL the model generated), bytes
+// that are not UTF-8 (none should be) as U+FFFD.
+static void json_string(FILE *f, const char *s, size_t n) {
+    fputc('"', f);
+    size_t i = 0;
+    while (i < n) {
+        size_t ok = lm_utf8_invalid_at(s + i, n - i);
+        for (size_t k = i; k < i + ok; k++) {
+            unsigned char c = (unsigned char)s[k];
+            if (c == '"' || c == '\\') fputc('\\', f), fputc(c, f);
+            else if (c == '\n') fputs("\\n", f);
+            else if (c == '\t') fputs("\\t", f);
+            else if (c == '\r') fputs("\\r", f);
+            else if (c < 0x20) fprintf(f, "\\u%04x", c);
+            else fputc(c, f);
+        }
+        i += ok;
+        if (i < n) fputs("\\ufffd", f), i++;
     }
-    return 0;
+    fputc('"', f);
+}
+
+static void write_results(FILE *out, const cli_prompts *prompts, const lm_gen_result *res) {
+    for (int i = 0; i < prompts->n; i++) {
+        fprintf(out, "{\"index\":%d,\"prompt\":", i);
+        json_string(out, prompts->text[i], strlen(prompts->text[i]));
+        fputs(",\"text\":", out);
+        json_string(out, res[i].text, res[i].text_len);
+        fprintf(out, ",\"prompt_tokens\":%d,\"generated_tokens\":%d,\"finish_reason\":\"%s\"}\n",
+                res[i].n_prompt_tokens, res[i].n_gen_tokens, finish_name(res[i].finish));
+    }
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -133,13 +147,15 @@ int cmd_generate(int argc, char **argv) {
     lm_gen_result *res = NULL;
     cli_prompts prompts = {0};
     char *tpath = NULL;
-    FILE *out = NULL;
+    cli_out out = {0};
     lm_status st;
     // Inputs and the output are checked before the model is loaded: a bad
     // line or an unwritable path must not cost the whole run.
-    if (prompts_file) rc = cli_prompts_read("generate", prompts_file, &prompts);
+    if (prompts_file) rc = cli_prompts_read("generate", prompts_file, 65536, &prompts);
     else if (cli_prompts_add(&prompts, strdup(prompt), 0)) rc = 1;
-    if (!rc && prompts_file && !(out = cli_open_out("generate", out_path))) rc = 1;
+    const char *inputs[1] = {prompts_file};
+    if (!rc && prompts_file && cli_out_check("generate", out_path, model_dir, inputs, 1)) rc = 1;
+    if (!rc && prompts_file && cli_out_open("generate", out_path, &out)) rc = 1;
     if (!rc && !(tpath = cli_tokenizer_path("generate", model_dir))) rc = 1;
     if (!rc && (st = lm_tokenizer_load(tpath, &tok))) rc = cli_error("generate", st);
     if (!rc) rc = cli_load_model("generate", model_dir, NULL, false, &mo, &model);
@@ -166,8 +182,8 @@ int cmd_generate(int argc, char **argv) {
         }
         free(ids);
         if (n == 0) {
-            fprintf(stderr, "lightmoe generate: %s%s: the prompt is empty and the tokenizer adds no BOS token\n",
-                    where, at);
+            fprintf(stderr, "lightmoe generate: %s%s: the prompt gives no tokens (it is empty, or the tokenizer drops "
+                    "every character of it) and the tokenizer adds no BOS token\n", where, at);
             rc = 1;
             goto done;
         }
@@ -211,20 +227,22 @@ int cmd_generate(int argc, char **argv) {
     }
     long n_prompt = 0, n_gen = 0;
     for (int i = 0; i < prompts.n; i++) n_prompt += res[i].n_prompt_tokens, n_gen += res[i].n_gen_tokens;
-    if (prompts_file && write_results(out, &prompts, res) && !ferror(out)) {
-        fprintf(stderr, "lightmoe generate: out of memory writing the results\n");
-        rc = 1;
+    if (prompts_file) {
+        write_results(out.f, &prompts, res);
+    } else {
+        fputc('\n', stdout);
+        out = (cli_out){stdout, NULL, NULL};
     }
-    if (!prompts_file) fputc('\n', stdout);
     // Flushing reports write errors (a full disk, /dev/full) with the path.
-    if (cli_close_out("generate", prompts_file ? out : stdout, out_path)) rc = 1;
-    out = NULL;
-    if (rc) goto done;
+    if (cli_out_commit("generate", &out)) {
+        rc = 1;
+        goto done;
+    }
     fprintf(stderr, "[%d prompt(s): %ld prompt tokens, %ld generated in %.2f s: %.1f tok/s overall]\n", prompts.n,
             n_prompt, n_gen, dt, dt > 0 ? (double)(n_prompt + n_gen) / dt : 0.0);
 
 done:
-    if (out && out != stdout) fclose(out);
+    cli_out_abort(&out);
     if (res) lm_gen_results_free(res, prompts.n);
     free(res);
     free(tpath);

@@ -66,10 +66,11 @@ int cmd_logits(int argc, char **argv) {
     }
     lm_model *model = NULL;
     lm_context *ctx = NULL;
-    FILE *f = NULL;
+    cli_out out = {0};
     int rc = 0;
     if (!dir && !(dir = cli_default_model())) rc = 1;
-    if (!rc && !(f = cli_open_out("logits", out_path))) rc = 1;
+    if (!rc && cli_out_check("logits", out_path, dir, NULL, 0)) rc = 1;
+    if (!rc && cli_out_open("logits", out_path, &out)) rc = 1;
     if (!rc) rc = cli_load_model("logits", dir, NULL, false, &mo, &model);
     if (rc) goto done;
     lm_model_info mi;
@@ -95,11 +96,10 @@ int cmd_logits(int argc, char **argv) {
         goto done;
     }
     for (int i = 0; i < n; i++)
-        if (fwrite(lm_get_logits(ctx, i), sizeof(float), (size_t)mi.vocab, f) != (size_t)mi.vocab) break;
-    rc = cli_close_out("logits", f, out_path);  // reports a failed write with its reason
-    f = NULL;
+        if (fwrite(lm_get_logits(ctx, i), sizeof(float), (size_t)mi.vocab, out.f) != (size_t)mi.vocab) break;
+    rc = cli_out_commit("logits", &out);  // reports a failed write with its reason
 done:
-    if (f && f != stdout) fclose(f);
+    cli_out_abort(&out);
     free(ids);
     lm_context_free(ctx);
     lm_model_free(model);

@@ -64,7 +64,9 @@ int cmd_perplexity(int argc, char **argv) {
         close(fd);
         st = lm_mem_check(8 * size, 0.1, file);
     }
-    if (!st) st = lm_read_file(file, (size_t)size, &text, &len);
+    // Files of /proc say 0 bytes: read to the end, up to what memory allows.
+    uint64_t avail = lm_mem_available(), cap = avail ? avail / 8 : (uint64_t)1 << 40;
+    if (!st) st = lm_read_file(file, (size_t)(size > cap ? size : cap), &text, &len);
     if (st) {
         rc = cli_error("perplexity", st);
         goto done;
@@ -99,12 +101,18 @@ int cmd_perplexity(int argc, char **argv) {
         rc = 1;
         goto done;
     }
+    // Windows that score something: one of a single token predicts nothing.
+    size_t n_windows = (n_ids + (size_t)ctx_len - 1) / (size_t)ctx_len;
+    if (n_ids - (n_windows - 1) * (size_t)ctx_len < 2) n_windows--;
+    if (max_windows && n_windows > (size_t)max_windows) n_windows = (size_t)max_windows;
+    // The cache holds one window: no longer than the text.
+    int win = n_ids < (size_t)ctx_len ? (int)n_ids : ctx_len;
     // Logits of a chunk are [chunk][vocab] floats: keep that under ~256 MB.
-    int chunk = ctx_len;
+    int chunk = win;
     while (chunk > 16 && (double)chunk * mi.vocab * 4 > 256e6) chunk /= 2;
     lm_context_params cp = lm_context_default_params();
     cp.n_seq = 1;
-    cp.n_ctx = ctx_len;
+    cp.n_ctx = win;
     cp.n_batch = chunk;
     if ((st = lm_context_init(model, &cp, &ctx))) {
         rc = cli_error("perplexity", st);
@@ -116,14 +124,13 @@ int cmd_perplexity(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    size_t n_windows = (n_ids + (size_t)ctx_len - 1) / (size_t)ctx_len;
-    if (max_windows && n_windows > (size_t)max_windows) n_windows = (size_t)max_windows;
     double nll = 0;
     long n_pred = 0;
+    size_t n_scored = 0;  // tokens in the windows scored
     bool tty = isatty(2);  // progress only for a person watching
     for (size_t w = 0; w < n_windows && !st && seq; w++) {
         size_t w0 = w * (size_t)ctx_len, wn = n_ids - w0 < (size_t)ctx_len ? n_ids - w0 : (size_t)ctx_len;
-        if (wn < 2) break;
+        n_scored += wn;
         lm_seq_clear(ctx, 0);
         for (size_t c0 = 0; c0 < wn && !st; c0 += (size_t)chunk) {
             int n = (int)(wn - c0 < (size_t)chunk ? wn - c0 : (size_t)chunk);
@@ -148,8 +155,10 @@ int cmd_perplexity(int argc, char **argv) {
         rc = cli_error("perplexity", st);
         goto done;
     }
-    printf("perplexity %.4f over %ld predicted tokens (%zu tokens in %zu windows of %d)\n", exp(nll / (double)n_pred),
-           n_pred, n_ids, n_windows, ctx_len);
+    printf("perplexity %.4f over %ld predicted tokens (%zu tokens in %zu window%s of up to %d", exp(nll / (double)n_pred),
+           n_pred, n_scored, n_windows, n_windows == 1 ? "" : "s", ctx_len);
+    if (n_scored < n_ids) printf("; the text has %zu tokens", n_ids);
+    printf(")\n");
     if (stats && mi.n_moe_layers > 0) {
         const uint64_t *cnt = lm_expert_counts(ctx);
         printf("expert routing share (%% of routed tokens) per MoE layer:\n");

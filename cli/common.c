@@ -1,12 +1,17 @@
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "util/file.h"
 
 double cli_now(void) {
     struct timespec ts;
@@ -40,6 +45,10 @@ int cli_error(const char *cmd, lm_status st) {
 }
 
 char *cli_tokenizer_path(const char *cmd, const char *dir) {
+    if (lm_check_dir(dir)) {  // say the directory is wrong, not that a file in it is missing
+        fprintf(stderr, "lightmoe %s: %s\n", cmd, lm_last_error());
+        return NULL;
+    }
     size_t n = strlen(dir) + sizeof "/tokenizer.json";
     char *p = malloc(n);
     if (!p) {
@@ -80,7 +89,7 @@ int cli_load_model(const char *cmd, const char *dir, const char *synthetic, bool
             char *end;
             errno = 0;
             long n = strtol(colon + 1, &end, 10);
-            if (errno || end == colon + 1 || *end || n < 1 || n > 1024) {
+            if (errno || end == colon + 1 || *end || n < 1 || n > 1024 || !isdigit((unsigned char)colon[1])) {
                 fprintf(stderr, "lightmoe %s: --synthetic %s: layer count after ':' must be an integer in [1, 1024]\n",
                         cmd, synthetic);
                 free(cfg);
@@ -110,22 +119,113 @@ int cli_load_model(const char *cmd, const char *dir, const char *synthetic, bool
     return 0;
 }
 
-FILE *cli_open_out(const char *cmd, const char *path) {
-    if (!path || !strcmp(path, "-")) return stdout;
-    FILE *f = fopen(path, "w");
-    if (!f) fprintf(stderr, "lightmoe %s: %s: cannot open for writing: %s\n", cmd, path, strerror(errno));
-    return f;
+static bool same_file(const struct stat *a, const char *path) {
+    struct stat b;
+    return stat(path, &b) == 0 && a->st_dev == b.st_dev && a->st_ino == b.st_ino;
 }
 
-int cli_close_out(const char *cmd, FILE *f, const char *path) {
-    if (!f) return 0;
-    bool bad = fflush(f) != 0 || ferror(f);
-    int e = errno;
-    if (f != stdout && fclose(f) != 0 && !bad) bad = true, e = errno;
-    if (bad) {
-        fprintf(stderr, "lightmoe %s: writing %s failed: %s\n", cmd, f == stdout || !path ? "standard output" : path,
-                strerror(e));
+int cli_out_check(const char *cmd, const char *path, const char *dir, const char *const *inputs, int n_inputs) {
+    struct stat out;
+    if (!path || !strcmp(path, "-") || stat(path, &out) != 0 || !S_ISREG(out.st_mode)) return 0;
+    const char *hit = NULL;
+    for (int i = 0; i < n_inputs && !hit; i++)
+        if (inputs[i] && strcmp(inputs[i], "-") && same_file(&out, inputs[i])) hit = inputs[i];
+    DIR *d = dir ? opendir(dir) : NULL;
+    char *p = NULL;
+    for (struct dirent *e; d && !hit && (e = readdir(d));) {
+        free(p);
+        size_t n = strlen(dir) + strlen(e->d_name) + 2;
+        if (!(p = malloc(n))) break;
+        snprintf(p, n, "%s/%s", dir, e->d_name);
+        if (same_file(&out, p)) hit = p;
+    }
+    if (d) closedir(d);
+    if (hit) fprintf(stderr, "lightmoe %s: --out %s is one of the inputs (%s): refusing to overwrite it\n", cmd, path, hit);
+    free(p);
+    return hit ? 1 : 0;
+}
+
+// The temporary output being written, removed if the run is interrupted.
+static char *volatile g_tmp_path;
+
+static void on_interrupt(int sig) {
+    char *p = g_tmp_path;
+    if (p) unlink(p);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+int cli_out_open(const char *cmd, const char *path, cli_out *o) {
+    *o = (cli_out){stdout, path, NULL};
+    if (!path || !strcmp(path, "-")) return 0;
+    struct stat sb;
+    bool exists = stat(path, &sb) == 0;
+    if (exists && S_ISDIR(sb.st_mode)) {
+        fprintf(stderr, "lightmoe %s: --out %s is a directory\n", cmd, path);
         return 1;
     }
+    if (exists && !S_ISREG(sb.st_mode)) {  // a device or a FIFO: write to it directly
+        if (!(o->f = fopen(path, "w"))) {
+            fprintf(stderr, "lightmoe %s: %s: cannot open for writing: %s\n", cmd, path, strerror(errno));
+            return 1;
+        }
+        return 0;
+    }
+    size_t n = strlen(path) + sizeof ".tmp-XXXXXX";
+    if (!(o->tmp = malloc(n))) {
+        fprintf(stderr, "lightmoe %s: out of memory\n", cmd);
+        return 1;
+    }
+    snprintf(o->tmp, n, "%s.tmp-XXXXXX", path);
+    int fd = mkstemp(o->tmp);
+    if (fd < 0) {
+        fprintf(stderr, "lightmoe %s: %s: cannot open for writing: %s\n", cmd, path, strerror(errno));
+        free(o->tmp);
+        o->tmp = NULL;
+        return 1;
+    }
+    // mkstemp makes it 0600: give it the mode the file has, or a new file would get.
+    mode_t um = umask(0);
+    umask(um);
+    fchmod(fd, exists ? sb.st_mode & 07777 : 0666 & ~um);
+    g_tmp_path = o->tmp;
+    signal(SIGINT, on_interrupt);
+    signal(SIGTERM, on_interrupt);
+    signal(SIGHUP, on_interrupt);
+    if (!(o->f = fdopen(fd, "w"))) {
+        fprintf(stderr, "lightmoe %s: %s: %s\n", cmd, path, strerror(errno));
+        close(fd);
+        cli_out_abort(o);
+        return 1;
+    }
+    return 0;
+}
+
+void cli_out_abort(cli_out *o) {
+    if (o->f && o->f != stdout) fclose(o->f);
+    if (o->tmp) unlink(o->tmp);
+    if (g_tmp_path == o->tmp) g_tmp_path = NULL;
+    free(o->tmp);
+    *o = (cli_out){0};
+}
+
+int cli_out_commit(const char *cmd, cli_out *o) {
+    if (!o->f) return 0;
+    bool bad = fflush(o->f) != 0 || ferror(o->f);
+    int e = errno;
+    if (o->f != stdout) {
+        if (fclose(o->f) != 0 && !bad) bad = true, e = errno;
+        o->f = NULL;
+    }
+    const char *name = o->path && strcmp(o->path, "-") ? o->path : "standard output";
+    if (!bad && o->tmp && rename(o->tmp, o->path) != 0) bad = true, e = errno;
+    if (bad) {
+        fprintf(stderr, "lightmoe %s: writing %s failed: %s\n", cmd, name, strerror(e));
+        cli_out_abort(o);
+        return 1;
+    }
+    if (g_tmp_path == o->tmp) g_tmp_path = NULL;
+    free(o->tmp);
+    *o = (cli_out){0};
     return 0;
 }

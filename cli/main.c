@@ -1,5 +1,8 @@
 // lightmoe command-line tool: dispatches to one file per command group.
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -44,7 +47,23 @@ static int dispatch(int argc, char **argv) {
     return EXIT_USAGE;
 }
 
+// With --mmap the weights are read from the checkpoint files in place: a file
+// truncated by someone else meanwhile turns a read into SIGBUS. Say so
+// instead of dying with "Bus error".
+static void on_sigbus(int sig) {
+    static const char msg[] = "lightmoe: a memory-mapped checkpoint file became shorter while it was in use "
+                              "(modified or truncated during the run?)\n";
+    if (write(2, msg, sizeof msg - 1)) {}
+    (void)sig;
+    _exit(1);
+}
+
 int main(int argc, char **argv) {
+    // A closed standard descriptor would be reused by the next open(): an
+    // output file would become "stderr" and receive the progress lines.
+    for (int fd = 0; fd <= 2; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd) return 1;
+    signal(SIGBUS, on_sigbus);
     int rc = dispatch(argc, argv);
     // Whatever a command printed must have reached its destination: a full
     // disk or /dev/full as standard output is an error, not a silent success.

@@ -10,6 +10,7 @@
 
 #include "lightmoe.h"
 #include "util/file.h"
+#include "util/json.h"
 
 // A line longer than this is not a prompt anyone meant (and getline would
 // otherwise grow without bound on a file with no newline, e.g. a pipe).
@@ -17,22 +18,27 @@
 
 static bool json_ws(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 
-// cJSON turns the escape \u0000 into a NUL that silently ends the C string:
-// find it in the raw text (in any string, outside other escapes).
-static bool has_nul_escape(const char *s, size_t n) {
+// What cJSON cannot tell: the escape \u0000 becomes a NUL that silently ends
+// the C string, and nesting beyond its limit is reported as a syntax error.
+// Scans the raw text (strings, outside other escapes).
+static void scan_json(const char *s, size_t n, bool *nul_escape, int *max_depth) {
     bool in_str = false;
+    int depth = 0;
+    *nul_escape = false;
+    *max_depth = 0;
     for (size_t i = 0; i < n; i++) {
         if (!in_str) {
-            in_str = s[i] == '"';
+            if (s[i] == '"') in_str = true;
+            else if (s[i] == '[' || s[i] == '{') depth++, *max_depth = depth > *max_depth ? depth : *max_depth;
+            else if (s[i] == ']' || s[i] == '}') depth--;
             continue;
         }
         if (s[i] == '"') in_str = false;
         else if (s[i] == '\\' && i + 1 < n) {
-            if (s[i + 1] == 'u' && i + 5 < n && !memcmp(s + i + 2, "0000", 4)) return true;
+            if (s[i + 1] == 'u' && i + 5 < n && !memcmp(s + i + 2, "0000", 4)) *nul_escape = true;
             i++;  // the escaped character
         }
     }
-    return false;
 }
 
 int cli_prompt_parse_line(const char *line, size_t len, char **prompt, char *err, size_t errcap) {
@@ -43,6 +49,11 @@ int cli_prompt_parse_line(const char *line, size_t len, char **prompt, char *err
     if (memchr(line, 0, len)) return snprintf(err, errcap, "the line contains a NUL byte"), -1;
     size_t bad = lm_utf8_invalid_at(line, len);
     if (bad != len) return snprintf(err, errcap, "not valid UTF-8 (byte offset %zu of the line)", bad), -1;
+    bool nul_escape;
+    int depth;
+    scan_json(line, len, &nul_escape, &depth);
+    if (depth > CJSON_NESTING_LIMIT)
+        return snprintf(err, errcap, "JSON nested %d levels deep (at most %d)", depth, CJSON_NESTING_LIMIT), -1;
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithLengthOpts(line, len, &end, 0);
     int rc = -1;
@@ -54,18 +65,16 @@ int cli_prompt_parse_line(const char *line, size_t len, char **prompt, char *err
     size_t rest = (size_t)(end - line);
     while (rest < len && json_ws(line[rest])) rest++;
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "prompt");
-    int n_prompt = 0;
-    for (const cJSON *c = cJSON_IsObject(j) ? j->child : NULL; c; c = c->next)
-        n_prompt += c->string && !strcmp(c->string, "prompt");
+    const char *dup = lm_json_duplicate_key(j);
     if (rest < len)
         snprintf(err, errcap, "more than one JSON value on the line (at byte offset %zu): put one object per line", rest);
     else if (!cJSON_IsObject(j))
         snprintf(err, errcap, "not a JSON object");
     else if (!cJSON_IsString(p))
         snprintf(err, errcap, "missing string field \"prompt\"");
-    else if (n_prompt > 1)
-        snprintf(err, errcap, "field \"prompt\" appears %d times", n_prompt);
-    else if (has_nul_escape(line, len))
+    else if (dup)
+        snprintf(err, errcap, "key \"%.100s\" appears twice in an object", dup);
+    else if (nul_escape)
         snprintf(err, errcap, "a string contains the NUL character (\\u0000), which a prompt cannot hold");
     else if (!(*prompt = strdup(p->valuestring)))
         snprintf(err, errcap, "out of memory");
@@ -97,7 +106,7 @@ void cli_prompts_free(cli_prompts *p) {
     *p = (cli_prompts){0};
 }
 
-int cli_prompts_read(const char *cmd, const char *path, cli_prompts *out) {
+int cli_prompts_read(const char *cmd, const char *path, int max_prompts, cli_prompts *out) {
     FILE *f = stdin;
     bool is_stdin = !strcmp(path, "-");
     if (!is_stdin) {
@@ -145,6 +154,11 @@ int cli_prompts_read(const char *cmd, const char *path, cli_prompts *out) {
         char *prompt;
         if (cli_prompt_parse_line(line, len, &prompt, err, sizeof err)) {
             fprintf(stderr, "lightmoe %s: %s:%d: %s\n", cmd, name, lineno, err);
+            rc = 1;
+        } else if (prompt && out->n == max_prompts) {
+            free(prompt);
+            fprintf(stderr, "lightmoe %s: %s:%d: more than %d prompts (the most one run takes)\n", cmd, name, lineno,
+                    max_prompts);
             rc = 1;
         } else if (prompt && cli_prompts_add(out, prompt, lineno)) {
             free(prompt);

@@ -17,9 +17,10 @@ typedef struct cli_prompts {
 // line), or -1 with the reason in err.
 int cli_prompt_parse_line(const char *line, size_t len, char **prompt, char *err, size_t errcap);
 
-// Reads every prompt of path ("-": standard input). Returns 0, or 1 after
-// printing "lightmoe CMD: FILE:LINE: reason".
-int cli_prompts_read(const char *cmd, const char *path, cli_prompts *out);
+// Reads every prompt of path ("-": standard input), at most max_prompts
+// (a stream that does not end stops there). Returns 0, or 1 after printing
+// "lightmoe CMD: FILE:LINE: reason".
+int cli_prompts_read(const char *cmd, const char *path, int max_prompts, cli_prompts *out);
 int cli_prompts_add(cli_prompts *p, char *text, int line);  // takes text; -1 on OOM
 void cli_prompts_free(cli_prompts *p);
 

@@ -226,14 +226,15 @@ lm_gen_params lm_gen_default_params(void);
 typedef enum lm_finish { LM_FINISH_LENGTH = 0, LM_FINISH_EOS, LM_FINISH_STOP } lm_finish;
 
 typedef struct lm_gen_result {
-    char *text;          // generated text (malloc'ed; free with lm_gen_results_free)
+    char *text;          // generated text, NUL-terminated (malloc'ed; free with lm_gen_results_free)
+    size_t text_len;     // its length in bytes: the text itself may contain NUL bytes
     int n_prompt_tokens;
     int n_gen_tokens;
     lm_finish finish;
 } lm_gen_result;
 
-// Called with each newly completed piece of text of prompt `idx`. Return
-// non-zero to stop that prompt early.
+// Called with each newly completed piece of text of prompt `idx` (len bytes,
+// which may include NUL bytes). Return non-zero to stop that prompt early.
 typedef int (*lm_piece_cb)(void *user, int idx, const char *piece, size_t len);
 
 // Generates continuations of n prompts together: prompts are prefilled as one

@@ -140,6 +140,17 @@ tiny=$($BIN generate -p "The old man" -n 12 --temp 1e-39 2>/dev/null)
 if [ -n "$greedy" ] && [ "$greedy" = "$tiny" ]; then echo "ok   --temp 1e-39 equals greedy"
 else echo "FAIL --temp 1e-39 is not the greedy limit: '$tiny' vs '$greedy'"; fails=$((fails + 1)); fi
 expect "stop + sampling + partial first character" 0 "" -- $BIN generate -p "The old man" -n 2 --temp 100 --stop x --seed 48
+# A byte-level vocabulary has a token for byte 0: the model's greedy first token
+# becomes it when its id is swapped with "Ġand". The text must keep the NUL
+# (as \u0000 in JSON) and stop strings after it must still match.
+mkdir -p $T/nulvocab && cp models/sotu-moe/* $T/nulvocab/ &&
+    sed -i 's/"Ā": 189,/"Ā": 284,/; s/"Ġand": 284,/"Ġand": 189,/' $T/nulvocab/tokenizer.json
+printf '{"prompt": "The old man"}\n' > $T/old.jsonl
+expect "generated NUL byte in JSONL" 0 "" -- $BIN generate -m $T/nulvocab --prompts $T/old.jsonl -n 12
+grep -qF '"text":"\u0000 women, we have' $T/out || { echo "FAIL generated NUL: text cut or not escaped: $(cat $T/out)"; fails=$((fails + 1)); }
+$BIN generate -m $T/nulvocab -p "The old man" -n 12 --stop women 2>/dev/null | od -An -c | tr -d ' ' > $T/od
+[ "$(cat $T/od)" = '\0\n' ] && echo "ok   stop string after a generated NUL" ||
+    { echo "FAIL stop after a generated NUL: output $(cat $T/od)"; fails=$((fails + 1)); }
 printf '{"prompt": "a\\u0000b"}\n' > $T/nul.jsonl
 expect "JSONL: \\u0000 in a prompt" 1 "nul.jsonl:1: a string contains the NUL character" -- $BIN generate --prompts $T/nul.jsonl -n 1
 printf '{"prompt": "a"}\n{"prompt": "a\0b"}\n' > $T/nulbyte.jsonl
@@ -151,9 +162,11 @@ expect "JSONL: trailing garbage" 1 "trail.jsonl:1: more than one JSON value" -- 
 printf '\n{"prompt": "a\xff"}\n' > $T/utf.jsonl
 expect "JSONL: not UTF-8" 1 "utf.jsonl:2: not valid UTF-8" -- $BIN generate --prompts $T/utf.jsonl -n 1
 printf '{"prompt": "a", "prompt": "b"}\n' > $T/dup.jsonl
-expect "JSONL: prompt twice" 1 "dup.jsonl:1: field \"prompt\" appears 2 times" -- $BIN generate --prompts $T/dup.jsonl -n 1
+expect "JSONL: prompt twice" 1 "dup.jsonl:1: key \"prompt\" appears twice" -- $BIN generate --prompts $T/dup.jsonl -n 1
+printf '{"prompt": "a", "x": %s1%s}\n' "$(printf '[%.0s' $(seq 1100))" "$(printf ']%.0s' $(seq 1100))" > $T/deep.jsonl
+expect "JSONL: nested too deep" 1 "deep.jsonl:1: JSON nested 1101 levels deep" -- $BIN generate --prompts $T/deep.jsonl -n 1
 printf '{"prompt": ""}\n' > $T/empty.jsonl
-expect "JSONL: empty prompt without BOS" 1 "empty.jsonl:1: the prompt is empty" -- $BIN generate --prompts $T/empty.jsonl -n 1
+expect "JSONL: empty prompt without BOS" 1 "empty.jsonl:1: the prompt gives no tokens" -- $BIN generate --prompts $T/empty.jsonl -n 1
 printf '{"prompt": "hi"}\n' > $T/ok.jsonl
 expect "--out /dev/full" 1 "No space left on device" -- $BIN generate --prompts $T/ok.jsonl -n 2 --out /dev/full
 expect "generate to a full stdout" 1 "No space left on device" -- sh -c "$BIN generate -p hi -n 4 > /dev/full"
@@ -162,6 +175,38 @@ expect "info to a full stdout" 1 "No space left on device" -- sh -c "$BIN info >
 expect "logits to /dev/full" 1 "No space left on device" -- $BIN logits -m $FIX --ids $ids --out /dev/full
 mkdir -p $T/extra && cp $FIX/model.safetensors $T/extra/ && sed 's/"num_hidden_layers": 3/"num_hidden_layers": 2/' $FIX/config.json > $T/extra/config.json
 expect "checkpoint tensors the config does not use" 0 "tensors of the checkpoint are not used by config.json (e.g. 'model.layers.2." -- $BIN logits -m $T/extra --ids $ids --out $T/l.bin
+
+# ---- second round (a tester's findings): growth, regex limits, duplicate keys, outputs
+tokvariant() {  # name, sed expression applied to the shipped tokenizer.json
+    mkdir -p $T/$1 && cp models/sotu-moe/* $T/$1/ && sed -i "$2" $T/$1/tokenizer.json && echo $T/$1
+}
+rep='{"type": "Replace", "pattern": {"String": "a"}, "content": "aaaaaaaaaa"}'
+d=$(tokvariant grow "s/\"normalizer\": null/\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [$rep, $rep, $rep, $rep, $rep, $rep, $rep, $rep, $rep, $rep]}/")
+expect "normalizers that multiply the text" 1 "the normalizers make the text more than 256 times longer" -- $BIN tokenize -m $d banana
+expect "tokenizer.json with a duplicate key" 1 "appears twice in one object" -- sh -c "sed 's/\"normalizer\": null/\"normalizer\": null, \"normalizer\": null/' models/sotu-moe/tokenizer.json > $T/duptok.json && $BIN tokenize --tokenizer $T/duptok.json hi"
+mkdir -p $T/dupcfg && cp $FIX/model.safetensors $T/dupcfg/ && sed 's/"rms_norm_eps": 1e-05,/"rms_norm_eps": 1e-05, "rms_norm_eps": 0.5,/' $FIX/config.json > $T/dupcfg/config.json
+expect "config.json with a duplicate key" 1 "config.json: key \"rms_norm_eps\" appears twice" -- $BIN logits -m $T/dupcfg --ids $ids --out $T/l.bin
+expect "closed stderr does not capture the output file" 0 "" -- sh -c "$BIN generate --prompts $T/ok.jsonl -n 2 --out $T/closed.jsonl 2>&-"
+head -c 9 $T/closed.jsonl | grep -q '^{"index"' && echo "ok   output file starts with the results" || { echo "FAIL the output file got other text: $(head -1 $T/closed.jsonl)"; fails=$((fails + 1)); }
+echo important > $T/keep.jsonl
+expect "a failed run leaves --out untouched" 1 "no such directory" -- $BIN generate -m $T/nonexistent --prompts $T/ok.jsonl --out $T/keep.jsonl
+[ "$(cat $T/keep.jsonl)" = important ] && echo "ok   --out kept" || { echo "FAIL --out was modified by a failed run"; fails=$((fails + 1)); }
+ls $T/keep.jsonl.tmp-* >/dev/null 2>&1 && { echo "FAIL a temporary output file was left behind"; fails=$((fails + 1)); }
+mkdir -p $T/victim && cp $FIX/* $T/victim/ 2>/dev/null
+expect "--out naming a checkpoint file" 1 "is one of the inputs" -- $BIN logits -m $T/victim --ids $ids --out $T/victim/model.safetensors
+expect "--out naming the prompts file" 1 "is one of the inputs" -- $BIN generate --prompts $T/ok.jsonl -n 1 --out $T/ok.jsonl
+expect "--out a directory" 1 "is a directory" -- $BIN generate --prompts $T/ok.jsonl -n 1 --out $T
+expect "too many prompts on stdin" 1 "more than 65536 prompts" -- sh -c "yes '{\"prompt\": \"x\"}' | $BIN generate --prompts - -n 1"
+expect "leading space in a number" 2 "is not a non-negative integer" -- $BIN generate -p hi --seed " -1"
+expect "missing model directory named first" 1 "nonexistent: no such directory" -- $BIN generate -m $T/nonexistent -p hi
+expect "perplexity of a /proc file reads it" 0 "" -- $BIN perplexity --file /proc/self/status --max-windows 1
+mkdir -p $T/gencfg && cp models/sotu-moe/* $T/gencfg/ && printf '{"eos_token_id": [284]}\n' > $T/gencfg/generation_config.json
+expect "generation_config.json eos ids are used" 0 "" -- $BIN generate -m $T/gencfg -p "The old man" -n 12
+grep -q ' and' $T/out && { echo "FAIL generation_config.json eos (' and' = 284) did not stop generation: $(cat $T/out)"; fails=$((fails + 1)); }
+mkdir -p $T/ropescale && cp $FIX/model.safetensors $T/ropescale/ && sed 's/"rope_parameters": {/"rope_scaling": {"factor": 8.0}, "rope_parameters": {/' $FIX/config.json > $T/ropescale/config.json
+expect "rope_scaling without a type" 1 "rope_scaling" -- $BIN logits -m $T/ropescale --ids $ids --out $T/l.bin
+expect "bench: prompt too long fails before probing" 1 "exceeds the model's 2048 positions" -- $BIN bench --prompt-len 2048 --gen-len 1
+grep -q measuring $T/err && { echo "FAIL bench probed the machine before checking its arguments"; fails=$((fails + 1)); }
 
 # ---- late failures: outputs are opened before the work
 t0=$(date +%s)

@@ -106,7 +106,9 @@ static lm_status accept_token(gen_seq *g, int i, int32_t t, const lm_gen_params 
         // Only the newly added text (plus the stop's length of history) can hold a new match.
         size_t sl = strlen(p->stop[s]);
         size_t from = g->len >= np + sl ? g->len - np - sl : 0;
-        char *hit = sl ? strstr(g->text + from, p->stop[s]) : NULL;
+        // memmem, not strstr: generated text may hold NUL bytes (a byte-level
+        // vocabulary has a token for byte 0).
+        char *hit = sl ? memmem(g->text + from, g->len - from, p->stop[s], sl) : NULL;
         if (hit) {
             g->len = (size_t)(hit - g->text);
             g->text[g->len] = 0;
@@ -172,7 +174,8 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
         st = lm_tokenize(tok, prompts[i], strlen(prompts[i]), p.add_special, &g[i].prompt, &g[i].n_prompt);
         if (st) break;
         if (g[i].n_prompt == 0) {
-            st = lm_err(LM_ERR_INVALID_ARG, "prompt %d is empty and the tokenizer adds no BOS token", i);
+            st = lm_err(LM_ERR_INVALID_ARG, "prompt %d gives no tokens (it is empty, or the tokenizer drops every "
+                        "character of it) and the tokenizer adds no BOS token", i);
             break;
         }
         if (g[i].n_prompt + (size_t)p.max_tokens > (size_t)cp.n_ctx) {
@@ -242,6 +245,7 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
     for (int i = 0; g && i < n; i++) {
         if (!st) {
             results[i].text = g[i].text ? g[i].text : lm_strdup("");
+            results[i].text_len = g[i].text ? g[i].len : 0;
             g[i].text = NULL;
         }
         free(g[i].text);

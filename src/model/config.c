@@ -7,6 +7,7 @@
 
 #include "util/err.h"
 #include "util/file.h"
+#include "util/json.h"
 
 static const struct {
     const char *arch, *model_type;
@@ -45,7 +46,7 @@ static lm_status jint(const jctx *j, const char *key, long lo, long hi, long def
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
         return lm_err(LM_ERR_FORMAT, "%s: \"%s\" must be an integer", j->fname, key);
     if (v->valuedouble < (double)lo || v->valuedouble > (double)hi)
-        return lm_err(LM_ERR_FORMAT, "%s: \"%s\" = %.0f is out of range [%ld, %ld]", j->fname, key,
+        return lm_err(LM_ERR_FORMAT, "%s: \"%s\" = %.15g is out of range [%ld, %ld]", j->fname, key,
                       v->valuedouble, lo, hi);
     *out = (int)v->valuedouble;
     return LM_OK;
@@ -99,11 +100,20 @@ static lm_status parse_rope(const jctx *j, lm_config *c) {
         if (!cJSON_IsObject(scal[i]))
             return lm_err(LM_ERR_FORMAT, "%s: \"%s\" must be an object", j->fname,
                           i ? "rope_scaling" : "rope_parameters");
+        const char *what = i ? "rope_scaling" : "rope_parameters";
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(scal[i], "rope_type");
         if (!t) t = cJSON_GetObjectItemCaseSensitive(scal[i], "type");
-        if (t && cJSON_IsString(t) && strcmp(t->valuestring, "default") != 0)
-            return lm_err(LM_ERR_UNSUPPORTED, "%s: rope type \"%s\" is not supported (only \"default\")",
+        if (t && !cJSON_IsString(t))
+            return lm_err(LM_ERR_FORMAT, "%s: %s: the rope type must be a string", j->fname, what);
+        if (t && strcmp(t->valuestring, "default") != 0)
+            return lm_err(LM_ERR_UNSUPPORTED, "%s: rope type \"%.100s\" is not supported (only \"default\")",
                           j->fname, t->valuestring);
+        // Without a type, anything besides rope_theta (a "factor") would be a
+        // scaling we would silently not apply.
+        for (const cJSON *k = scal[i]->child; !t && k; k = k->next)
+            if (strcmp(k->string, "rope_theta") != 0)
+                return lm_err(LM_ERR_UNSUPPORTED, "%s: %s has \"%.100s\" but no rope_type: RoPE scaling is not "
+                              "supported", j->fname, what, k->string);
     }
     return LM_OK;
 }
@@ -145,6 +155,12 @@ lm_status lm_config_parse(const char *json, size_t len, const char *fname, lm_co
         cJSON_Delete(root);
         return lm_err(LM_ERR_FORMAT, "%s: top level must be a JSON object", fname);
     }
+    const char *dup = lm_json_duplicate_key(root);
+    if (dup) {
+        st = lm_err(LM_ERR_FORMAT, "%s: key \"%.200s\" appears twice in one object (which one is meant?)", fname, dup);
+        cJSON_Delete(root);
+        return st;
+    }
     jctx j = {root, fname};
 
     // Architecture: "architectures"[0], else "model_type".
@@ -165,7 +181,7 @@ lm_status lm_config_parse(const char *json, size_t len, const char *fname, lm_co
             found = (int)i;
     }
     if (found < 0) {
-        st = lm_err(LM_ERR_UNSUPPORTED, "%s: architecture \"%s\" is not supported (supported: %s)", fname,
+        st = lm_err(LM_ERR_UNSUPPORTED, "%s: architecture \"%.200s\" is not supported (supported: %s)", fname,
                     name ? name : (cJSON_IsString(mt) ? mt->valuestring : "(none given)"),
                     lm_config_supported());
         goto fail;
@@ -217,7 +233,7 @@ lm_status lm_config_parse(const char *json, size_t len, const char *fname, lm_co
 
     v = jget(&j, "hidden_act");
     if (v && (!cJSON_IsString(v) || strcmp(v->valuestring, "silu") != 0)) {
-        st = lm_err(LM_ERR_UNSUPPORTED, "%s: hidden_act \"%s\" is not supported (only \"silu\")", fname,
+        st = lm_err(LM_ERR_UNSUPPORTED, "%s: hidden_act \"%.100s\" is not supported (only \"silu\")", fname,
                     cJSON_IsString(v) ? v->valuestring : "?");
         goto fail;
     }
@@ -317,6 +333,36 @@ lm_status lm_config_load(const char *path, lm_config *out) {
     if (st) return st;
     st = lm_config_parse(buf, len, path, out);
     free(buf);
+    return st;
+}
+
+lm_status lm_config_load_generation(const char *path, lm_config *c) {
+    char *buf;
+    size_t len;
+    lm_status st = lm_read_file(path, 16u << 20, &buf, &len);
+    if (st) return st;
+    cJSON *root = cJSON_ParseWithLength(buf, len);
+    free(buf);
+    const char *dup = root ? lm_json_duplicate_key(root) : NULL;
+    if (!root || !cJSON_IsObject(root)) st = lm_err(LM_ERR_FORMAT, "%s: not a JSON object", path);
+    else if (dup) st = lm_err(LM_ERR_FORMAT, "%s: key \"%.200s\" appears twice in one object", path, dup);
+    const cJSON *e = st ? NULL : cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    if (e && !cJSON_IsNull(e)) {
+        // transformers' generate stops at these; the config's own stay too.
+        bool arr = cJSON_IsArray(e);
+        for (const cJSON *one = arr ? e->child : e; one && !st; one = arr ? one->next : NULL) {
+            if (!cJSON_IsNumber(one) || one->valuedouble < 0 || one->valuedouble != floor(one->valuedouble)) {
+                st = lm_err(LM_ERR_FORMAT, "%s: \"eos_token_id\" must be an integer or a list of integers", path);
+                break;
+            }
+            if (one->valuedouble >= c->vocab) continue;  // cannot be produced
+            int id = (int)one->valuedouble;
+            bool have = false;
+            for (int i = 0; i < c->n_eos; i++) have |= c->eos[i] == id;
+            if (!have && c->n_eos < LM_MAX_EOS) c->eos[c->n_eos++] = id;
+        }
+    }
+    cJSON_Delete(root);
     return st;
 }
 

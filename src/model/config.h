@@ -53,6 +53,10 @@ lm_status lm_config_parse(const char *json, size_t len, const char *fname, lm_co
 lm_status lm_config_load(const char *path, lm_config *out);
 void lm_config_free(lm_config *cfg);
 
+// Adds the end-of-sequence ids of a generation_config.json (transformers'
+// generate stops at them; instruct models keep extra ones there).
+lm_status lm_config_load_generation(const char *path, lm_config *cfg);
+
 // Keep only the first n layers (synthetic benchmarks of a few layers).
 void lm_config_truncate(lm_config *cfg, int n_layers);
 

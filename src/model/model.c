@@ -344,6 +344,11 @@ lm_status lm_model_load(const char *dir, const lm_model_params *params, lm_model
     }
     st = lm_config_load(path, &md->cfg);
     free(path);
+    if (!st && !(path = lm_path_join(dir, "generation_config.json"))) st = LM_ERR_OOM;
+    else if (!st) {
+        if (lstat(path, &sb) == 0 || errno != ENOENT) st = lm_config_load_generation(path, &md->cfg);
+        free(path);
+    }
     if (st || (st = lm_st_open_dir(dir, &md->st)) || (st = model_layers_alloc(md))) {
         lm_model_free(md);
         return st;

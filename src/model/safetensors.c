@@ -18,6 +18,7 @@
 
 #include "util/err.h"
 #include "util/file.h"
+#include "util/json.h"
 
 // Matches the reference implementation's limit; real headers are ~1 MB.
 #define ST_MAX_HEADER 100000000ull
@@ -290,6 +291,13 @@ lm_status lm_st_parse(const uint8_t *buf, size_t size, const char *fname, lm_st_
                     fname, pos, (unsigned long long)hlen);
         goto out;
     }
+    // Repeated tensor names are reported below by name; a repeated field
+    // inside an entry ("dtype" twice) would be read as its first value.
+    const char *dup = lm_json_duplicate_key(root);
+    if (dup && cJSON_GetObjectItemCaseSensitive(root, dup) == NULL) {
+        st = lm_err(LM_ERR_FORMAT, "%s: key \"%.200s\" appears twice in one header entry", fname, dup);
+        goto out;
+    }
     // Writers pad the header with spaces for alignment; anything else is junk.
     for (size_t i = (size_t)(end - text); i < hlen; i++)
         if (!json_ws((uint8_t)text[i])) {
@@ -452,12 +460,17 @@ static lm_status open_index(const char *dir, const char *ipath, lm_st_set **out)
     if (st != LM_OK) return st;
 
     cJSON *root = cJSON_ParseWithLength(text, len);
+    const char *dup = root ? lm_json_duplicate_key(root) : NULL;
     const char **names = NULL;  // distinct shard names, sorted; index = file number
     size_t n_names = 0;
     lm_st_set *s = NULL;
     const cJSON *wm = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
     if (!root) {
         st = lm_err(LM_ERR_FORMAT, "%s: not valid JSON", ipath);
+        goto out;
+    }
+    if (dup) {
+        st = lm_err(LM_ERR_FORMAT, "%s: key \"%.200s\" appears twice in one object", ipath, dup);
         goto out;
     }
     if (!cJSON_IsObject(wm)) {

@@ -14,6 +14,7 @@
 #include "model/tokenizer.h"
 #include "util/err.h"
 #include "util/file.h"
+#include "util/json.h"
 
 // ------------------------------------------------------------ JSON helpers --
 
@@ -66,6 +67,13 @@ static lm_status parse_json(const char *path, const char *data, size_t len, cJSO
         const char *at = cJSON_GetErrorPtr();
         size_t off = at && at >= data && at <= data + len ? (size_t)(at - data) : 0;
         return lm_err(LM_ERR_FORMAT, "%s: malformed JSON near byte %zu", path, off);
+    }
+    const char *dup = lm_json_duplicate_key(*out);
+    if (dup) {
+        st = lm_err(LM_ERR_FORMAT, "%s: key \"%.200s\" appears twice in one object (which one is meant?)", path, dup);
+        cJSON_Delete(*out);
+        *out = NULL;
+        return st;
     }
     return LM_OK;
 }
@@ -136,7 +144,7 @@ static lm_status parse_normalizer(lm_tokenizer *t, const cJSON *n) {
         nm->right = jbool(n, "strip_right", true);
     } else {
         return lm_err(LM_ERR_UNSUPPORTED,
-                      "%s: normalizer type '%s' is not supported (supported: Sequence, NFC, NFD, "
+                      "%s: normalizer type '%.200s' is not supported (supported: Sequence, NFC, NFD, "
                       "NFKC, NFKD, Lowercase, Prepend, Append, Replace, Strip)", t->path, type);
     }
     t->n_norm++;
@@ -153,7 +161,7 @@ static lm_status parse_behavior(const lm_tokenizer *t, const cJSON *o, int *out)
             *out = i;  // same order as TK_SPLIT_*
             return LM_OK;
         }
-    return lm_err(LM_ERR_FORMAT, "%s: unknown split behavior '%s'", t->path, b);
+    return lm_err(LM_ERR_FORMAT, "%s: unknown split behavior '%.200s'", t->path, b);
 }
 
 static lm_status parse_prepend_scheme(const lm_tokenizer *t, const cJSON *o, int *out) {
@@ -164,7 +172,7 @@ static lm_status parse_prepend_scheme(const lm_tokenizer *t, const cJSON *o, int
         if (!strcmp(s, "always")) *out = TK_PREPEND_ALWAYS;
         else if (!strcmp(s, "first")) *out = TK_PREPEND_FIRST;
         else if (!strcmp(s, "never")) *out = TK_PREPEND_NEVER;
-        else return lm_err(LM_ERR_FORMAT, "%s: unknown Metaspace prepend_scheme '%s'", t->path, s);
+        else return lm_err(LM_ERR_FORMAT, "%s: unknown Metaspace prepend_scheme '%.200s'", t->path, s);
     }
     if (!jbool(o, "add_prefix_space", true)) *out = TK_PREPEND_NEVER;
     return LM_OK;
@@ -226,7 +234,7 @@ static lm_status parse_pre(lm_tokenizer *t, const cJSON *p) {
         pt->type = TK_PRE_BERT;
     } else {
         return lm_err(LM_ERR_UNSUPPORTED,
-                      "%s: pre_tokenizer type '%s' is not supported (supported: Sequence, Split, "
+                      "%s: pre_tokenizer type '%.200s' is not supported (supported: Sequence, Split, "
                       "ByteLevel, Metaspace, Digits, Whitespace, WhitespaceSplit, Punctuation, "
                       "BertPreTokenizer)", t->path, type);
     }
@@ -279,7 +287,7 @@ static lm_status parse_decoder(lm_tokenizer *t, const cJSON *d) {
             st = parse_prepend_scheme(t, d, &dc->prepend_scheme);
     } else {
         return lm_err(LM_ERR_UNSUPPORTED,
-                      "%s: decoder type '%s' is not supported (supported: Sequence, Replace, "
+                      "%s: decoder type '%.200s' is not supported (supported: Sequence, Replace, "
                       "ByteFallback, Fuse, Strip, ByteLevel, Metaspace)", t->path, type);
     }
     t->n_dec++;
@@ -339,7 +347,7 @@ static lm_status parse_post(lm_tokenizer *t, const cJSON *p) {
             const char *name = jstr(sp, "id");
             const cJSON *tokdef = name ? cJSON_GetObjectItemCaseSensitive(specials, name) : NULL;
             if (!tokdef) {
-                st = lm_err(LM_ERR_FORMAT, "%s: TemplateProcessing special token '%s' is not defined",
+                st = lm_err(LM_ERR_FORMAT, "%s: TemplateProcessing special token '%.200s' is not defined",
                             t->path, name ? name : "?");
                 break;
             }
@@ -358,7 +366,7 @@ static lm_status parse_post(lm_tokenizer *t, const cJSON *p) {
         if (!tk_ids_push(&pre, cid) || !tk_ids_push(&post, sid)) st = LM_ERR_OOM;
     } else {
         return lm_err(LM_ERR_UNSUPPORTED,
-                      "%s: post_processor type '%s' is not supported (supported: TemplateProcessing, "
+                      "%s: post_processor type '%.200s' is not supported (supported: TemplateProcessing, "
                       "ByteLevel, BertProcessing, RobertaProcessing, Sequence)", t->path, type);
     }
     // wrap: new prefix = pre + old prefix, new suffix = old suffix + post
@@ -433,7 +441,7 @@ static lm_status parse_bpe(lm_tokenizer *t, const cJSON *model) {
             const char *s = it->valuestring, *sp = strchr(s, ' ');
             if (!strncmp(s, "#version", 8)) continue;
             if (!sp || strchr(sp + 1, ' ')) {
-                st = lm_err(LM_ERR_FORMAT, "%s: merge %d ('%s') is not two tokens", t->path, rank + 1, s);
+                st = lm_err(LM_ERR_FORMAT, "%s: merge %d ('%.200s') is not two tokens", t->path, rank + 1, s);
                 break;
             }
             a = s, an = (size_t)(sp - s), b = sp + 1, bn = strlen(b);
@@ -612,7 +620,7 @@ static lm_status load(lm_tokenizer *t, const cJSON *root) {
     const char *type = jstr(model, "type");
     // files from old versions of tokenizers omit the type of BPE models
     if (type ? strcmp(type, "BPE") != 0 : !cJSON_GetObjectItemCaseSensitive(model, "merges"))
-        return lm_err(LM_ERR_UNSUPPORTED, "%s: model.type '%s' is not supported (supported: BPE)",
+        return lm_err(LM_ERR_UNSUPPORTED, "%s: model.type '%.200s' is not supported (supported: BPE)",
                       t->path, type ? type : "(none)");
 
     // id space: the largest id of the vocab and the added tokens
@@ -817,6 +825,7 @@ lm_status lm_tokenize(const lm_tokenizer *t, const char *text, size_t len, bool 
     tk_buf nb = {0};
     tk_ids out = {0};
     lm_status st = LM_OK;
+    tk_budget_begin(len);
     // 1. added tokens in the raw text  2. normalize the rest, then added
     // tokens in the normalized text  3. pre-tokenize  4. BPE per piece
     if (len) st = split_added(t, &t->trie_raw, text, len, true, &raw);
@@ -840,6 +849,7 @@ lm_status lm_tokenize(const lm_tokenizer *t, const char *text, size_t len, bool 
     }
     for (size_t i = 0; st == LM_OK && add_special && i < t->post_suffix.n; i++)
         if (!tk_ids_push(&out, t->post_suffix.v[i])) st = LM_ERR_OOM;
+    tk_budget_end();
     tk_splits_free(&raw);
     tk_splits_free(&norm);
     tk_buf_free(&nb);

@@ -83,8 +83,24 @@ void tk_pairmap_free(tk_pairmap *m);
 
 typedef struct tk_regex {
     pcre2_code *code;
-    char *what;  // "FILE: Split pre-tokenizer", for match errors
+    pcre2_match_context *mctx;  // heap and match limits: a hostile pattern fails, not eats memory
+    char *what;                 // "FILE: Split pre-tokenizer 'PATTERN'", for match errors
 } tk_regex;
+
+// A time budget for the regex matching of one encode or decode call, checked
+// between matches: a pattern whose matching is superlinear (each match
+// scanning to the end of the text) would otherwise take hours on a long
+// text. Generous (5 s + 10 s per MB; real tokenizers run at ~5 MB/s), so
+// only such patterns hit it. Thread-local; 0 = no budget.
+void tk_budget_begin(size_t bytes);
+void tk_budget_end(void);
+void tk_budget_base(double seconds);  // the fixed part (5 s); tests lower it
+
+// Growth limit of the text through normalizers, pre-tokenizers and decoders
+// (a Replace repeated in a Sequence multiplies it): at most this factor of
+// the input plus TK_GROWTH_SLACK bytes.
+#define TK_GROWTH 256
+#define TK_GROWTH_SLACK ((size_t)1 << 20)
 
 // Compiles an Oniguruma-style pattern from tokenizer.json (literal: match the
 // text as is). `what` names the pattern in error messages.

@@ -64,14 +64,16 @@ static bool flush_bytes(tlist *out, tk_buf *bytes) {
     return ok;
 }
 
-static lm_status dec_one(const tk_dec *d, const tlist *in, tlist *out) {
+// `limit`: most bytes the output may grow to (see TK_GROWTH); checked where
+// one decoder can multiply the text (Replace), the caller checks the rest.
+static lm_status dec_one(const tk_dec *d, const tlist *in, tlist *out, size_t limit) {
     lm_status st = LM_OK;
     size_t n = in->t.n;
     switch (d->type) {
     case TK_DEC_REPLACE: {
         tk_segs g = {0};
         tk_buf tmp = {0};
-        for (size_t i = 0; i < n && st == LM_OK; i++) {
+        for (size_t i = 0; i < n && st == LM_OK && out->b.n <= limit; i++) {
             const char *s = TL_STR(in, i);
             st = tk_regex_segments(&d->re, s, TL_LEN(in, i), &g);
             tmp.n = 0;
@@ -196,12 +198,18 @@ lm_status tk_decode_tokens(const lm_tokenizer *t, const int32_t *ids, size_t n, 
         if (skip_special && (t->tok_flags[ids[i]] & TK_FLAG_SPECIAL)) continue;
         if (!tl_add(&cur, t->tok_str[ids[i]], t->tok_len[ids[i]])) st = LM_ERR_OOM;
     }
+    size_t in = cur.b.n;
+    tk_budget_begin(in);
     for (int k = 0; st == LM_OK && t->has_decoder && k < t->n_dec; k++) {
         tlist next = {0};
-        st = dec_one(&t->dec[k], &cur, &next);
+        st = dec_one(&t->dec[k], &cur, &next, TK_GROWTH * in + TK_GROWTH_SLACK);
         tl_free(&cur);
         cur = next;
+        if (st == LM_OK && cur.b.n > TK_GROWTH * in + TK_GROWTH_SLACK)
+            st = lm_err(LM_ERR_FORMAT, "%s: the decoders make the text more than %d times longer than its tokens "
+                        "(decoder %d of %d; a Replace repeated in a Sequence?)", t->path, TK_GROWTH, k + 1, t->n_dec);
     }
+    tk_budget_end();
     for (size_t i = 0; st == LM_OK && i < cur.t.n; i++) {
         // no decoder: tokenizers joins the tokens with spaces
         if (!t->has_decoder && i > 0 && !tk_buf_put(out, " ", 1)) st = LM_ERR_OOM;

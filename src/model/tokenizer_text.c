@@ -53,7 +53,8 @@ int tk_cp_to_byte(uint32_t cp) {
 
 static bool is_cased_upper_i_dot(uint32_t cp) { return cp == 0x130; }
 
-static lm_status norm_one(const tk_norm *nm, const char *s, size_t n, tk_buf *out) {
+// `limit`: most bytes the output may grow to (see TK_GROWTH).
+static lm_status norm_one(const tk_norm *nm, const char *s, size_t n, tk_buf *out, size_t limit) {
     out->n = 0;
     switch (nm->type) {
     case TK_NORM_NFC: case TK_NORM_NFD: case TK_NORM_NFKC: case TK_NORM_NFKD: {
@@ -93,7 +94,7 @@ static lm_status norm_one(const tk_norm *nm, const char *s, size_t n, tk_buf *ou
     case TK_NORM_REPLACE: {
         tk_segs segs = {0};
         lm_status st = tk_regex_segments(&nm->re, s, n, &segs);
-        for (size_t i = 0; st == LM_OK && i < segs.n; i++) {
+        for (size_t i = 0; st == LM_OK && i < segs.n && out->n <= limit; i++) {
             const tk_seg *g = &segs.v[i];
             bool ok = g->match ? tk_buf_put(out, nm->str, strlen(nm->str))
                                : tk_buf_put(out, s + g->s, g->e - g->s);
@@ -132,9 +133,12 @@ lm_status tk_normalize(const lm_tokenizer *t, const char *s, size_t n, tk_buf *o
     lm_status st = LM_OK;
     for (int i = 0; i < t->n_norm && st == LM_OK; i++) {
         tk_buf *dst = i == t->n_norm - 1 ? out : &tmp[i & 1];
-        st = norm_one(&t->norm[i], cur, cur_n, dst);
+        st = norm_one(&t->norm[i], cur, cur_n, dst, TK_GROWTH * n + TK_GROWTH_SLACK);
         cur = dst->p;
         cur_n = dst->n;
+        if (st == LM_OK && cur_n > TK_GROWTH * n + TK_GROWTH_SLACK)
+            st = lm_err(LM_ERR_FORMAT, "%s: the normalizers make the text more than %d times longer "
+                        "(normalizer %d of %d; a Replace repeated in a Sequence?)", t->path, TK_GROWTH, i + 1, t->n_norm);
     }
     tk_buf_free(&tmp[0]);
     tk_buf_free(&tmp[1]);
@@ -360,7 +364,13 @@ lm_status tk_pretokenize(const lm_tokenizer *t, tk_splits *sp) {
     lm_status st = LM_OK;
     tk_buf tmp = {0};
     tk_segs g = {0};
+    size_t in = sp->buf.n;
     for (int k = 0; k < t->n_pre && st == LM_OK; k++) {
+        if (sp->buf.n > TK_GROWTH * in + TK_GROWTH_SLACK) {
+            st = lm_err(LM_ERR_FORMAT, "%s: the pre-tokenizers make the text more than %d times longer "
+                        "(pre-tokenizer %d of %d; ByteLevel repeated in a Sequence?)", t->path, TK_GROWTH, k, t->n_pre);
+            break;
+        }
         tk_splits out = {0};
         for (size_t i = 0; i < sp->n && st == LM_OK; i++) {
             const tk_split *x = &sp->v[i];
@@ -374,6 +384,8 @@ lm_status tk_pretokenize(const lm_tokenizer *t, tk_splits *sp) {
         tk_splits_free(sp);
         *sp = out;
     }
+    if (st == LM_OK && sp->buf.n > TK_GROWTH * in + TK_GROWTH_SLACK)
+        st = lm_err(LM_ERR_FORMAT, "%s: the pre-tokenizers make the text more than %d times longer", t->path, TK_GROWTH);
     tk_buf_free(&tmp);
     free(g.v);
     return st;

@@ -1,9 +1,11 @@
 // Tokenizer helpers: buffers, UTF-8, hash tables and the PCRE2 wrapper.
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/tokenizer.h"
 #include "util/err.h"
+#include "util/file.h"
 
 // ---------------------------------------------------------------- buffers ---
 
@@ -419,6 +421,11 @@ static bool translate_pattern(const char *p, tk_buf *out) {
     return tk_buf_put(out, "", 1);
 }
 
+// Backtracking frames of the interpreter (the JIT falls back to it when its
+// stack is exhausted) and the match steps of one match call.
+#define TK_REGEX_HEAP_KIB (64u << 10)
+#define TK_REGEX_MATCH_LIMIT 10000000u
+
 lm_status tk_regex_compile(tk_regex *re, const char *pattern, bool literal, const char *what) {
     tk_buf pat = {0};
     if (literal) {
@@ -435,21 +442,40 @@ lm_status tk_regex_compile(tk_regex *re, const char *pattern, bool literal, cons
     if (!re->code) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(code, msg, sizeof msg);
-        return lm_err(LM_ERR_UNSUPPORTED, "%s: regex '%s' does not compile: %s (offset %zu)", what,
-                      pattern, (char *)msg, (size_t)off);
+        return lm_err(LM_ERR_UNSUPPORTED, "%s: regex '%.200s%s' does not compile: %s (offset %zu)", what, pattern,
+                      strlen(pattern) > 200 ? "..." : "", (char *)msg, (size_t)off);
     }
     // JIT is an optimisation only: without it pcre2_match interprets.
     pcre2_jit_compile(re->code, PCRE2_JIT_COMPLETE);
-    if (!(re->what = strdup(what))) return lm_err(LM_ERR_OOM, "%s: out of memory", what);
+    re->mctx = pcre2_match_context_create(NULL);
+    size_t wn = strlen(what) + 220;
+    re->what = malloc(wn);
+    if (!re->mctx || !re->what) return lm_err(LM_ERR_OOM, "%s: out of memory", what);
+    pcre2_set_heap_limit(re->mctx, TK_REGEX_HEAP_KIB);
+    pcre2_set_match_limit(re->mctx, TK_REGEX_MATCH_LIMIT);
+    snprintf(re->what, wn, "%s '%.120s%s'", what, pattern, strlen(pattern) > 120 ? "..." : "");
     return LM_OK;
 }
 
 void tk_regex_free(tk_regex *re) {
     pcre2_code_free(re->code);
+    pcre2_match_context_free(re->mctx);
     free(re->what);
     re->code = NULL;
+    re->mctx = NULL;
     re->what = NULL;
 }
+
+static _Thread_local double tk_deadline, tk_budget_s, tk_base = 5.0;
+
+void tk_budget_base(double seconds) { tk_base = seconds; }
+
+void tk_budget_begin(size_t bytes) {
+    tk_budget_s = tk_base + 10.0 * (double)bytes / 1e6;
+    tk_deadline = lm_now() + tk_budget_s;
+}
+
+void tk_budget_end(void) { tk_deadline = 0; }
 
 static bool segs_add(tk_segs *o, size_t s, size_t e, bool match) {
     if (o->n == o->cap) {
@@ -476,8 +502,13 @@ lm_status tk_regex_segments(const tk_regex *re, const char *s, size_t n, tk_segs
     bool have_last = false;
     size_t last_end = 0;
     uint32_t flags = PCRE2_NO_UTF_CHECK;  // input was validated once up front
-    while (pos <= n) {
-        int rc = pcre2_match(re->code, (PCRE2_SPTR)s, n, pos, flags, md, NULL);
+    for (unsigned iter = 1; pos <= n; iter++) {
+        if (tk_deadline > 0 && iter % 64 == 0 && lm_now() > tk_deadline) {
+            st = lm_err(LM_ERR_INVALID_ARG, "%s: matching this text takes more than %.1f s (the pattern's matching "
+                        "grows faster than the text)", re->what ? re->what : "tokenizer", tk_budget_s);
+            break;
+        }
+        int rc = pcre2_match(re->code, (PCRE2_SPTR)s, n, pos, flags, md, re->mctx);
         if (rc == PCRE2_ERROR_JIT_STACKLIMIT && !(flags & PCRE2_NO_JIT)) {
             flags |= PCRE2_NO_JIT;  // the interpreter keeps its backtracking on the heap
             continue;
@@ -487,7 +518,10 @@ lm_status tk_regex_segments(const tk_regex *re, const char *s, size_t n, tk_segs
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(rc, msg, sizeof msg);
             st = lm_err(LM_ERR_INVALID_ARG, "%s: regex match failed on the text: %s%s", re->what ? re->what : "tokenizer",
-                        (char *)msg, rc == PCRE2_ERROR_MATCHLIMIT ? " (the pattern backtracks without bound)" : "");
+                        (char *)msg,
+                        rc == PCRE2_ERROR_MATCHLIMIT ? " (the pattern backtracks without bound)"
+                        : rc == PCRE2_ERROR_HEAPLIMIT ? " (the pattern needs more than 64 MB of backtracking memory)"
+                                                      : "");
             break;
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);

@@ -66,41 +66,57 @@ lm_status lm_read_file(const char *path, size_t max_bytes, char **buf, size_t *l
     uint64_t size;
     lm_status st = lm_open_regular(path, &fd, &size);
     if (st) return st;
+    char a[32], b[32];
     if (size > max_bytes) {
         close(fd);
-        char a[32], b[32];
         return lm_err(LM_ERR_FORMAT, "%s: file is %s (%llu bytes), more than the %s this file may have", path,
                       lm_format_bytes((double)size, a, sizeof a), (unsigned long long)size,
                       lm_format_bytes((double)max_bytes, b, sizeof b));
     }
-    size_t n = (size_t)size, got = 0;
-    char *p = lm_malloc(n + 1);
-    if (!p) {
-        close(fd);
-        return LM_ERR_OOM;
-    }
-    // Read exactly the size fstat gave: a file that grows meanwhile cannot
-    // make us read past the limit.
-    while (got < n) {
-        ssize_t r = read(fd, p + got, n - got);
+    // Read to the end rather than trusting the size: files of /proc report 0.
+    // Never more than max_bytes, even if the file grows meanwhile.
+    size_t cap = (size_t)size + 1, got = 0;
+    char *p = lm_malloc(cap < 4096 ? 4096 : cap);
+    if (cap < 4096) cap = 4096;
+    while (p) {
+        if (got + 1 == cap) {
+            if (got >= max_bytes) {  // full: fine if the file ends here
+                char extra;
+                ssize_t r;
+                while ((r = read(fd, &extra, 1)) < 0 && errno == EINTR) {}
+                if (r == 0) break;
+                free(p);
+                close(fd);
+                return lm_err(LM_ERR_FORMAT, "%s: more than the %s this file may have", path,
+                              lm_format_bytes((double)max_bytes, b, sizeof b));
+            }
+            size_t ncap = cap * 2 > max_bytes + 1 ? max_bytes + 2 : cap * 2;
+            char *t = realloc(p, ncap);
+            if (!t) {
+                free(p);
+                p = NULL;
+                lm_err(LM_ERR_OOM, "%s: out of memory reading it", path);
+                break;
+            }
+            p = t;
+            cap = ncap;
+        }
+        ssize_t r = read(fd, p + got, cap - 1 - got);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) {
             int e = errno;
-            close(fd);
             free(p);
+            close(fd);
             return lm_err(LM_ERR_IO, "%s: read error: %s", path, strerror(e));
         }
         if (r == 0) break;
         got += (size_t)r;
     }
     close(fd);
-    if (got != n) {
-        free(p);
-        return lm_err(LM_ERR_IO, "%s: file shrank while being read (%zu of %zu bytes)", path, got, n);
-    }
-    p[n] = 0;
+    if (!p) return LM_ERR_OOM;
+    p[got] = 0;
     *buf = p;
-    *len = n;
+    *len = got;
     return LM_OK;
 }
 

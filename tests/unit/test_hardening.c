@@ -154,6 +154,51 @@ static void test_hostile_tokenizers(void) {
         CHECK(strstr(lm_last_error(), "not valid UTF-8 (byte 1 of 2)"));
         lm_tokenizer_free(t);
     }
+    // Patterns that would eat memory (deep backtracking) or time (each match
+    // scanning to the end: quadratic) fail with a message naming the file.
+    char big[1024];
+    snprintf(big, sizeof big, "{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(?:a|%s)*c\"},"
+             " \"behavior\": \"Isolated\"}, \"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {\"a\": 0}}}",
+             "(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)(b)");
+    const char *quad = "{\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \".(?=[\\\\s\\\\S]*\\\\z)\"},"
+                       " \"behavior\": \"Isolated\"}, \"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {\"a\": 0}}}";
+    const char *grow = "{\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": ["
+                       "{\"type\": \"Replace\", \"pattern\": {\"String\": \"a\"}, \"content\": \"aaaaaaaaaaaaaaaa\"},"
+                       "{\"type\": \"Replace\", \"pattern\": {\"String\": \"a\"}, \"content\": \"aaaaaaaaaaaaaaaa\"},"
+                       "{\"type\": \"Replace\", \"pattern\": {\"String\": \"a\"}, \"content\": \"aaaaaaaaaaaaaaaa\"},"
+                       "{\"type\": \"Replace\", \"pattern\": {\"String\": \"a\"}, \"content\": \"aaaaaaaaaaaaaaaa\"},"
+                       "{\"type\": \"Replace\", \"pattern\": {\"String\": \"a\"}, \"content\": \"aaaaaaaaaaaaaaaa\"},"
+                       "{\"type\": \"Replace\", \"pattern\": {\"String\": \"a\"}, \"content\": \"aaaaaaaaaaaaaaaa\"}]},"
+                       " \"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {\"a\": 0}}}";
+    const char *dup = "{\"normalizer\": null, \"normalizer\": {\"type\": \"Lowercase\"},"
+                      " \"model\": {\"type\": \"BPE\", \"merges\": [], \"vocab\": {\"a\": 0}}}";
+    expect_tok_error("duplicate key", dup, strlen(dup), "key \"normalizer\" appears twice");
+    size_t long_n = 100000;
+    char *text = malloc(long_n + 2);
+    memset(text, 'a', long_n);
+    text[long_n] = 'c';
+    text[long_n + 1] = 0;
+    tk_budget_base(0.3);
+    const char *json[3] = {big, quad, grow};
+    const char *want[3] = {"needs more than 64 MB", "takes more than", "more than 256 times longer"};
+    for (int k = 0; k < 3; k++) {
+        t = NULL;
+        CHECK_MSG(tk_tokenizer_parse(json[k], strlen(json[k]), "slow.json", &t) == LM_OK, "%s", lm_last_error());
+        if (!t) continue;
+        int32_t *ids = NULL;
+        size_t n = 0;
+        double t0 = lm_now();
+        // (the growth case on a short text, or the time budget would catch it first)
+        lm_status st = lm_tokenize(t, text + (k == 2 ? long_n - 1000 : 0), k == 2 ? 1001 : long_n + 1, false, &ids, &n);
+        CHECK_MSG(st != LM_OK && strstr(lm_last_error(), "slow.json") && strstr(lm_last_error(), want[k]),
+                  "case %d: %s", k, lm_last_error());
+        CHECK_MSG(lm_now() - t0 < 5.0, "case %d took %.1f s", k, lm_now() - t0);
+        free(ids);
+        lm_tokenizer_free(t);
+    }
+    tk_budget_base(5.0);
+    free(text);
+
     // A repeated added token is not quadratic any more: 20k of them load at once.
     size_t cap = 64 + 20000 * 48;
     char *many = malloc(cap);
