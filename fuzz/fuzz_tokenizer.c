@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "lightmoe.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 static const char *texts[] = {"Hello world", "  a.b,c!!  12 345 ", "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80",
                               "<s>x</s>\n\n\tend", ""};

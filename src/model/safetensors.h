@@ -9,16 +9,8 @@
 #include <stdint.h>
 
 #include "lightmoe.h"
+#include "util/dtype.h"
 
-typedef enum lm_dtype {
-    LM_DT_F32 = 0,
-    LM_DT_F16,
-    LM_DT_BF16,
-    LM_DT_OTHER,  // a dtype safetensors allows (I64, U8, F64, ...) that we never compute with
-} lm_dtype;
-
-size_t lm_dtype_size(lm_dtype dt);     // bytes per element (0 for LM_DT_OTHER)
-const char *lm_dtype_name(lm_dtype dt);
 
 #define LM_ST_MAX_DIMS 8
 

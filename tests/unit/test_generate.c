@@ -4,7 +4,7 @@
 #include <float.h>
 
 #include "engine/sample.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "lightmoe.h"
 #include "testlib.h"
 

@@ -10,7 +10,7 @@
 
 #include "lightmoe.h"
 #include "model/safetensors.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "testlib.h"
 #include "util/file.h"
 

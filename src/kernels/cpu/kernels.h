@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model/safetensors.h"  // lm_dtype
+#include "util/dtype.h"
 
 typedef enum lm_isa { LM_ISA_SCALAR = 0, LM_ISA_AVX2, LM_ISA_AVX512 } lm_isa;
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "util/err.h"
 
 typedef struct sym {
@@ -91,7 +91,7 @@ static bool word_add(word *w, int32_t id, uint32_t len) {
 // its <0xNN> byte tokens with byte_fallback, or the unknown token (runs of
 // unknowns fused into one with fuse_unk), or nothing when there is no unk.
 static lm_status initial_symbols(const lm_tokenizer *t, const char *s, size_t n, word *w) {
-    tk_buf key = {0};
+    lm_buf key = {0};
     lm_status st = LM_OK;
     int32_t unk_id = -1;
     uint32_t unk_len = 0;
@@ -99,15 +99,15 @@ static lm_status initial_symbols(const lm_tokenizer *t, const char *s, size_t n,
     size_t suf_n = t->word_suffix ? strlen(t->word_suffix) : 0;
     for (size_t i = 0; i < n && st == LM_OK;) {
         uint32_t cp;
-        int l = tk_utf8_next(s + i, n - i, &cp);
+        int l = lm_utf8_next(s + i, n - i, &cp);
         if (l == 0) l = 1;  // cannot happen: input is validated
         bool first = i == 0, last = i + l == n;
         const char *k = s + i;
         size_t kn = (size_t)l;
         if ((!first && pre_n) || (last && suf_n)) {
             key.n = 0;
-            if ((!first && !tk_buf_put(&key, t->subword_prefix, pre_n)) ||
-                !tk_buf_put(&key, s + i, l) || (last && !tk_buf_put(&key, t->word_suffix, suf_n))) {
+            if ((!first && !lm_buf_put(&key, t->subword_prefix, pre_n)) ||
+                !lm_buf_put(&key, s + i, l) || (last && !lm_buf_put(&key, t->word_suffix, suf_n))) {
                 st = LM_ERR_OOM;
                 break;
             }
@@ -115,7 +115,7 @@ static lm_status initial_symbols(const lm_tokenizer *t, const char *s, size_t n,
             kn = key.n;
         }
         i += l;
-        int32_t id = tk_strmap_get(&t->vocab, k, kn);
+        int32_t id = lm_strmap_get(&t->vocab, k, kn);
         if (id >= 0) {
             if (unk_id >= 0) {
                 if (!word_add(w, unk_id, unk_len)) st = LM_ERR_OOM;
@@ -144,7 +144,7 @@ static lm_status initial_symbols(const lm_tokenizer *t, const char *s, size_t n,
         }
     }
     if (st == LM_OK && unk_id >= 0 && !word_add(w, unk_id, unk_len)) st = LM_ERR_OOM;
-    tk_buf_free(&key);
+    lm_buf_free(&key);
     return st;
 }
 
@@ -152,7 +152,7 @@ static lm_status merge_all(const lm_tokenizer *t, word *w) {
     heap h = {0};
     int32_t rank, new_id;
     for (size_t i = 0; i + 1 < w->n; i++)
-        if (tk_pairmap_get(&t->merges, w->v[i].id, w->v[i + 1].id, &rank, &new_id) &&
+        if (lm_pairmap_get(&t->merges, w->v[i].id, w->v[i + 1].id, &rank, &new_id) &&
             !heap_push(&h, (merge){rank, (int32_t)i, new_id}))
             goto oom;
     while (h.n) {
@@ -162,7 +162,7 @@ static lm_status merge_all(const lm_tokenizer *t, word *w) {
         int32_t rpos = cur->next;
         sym right = w->v[rpos];
         // skip stale entries: the pair at pos changed since it was queued
-        if (!tk_pairmap_get(&t->merges, cur->id, right.id, &rank, &new_id) || new_id != top.new_id)
+        if (!lm_pairmap_get(&t->merges, cur->id, right.id, &rank, &new_id) || new_id != top.new_id)
             continue;
         cur->id = top.new_id;
         cur->len += right.len;
@@ -170,11 +170,11 @@ static lm_status merge_all(const lm_tokenizer *t, word *w) {
         w->v[rpos].len = 0;  // the right symbol is gone
         if (right.next >= 0) w->v[right.next].prev = top.pos;
         if (cur->prev >= 0 &&
-            tk_pairmap_get(&t->merges, w->v[cur->prev].id, cur->id, &rank, &new_id) &&
+            lm_pairmap_get(&t->merges, w->v[cur->prev].id, cur->id, &rank, &new_id) &&
             !heap_push(&h, (merge){rank, cur->prev, new_id}))
             goto oom;
         if (cur->next >= 0 &&
-            tk_pairmap_get(&t->merges, cur->id, w->v[cur->next].id, &rank, &new_id) &&
+            lm_pairmap_get(&t->merges, cur->id, w->v[cur->next].id, &rank, &new_id) &&
             !heap_push(&h, (merge){rank, top.pos, new_id}))
             goto oom;
     }
@@ -185,17 +185,17 @@ oom:
     return LM_ERR_OOM;
 }
 
-lm_status tk_bpe(const lm_tokenizer *t, const char *s, size_t n, tk_ids *out) {
+lm_status tk_bpe(const lm_tokenizer *t, const char *s, size_t n, lm_ids *out) {
     if (n == 0) return LM_OK;
     if (t->ignore_merges) {  // a piece that is itself a token is taken whole
-        int32_t id = tk_strmap_get(&t->vocab, s, n);
-        if (id >= 0) return tk_ids_push(out, id) ? LM_OK : LM_ERR_OOM;
+        int32_t id = lm_strmap_get(&t->vocab, s, n);
+        if (id >= 0) return lm_ids_push(out, id) ? LM_OK : LM_ERR_OOM;
     }
     word w = {0};
     lm_status st = initial_symbols(t, s, n, &w);
     if (st == LM_OK) st = merge_all(t, &w);
     for (size_t i = 0; st == LM_OK && i < w.n; i++)
-        if (w.v[i].len && !tk_ids_push(out, w.v[i].id)) st = LM_ERR_OOM;
+        if (w.v[i].len && !lm_ids_push(out, w.v[i].id)) st = LM_ERR_OOM;
     free(w.v);
     return st;
 }

@@ -1,8 +1,8 @@
 // Hugging Face tokenizer.json loader and encoder (BPE models: SentencePiece
 // style with byte fallback, and GPT-2 style byte-level). Every step follows
 // the `tokenizers` library so ids match it exactly; see tokenizer.h for the
-// pipeline, tokenizer_text.c for normalizers and pre-tokenizers,
-// tokenizer_bpe.c for the merges and tokenizer_decode.c for decoding.
+// pipeline, text.c for normalizers and pre-tokenizers, bpe.c for the
+// merges, decode.c for decoding and regex.c for the PCRE2 wrapper.
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <utf8proc.h>
 
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "util/err.h"
 #include "util/file.h"
 #include "util/json.h"
@@ -47,7 +47,7 @@ static bool jid(const cJSON *v, int32_t *out) { return jint(v, out) && *out < TK
 // A JSON text must be UTF-8 (RFC 8259); every string of the file then is,
 // which the regex engine relies on (it is run without its own UTF check).
 static lm_status check_utf8(const char *path, const char *data, size_t len) {
-    size_t bad = tk_utf8_invalid_at(data, len);
+    size_t bad = lm_utf8_invalid_at(data, len);
     if (bad == len) return LM_OK;
     size_t line = 1, col = 1;
     for (size_t i = 0; i < bad; i++) {
@@ -81,13 +81,13 @@ static lm_status parse_json(const char *path, const char *data, size_t len, cJSO
 // ----------------------------------------------------------------- loading --
 
 static char *dup_str(lm_tokenizer *t, const char *s) {
-    return tk_arena_dup(&t->arena, s, strlen(s));
+    return lm_arena_dup(&t->arena, s, strlen(s));
 }
 
 // Reads a single UTF-8 character option (Metaspace replacement, Strip content).
 static lm_status one_char(const lm_tokenizer *t, const char *s, const char *what, uint32_t *cp) {
     size_t n = s ? strlen(s) : 0;
-    int l = n ? tk_utf8_next(s, n, cp) : 0;
+    int l = n ? lm_utf8_next(s, n, cp) : 0;
     if (!l || (size_t)l != n) return lm_err(LM_ERR_FORMAT, "%s: %s must be one character", t->path, what);
     return LM_OK;
 }
@@ -297,12 +297,12 @@ static lm_status parse_decoder(lm_tokenizer *t, const cJSON *d) {
 static int32_t token_id(const lm_tokenizer *t, const char *s) {
     for (int i = 0; i < t->n_added; i++)
         if (!strcmp(t->added[i].content, s)) return t->added[i].id;
-    return tk_strmap_get(&t->vocab, s, strlen(s));
+    return lm_strmap_get(&t->vocab, s, strlen(s));
 }
 
 // Adds the ids of a post-processor's special token list ({"ids": [...]}, or a
 // ["token", id] pair for Bert/Roberta) to dst.
-static lm_status add_ids(lm_tokenizer *t, tk_ids *dst, const cJSON *ids, const char *what) {
+static lm_status add_ids(lm_tokenizer *t, lm_ids *dst, const cJSON *ids, const char *what) {
     const cJSON *it;
     if (!cJSON_IsArray(ids)) return lm_err(LM_ERR_FORMAT, "%s: %s has no ids", t->path, what);
     cJSON_ArrayForEach(it, ids) {
@@ -310,7 +310,7 @@ static lm_status add_ids(lm_tokenizer *t, tk_ids *dst, const cJSON *ids, const c
         if (!jid(it, &id) || id >= t->n_ids || !t->tok_str[id])
             return lm_err(LM_ERR_FORMAT, "%s: %s has id %.0f, which is not a token of this tokenizer", t->path,
                           what, cJSON_IsNumber(it) ? it->valuedouble : -1.0);
-        if (!tk_ids_push(dst, id)) return LM_ERR_OOM;
+        if (!lm_ids_push(dst, id)) return LM_ERR_OOM;
     }
     return LM_OK;
 }
@@ -321,7 +321,7 @@ static lm_status parse_post(lm_tokenizer *t, const cJSON *p) {
     if (!p || cJSON_IsNull(p)) return LM_OK;
     const char *type = jstr(p, "type");
     if (!type) return lm_err(LM_ERR_FORMAT, "%s: post_processor without a type", t->path);
-    tk_ids pre = {0}, post = {0};
+    lm_ids pre = {0}, post = {0};
     lm_status st = LM_OK;
     if (!strcmp(type, "Sequence")) {
         const cJSON *it;
@@ -363,7 +363,7 @@ static lm_status parse_post(lm_tokenizer *t, const cJSON *p) {
             return lm_err(LM_ERR_FORMAT, "%s: %s needs cls and sep", t->path, type);
         if (cid >= t->n_ids || !t->tok_str[cid] || sid >= t->n_ids || !t->tok_str[sid])
             return lm_err(LM_ERR_FORMAT, "%s: %s cls/sep ids are not tokens of this tokenizer", t->path, type);
-        if (!tk_ids_push(&pre, cid) || !tk_ids_push(&post, sid)) st = LM_ERR_OOM;
+        if (!lm_ids_push(&pre, cid) || !lm_ids_push(&post, sid)) st = LM_ERR_OOM;
     } else {
         return lm_err(LM_ERR_UNSUPPORTED,
                       "%s: post_processor type '%.200s' is not supported (supported: TemplateProcessing, "
@@ -371,13 +371,13 @@ static lm_status parse_post(lm_tokenizer *t, const cJSON *p) {
     }
     // wrap: new prefix = pre + old prefix, new suffix = old suffix + post
     for (size_t i = 0; st == LM_OK && i < t->post_prefix.n; i++)
-        if (!tk_ids_push(&pre, t->post_prefix.v[i])) st = LM_ERR_OOM;
+        if (!lm_ids_push(&pre, t->post_prefix.v[i])) st = LM_ERR_OOM;
     for (size_t i = 0; st == LM_OK && i < post.n; i++)
-        if (!tk_ids_push(&t->post_suffix, post.v[i])) st = LM_ERR_OOM;
+        if (!lm_ids_push(&t->post_suffix, post.v[i])) st = LM_ERR_OOM;
     if (st == LM_OK) {
         free(t->post_prefix.v);
         t->post_prefix = pre;
-        pre = (tk_ids){0};
+        pre = (lm_ids){0};
     }
     free(pre.v);
     free(post.v);
@@ -386,7 +386,7 @@ static lm_status parse_post(lm_tokenizer *t, const cJSON *p) {
 
 static lm_status set_token(lm_tokenizer *t, int32_t id, const char *s, size_t n) {
     if (id < 0 || id >= t->n_ids) return lm_err(LM_ERR_FORMAT, "%s: token id %d out of range", t->path, id);
-    char *p = tk_arena_dup(&t->arena, s, n);
+    char *p = lm_arena_dup(&t->arena, s, n);
     if (!p) return LM_ERR_OOM;
     t->tok_str[id] = p;
     t->tok_len[id] = (uint32_t)n;
@@ -401,7 +401,7 @@ static lm_status parse_bpe(lm_tokenizer *t, const cJSON *model) {
         return lm_err(LM_ERR_FORMAT, "%s: model.merges is not an array", t->path);
 
     size_t n_vocab = (size_t)cJSON_GetArraySize(vocab);
-    if (!tk_strmap_init(&t->vocab, n_vocab)) return LM_ERR_OOM;
+    if (!lm_strmap_init(&t->vocab, n_vocab)) return LM_ERR_OOM;
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
         int32_t id;
@@ -410,11 +410,11 @@ static lm_status parse_bpe(lm_tokenizer *t, const cJSON *model) {
                           it->string, TK_MAX_ID);
         lm_status st = set_token(t, id, it->string, strlen(it->string));
         if (st) return st;
-        if (!tk_strmap_put(&t->vocab, t->tok_str[id], t->tok_len[id], id)) return LM_ERR_OOM;
+        if (!lm_strmap_put(&t->vocab, t->tok_str[id], t->tok_len[id], id)) return LM_ERR_OOM;
     }
 
     const char *unk = jstr(model, "unk_token");
-    t->unk_id = unk ? tk_strmap_get(&t->vocab, unk, strlen(unk)) : -1;
+    t->unk_id = unk ? lm_strmap_get(&t->vocab, unk, strlen(unk)) : -1;
     t->byte_fallback = jbool(model, "byte_fallback", false);
     t->fuse_unk = jbool(model, "fuse_unk", false);
     t->ignore_merges = jbool(model, "ignore_merges", false);
@@ -425,13 +425,13 @@ static lm_status parse_bpe(lm_tokenizer *t, const cJSON *model) {
     for (int b = 0; b < 256; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);
-        t->byte_tok[b] = tk_strmap_get(&t->vocab, name, 6);
+        t->byte_tok[b] = lm_strmap_get(&t->vocab, name, 6);
     }
 
     // Merges: "a b" strings or [a, b] pairs; rank = position in the list.
     size_t pfx_n = pfx ? strlen(pfx) : 0;
-    if (!tk_pairmap_init(&t->merges, merges ? (size_t)cJSON_GetArraySize(merges) : 0)) return LM_ERR_OOM;
-    tk_buf joined = {0};
+    if (!lm_pairmap_init(&t->merges, merges ? (size_t)cJSON_GetArraySize(merges) : 0)) return LM_ERR_OOM;
+    lm_buf joined = {0};
     int32_t rank = 0;
     lm_status st = LM_OK;
     cJSON_ArrayForEach(it, merges) {
@@ -453,27 +453,27 @@ static lm_status parse_bpe(lm_tokenizer *t, const cJSON *model) {
             st = lm_err(LM_ERR_FORMAT, "%s: merge %d is not a string or a pair", t->path, rank + 1);
             break;
         }
-        int32_t ia = tk_strmap_get(&t->vocab, a, an), ib = tk_strmap_get(&t->vocab, b, bn);
+        int32_t ia = lm_strmap_get(&t->vocab, a, an), ib = lm_strmap_get(&t->vocab, b, bn);
         // the merged token drops the right part's continuing-subword prefix
         size_t skip = pfx_n && bn >= pfx_n && !memcmp(b, pfx, pfx_n) ? pfx_n : 0;
         joined.n = 0;
-        if (!tk_buf_put(&joined, a, an) || !tk_buf_put(&joined, b + skip, bn - skip)) {
+        if (!lm_buf_put(&joined, a, an) || !lm_buf_put(&joined, b + skip, bn - skip)) {
             st = LM_ERR_OOM;
             break;
         }
-        int32_t inew = tk_strmap_get(&t->vocab, joined.p, joined.n);
+        int32_t inew = lm_strmap_get(&t->vocab, joined.p, joined.n);
         if (ia < 0 || ib < 0 || inew < 0) {
             st = lm_err(LM_ERR_FORMAT, "%s: merge %d ('%.*s' '%.*s') uses a token missing from the vocab",
                         t->path, rank + 1, (int)an, a, (int)bn, b);
             break;
         }
-        if (!tk_pairmap_put(&t->merges, ia, ib, rank, inew)) {
+        if (!lm_pairmap_put(&t->merges, ia, ib, rank, inew)) {
             st = LM_ERR_OOM;
             break;
         }
         rank++;
     }
-    tk_buf_free(&joined);
+    lm_buf_free(&joined);
     return st;
 }
 
@@ -495,7 +495,7 @@ static lm_status build_trie(lm_tokenizer *t, tk_trie *tr, bool normalized) {
         return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
     }
     lm_status st = LM_OK;
-    tk_buf tmp = {0};
+    lm_buf tmp = {0};
     for (int i = 0; i < t->n_added && st == LM_OK; i++) {
         const tk_added *a = &t->added[i];
         if (a->normalized != normalized) continue;
@@ -503,7 +503,7 @@ static lm_status build_trie(lm_tokenizer *t, tk_trie *tr, bool normalized) {
         len[i] = a->len;
         if (normalized && t->n_norm) {  // matched against normalized text: normalize it too
             if ((st = tk_normalize(t, a->content, a->len, &tmp))) break;
-            char *p = tk_arena_dup(&t->arena, tmp.p ? tmp.p : "", tmp.n);
+            char *p = lm_arena_dup(&t->arena, tmp.p ? tmp.p : "", tmp.n);
             if (!p) {
                 st = LM_ERR_OOM;
                 break;
@@ -513,7 +513,7 @@ static lm_status build_trie(lm_tokenizer *t, tk_trie *tr, bool normalized) {
         }
         if (len[i]) count[(unsigned char)pat[i][0] + 1]++;
     }
-    tk_buf_free(&tmp);
+    lm_buf_free(&tmp);
     if (st == LM_OK) {
         for (int c = 0; c < 256; c++) count[c + 1] += count[c];
         memcpy(tr->first, count, sizeof tr->first);
@@ -533,22 +533,22 @@ static lm_status build_trie(lm_tokenizer *t, tk_trie *tr, bool normalized) {
     return st;
 }
 
-static lm_status added_entries(lm_tokenizer *t, const cJSON *arr, tk_strmap *seen);
+static lm_status added_entries(lm_tokenizer *t, const cJSON *arr, lm_strmap *seen);
 
 static lm_status parse_added(lm_tokenizer *t, const cJSON *arr) {
     int n = cJSON_GetArraySize(arr);
     t->added = calloc(n ? n : 1, sizeof *t->added);
-    tk_strmap seen = {0};  // contents so far (keys point into the JSON tree)
-    if (!t->added || !tk_strmap_init(&seen, (size_t)n)) {
-        tk_strmap_free(&seen);
+    lm_strmap seen = {0};  // contents so far (keys point into the JSON tree)
+    if (!t->added || !lm_strmap_init(&seen, (size_t)n)) {
+        lm_strmap_free(&seen);
         return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
     }
     lm_status st = added_entries(t, arr, &seen);
-    tk_strmap_free(&seen);
+    lm_strmap_free(&seen);
     return st;
 }
 
-static lm_status added_entries(lm_tokenizer *t, const cJSON *arr, tk_strmap *seen) {
+static lm_status added_entries(lm_tokenizer *t, const cJSON *arr, lm_strmap *seen) {
     const cJSON *it;
     cJSON_ArrayForEach(it, arr) {
         const char *content = jstr(it, "content");
@@ -557,10 +557,10 @@ static lm_status added_entries(lm_tokenizer *t, const cJSON *arr, tk_strmap *see
             return lm_err(LM_ERR_FORMAT, "%s: added_tokens entry without content or a valid id (an integer in [0, %d))",
                           t->path, TK_MAX_ID);
         if (!*content) continue;
-        if (tk_strmap_get(seen, content, strlen(content)) >= 0) continue;  // a repeat: the first one wins
-        if (!tk_strmap_put(seen, content, strlen(content), 1)) return LM_ERR_OOM;
+        if (lm_strmap_get(seen, content, strlen(content)) >= 0) continue;  // a repeat: the first one wins
+        if (!lm_strmap_put(seen, content, strlen(content), 1)) return LM_ERR_OOM;
         // a token already in the model vocabulary keeps the model's id
-        int32_t vid = tk_strmap_get(&t->vocab, content, strlen(content));
+        int32_t vid = lm_strmap_get(&t->vocab, content, strlen(content));
         if (vid >= 0) id = vid;
         tk_added *a = &t->added[t->n_added];
         a->special = jbool(it, "special", false);
@@ -715,18 +715,16 @@ void lm_tokenizer_free(lm_tokenizer *t) {
     free(t->added);
     free(t->post_prefix.v);
     free(t->post_suffix.v);
-    tk_strmap_free(&t->vocab);
-    tk_pairmap_free(&t->merges);
+    lm_strmap_free(&t->vocab);
+    lm_pairmap_free(&t->merges);
     free(t->tok_str);
     free(t->tok_len);
     free(t->tok_flags);
-    tk_arena_free(&t->arena);
+    lm_arena_free(&t->arena);
     free(t->path);
     free(t->dir);
     free(t);
 }
-
-size_t lm_utf8_invalid_at(const char *s, size_t n) { return tk_utf8_invalid_at(s, n); }
 
 int lm_tokenizer_vocab_size(const lm_tokenizer *t) { return t ? t->n_ids : 0; }
 bool lm_tokenizer_id_valid(const lm_tokenizer *t, int32_t id) {
@@ -781,23 +779,23 @@ static lm_status split_added(const lm_tokenizer *t, const tk_trie *tr, const cha
         size_t ms = i, me = i + tr->len[k];
         i = me;  // scanning resumes after the match, kept or not
         if (a->single_word) {
-            bool word_before = ms > 0 && tk_utf8_next(s + prev_char(s, ms), ms - prev_char(s, ms), &cp) &&
+            bool word_before = ms > 0 && lm_utf8_next(s + prev_char(s, ms), ms - prev_char(s, ms), &cp) &&
                                is_word_char(cp);
-            bool word_after = me < n && tk_utf8_next(s + me, n - me, &cp) && is_word_char(cp);
+            bool word_after = me < n && lm_utf8_next(s + me, n - me, &cp) && is_word_char(cp);
             if (word_before || word_after) continue;
         }
         if (a->lstrip) {
             size_t j = ms;
             while (j > 0) {
                 size_t p = prev_char(s, j);
-                if (!tk_utf8_next(s + p, j - p, &cp) || !tk_is_whitespace(cp)) break;
+                if (!lm_utf8_next(s + p, j - p, &cp) || !lm_is_whitespace(cp)) break;
                 j = p;
             }
             ms = j > start_off ? j : start_off;
         }
         if (a->rstrip) {
             int l;
-            while (me < n && (l = tk_utf8_next(s + me, n - me, &cp)) && tk_is_whitespace(cp)) me += l;
+            while (me < n && (l = lm_utf8_next(s + me, n - me, &cp)) && lm_is_whitespace(cp)) me += l;
             i = me;
         }
         if (ms > start_off && !tk_splits_add(out, s + start_off, ms - start_off, -1, at_start && start_off == 0))
@@ -818,12 +816,12 @@ lm_status lm_tokenize(const lm_tokenizer *t, const char *text, size_t len, bool 
     // BPE positions are int32: longer texts must be cut by the caller.
     if (len >= ((size_t)1 << 31) - 1)
         return lm_err(LM_ERR_INVALID_ARG, "text of %zu bytes is too long to tokenize at once (limit 2^31 - 2)", len);
-    size_t bad = tk_utf8_invalid_at(text, len);
+    size_t bad = lm_utf8_invalid_at(text, len);
     if (bad != len) return lm_err(LM_ERR_INVALID_ARG, "text is not valid UTF-8 (byte %zu of %zu)", bad, len);
 
     tk_splits raw = {0}, norm = {0};
-    tk_buf nb = {0};
-    tk_ids out = {0};
+    lm_buf nb = {0};
+    lm_ids out = {0};
     lm_status st = LM_OK;
     tk_budget_begin(len);
     // 1. added tokens in the raw text  2. normalize the rest, then added
@@ -841,18 +839,18 @@ lm_status lm_tokenize(const lm_tokenizer *t, const char *text, size_t len, bool 
     }
     if (st == LM_OK) st = tk_pretokenize(t, &norm);
     for (size_t i = 0; st == LM_OK && add_special && i < t->post_prefix.n; i++)
-        if (!tk_ids_push(&out, t->post_prefix.v[i])) st = LM_ERR_OOM;
+        if (!lm_ids_push(&out, t->post_prefix.v[i])) st = LM_ERR_OOM;
     for (size_t i = 0; st == LM_OK && i < norm.n; i++) {
         const tk_split *x = &norm.v[i];
-        if (x->id >= 0) st = tk_ids_push(&out, x->id) ? LM_OK : LM_ERR_OOM;
+        if (x->id >= 0) st = lm_ids_push(&out, x->id) ? LM_OK : LM_ERR_OOM;
         else st = tk_bpe(t, norm.buf.p + x->off, x->len, &out);
     }
     for (size_t i = 0; st == LM_OK && add_special && i < t->post_suffix.n; i++)
-        if (!tk_ids_push(&out, t->post_suffix.v[i])) st = LM_ERR_OOM;
+        if (!lm_ids_push(&out, t->post_suffix.v[i])) st = LM_ERR_OOM;
     tk_budget_end();
     tk_splits_free(&raw);
     tk_splits_free(&norm);
-    tk_buf_free(&nb);
+    lm_buf_free(&nb);
     if (st != LM_OK) {
         free(out.v);
         return st;

@@ -1,11 +1,11 @@
-// Internal parts of the tokenizer (tokenizer*.c). The public API is in
+// Internal parts of the tokenizer (src/tokenizer/*.c). The public API is in
 // lightmoe.h. The pipeline mirrors Hugging Face `tokenizers` step for step so
 // that ids match it exactly:
 //   added-token split (raw text) -> normalizer -> added-token split (normalized)
 //   -> pre-tokenizer -> BPE per piece -> post-processor
 // and decoding runs the decoder chain over the token strings.
-#ifndef LM_MODEL_TOKENIZER_H
-#define LM_MODEL_TOKENIZER_H
+#ifndef LM_TOKENIZER_TOKENIZER_H
+#define LM_TOKENIZER_TOKENIZER_H
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -14,70 +14,9 @@
 #include <stdint.h>
 
 #include "lightmoe.h"
-
-// ---------------------------------------------------------------- buffers ---
-
-typedef struct tk_buf {  // growable byte string (not NUL-terminated unless asked)
-    char *p;
-    size_t n, cap;
-} tk_buf;
-
-bool tk_buf_reserve(tk_buf *b, size_t extra);  // false (and LM_ERR_OOM set) on failure
-bool tk_buf_put(tk_buf *b, const void *s, size_t n);
-void tk_buf_free(tk_buf *b);
-
-typedef struct tk_ids {
-    int32_t *v;
-    size_t n, cap;
-} tk_ids;
-
-bool tk_ids_push(tk_ids *a, int32_t id);
-
-// Bump allocator for the many small strings of a vocabulary.
-typedef struct tk_arena {
-    struct tk_arena_block *head;
-} tk_arena;
-
-char *tk_arena_dup(tk_arena *a, const char *s, size_t n);  // NUL-terminated copy
-void tk_arena_free(tk_arena *a);
-
-// ------------------------------------------------------------------ UTF-8 ---
-
-// Decodes one strict UTF-8 character at s (n bytes available): returns its
-// length and sets *cp, or 0 if the bytes there are not valid UTF-8.
-int tk_utf8_next(const char *s, size_t n, uint32_t *cp);
-// As tk_utf8_next, but an invalid byte reads as one U+FFFD character, so
-// loops over text always advance (n > 0 gives a length >= 1).
-int tk_utf8_step(const char *s, size_t n, uint32_t *cp);
-bool tk_utf8_valid(const char *s, size_t n);
-size_t tk_utf8_invalid_at(const char *s, size_t n);  // offset of the first invalid byte, n if none
-int tk_utf8_encode(uint32_t cp, char out[4]);  // returns the length
-bool tk_utf8_put(tk_buf *b, uint32_t cp);
-// Rust's String::from_utf8_lossy: each maximal invalid subsequence -> U+FFFD.
-bool tk_utf8_lossy(tk_buf *out, const char *s, size_t n);
-bool tk_is_whitespace(uint32_t cp);  // Rust char::is_whitespace (White_Space)
-
-// ----------------------------------------------------------------- hashes ---
-
-typedef struct tk_strmap {  // string -> int32, open addressing; keys not owned
-    struct tk_sm_entry *e;
-    size_t cap, n;
-} tk_strmap;
-
-bool tk_strmap_init(tk_strmap *m, size_t expected);
-bool tk_strmap_put(tk_strmap *m, const char *key, size_t len, int32_t val);  // overwrites
-int32_t tk_strmap_get(const tk_strmap *m, const char *key, size_t len);    // -1: missing
-void tk_strmap_free(tk_strmap *m);
-
-typedef struct tk_pairmap {  // (left id, right id) -> (merge rank, merged id)
-    struct tk_pm_entry *e;
-    size_t cap, n;
-} tk_pairmap;
-
-bool tk_pairmap_init(tk_pairmap *m, size_t expected);
-bool tk_pairmap_put(tk_pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t new_id);
-bool tk_pairmap_get(const tk_pairmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *new_id);
-void tk_pairmap_free(tk_pairmap *m);
+#include "util/buf.h"
+#include "util/hashmap.h"
+#include "util/utf8.h"
 
 // ------------------------------------------------------------------ regex ---
 
@@ -194,7 +133,7 @@ typedef struct tk_trie {
 struct lm_tokenizer {
     char *path;  // for error messages
     char *dir;   // directory of tokenizer.json (tokenizer_config.json); NULL when parsed from memory
-    tk_arena arena;
+    lm_arena arena;
 
     // id -> token string (model vocab and added tokens); NULL where an id is unused
     int32_t n_ids;
@@ -203,8 +142,8 @@ struct lm_tokenizer {
     uint8_t *tok_flags;  // TK_FLAG_*
 
     // BPE model
-    tk_strmap vocab;   // model vocabulary only (added tokens are not BPE symbols)
-    tk_pairmap merges;
+    lm_strmap vocab;   // model vocabulary only (added tokens are not BPE symbols)
+    lm_pairmap merges;
     int32_t unk_id;    // -1: none
     bool byte_fallback, fuse_unk, ignore_merges;
     char *subword_prefix, *word_suffix;  // NULL when absent
@@ -223,7 +162,7 @@ struct lm_tokenizer {
     bool has_decoder;  // without one, tokens are joined with spaces
 
     // post-processor (single sequence): ids before and after the text
-    tk_ids post_prefix, post_suffix;
+    lm_ids post_prefix, post_suffix;
 
     int32_t bos, eos;
 };
@@ -248,7 +187,7 @@ typedef struct tk_split {
 typedef struct tk_splits {
     tk_split *v;
     size_t n, cap;
-    tk_buf buf;
+    lm_buf buf;
 } tk_splits;
 
 bool tk_splits_add(tk_splits *s, const char *text, size_t len, int32_t id, bool at_start);
@@ -258,10 +197,10 @@ void tk_splits_free(tk_splits *s);
 // `name` is used in messages. For tests and fuzzing.
 lm_status tk_tokenizer_parse(const char *json, size_t len, const char *name, lm_tokenizer **out);
 
-lm_status tk_normalize(const lm_tokenizer *t, const char *s, size_t n, tk_buf *out);
+lm_status tk_normalize(const lm_tokenizer *t, const char *s, size_t n, lm_buf *out);
 lm_status tk_pretokenize(const lm_tokenizer *t, tk_splits *sp);
-lm_status tk_bpe(const lm_tokenizer *t, const char *s, size_t n, tk_ids *out);
+lm_status tk_bpe(const lm_tokenizer *t, const char *s, size_t n, lm_ids *out);
 lm_status tk_decode_tokens(const lm_tokenizer *t, const int32_t *ids, size_t n,
-                           bool skip_special, tk_buf *out);
+                           bool skip_special, lm_buf *out);
 
 #endif

@@ -4,12 +4,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "util/err.h"
 
 // A list of strings: ranges of one buffer.
 typedef struct tlist {
-    tk_buf b;
+    lm_buf b;
     tk_segs t;
 } tlist;
 
@@ -25,13 +25,13 @@ static bool tl_add(tlist *l, const char *s, size_t n) {
         l->t.cap = cap;
     }
     size_t off = l->b.n;
-    if (!tk_buf_put(&l->b, s, n)) return false;
+    if (!lm_buf_put(&l->b, s, n)) return false;
     l->t.v[l->t.n++] = (tk_seg){off, off + n, false};
     return true;
 }
 
 static void tl_free(tlist *l) {
-    tk_buf_free(&l->b);
+    lm_buf_free(&l->b);
     free(l->t.v);
     *l = (tlist){0};
 }
@@ -55,9 +55,9 @@ static int byte_token(const char *s, size_t n) {
 
 // ByteFallback: runs of byte tokens become their UTF-8 text, or one U+FFFD
 // per byte when the run is not valid UTF-8.
-static bool flush_bytes(tlist *out, tk_buf *bytes) {
+static bool flush_bytes(tlist *out, lm_buf *bytes) {
     bool ok = true;
-    if (bytes->n && tk_utf8_valid(bytes->p, bytes->n)) ok = tl_add(out, bytes->p, bytes->n);
+    if (bytes->n && lm_utf8_valid(bytes->p, bytes->n)) ok = tl_add(out, bytes->p, bytes->n);
     else
         for (size_t i = 0; i < bytes->n && ok; i++) ok = tl_add(out, "\xEF\xBF\xBD", 3);
     bytes->n = 0;
@@ -72,36 +72,36 @@ static lm_status dec_one(const tk_dec *d, const tlist *in, tlist *out, size_t li
     switch (d->type) {
     case TK_DEC_REPLACE: {
         tk_segs g = {0};
-        tk_buf tmp = {0};
+        lm_buf tmp = {0};
         for (size_t i = 0; i < n && st == LM_OK && out->b.n <= limit; i++) {
             const char *s = TL_STR(in, i);
             st = tk_regex_segments(&d->re, s, TL_LEN(in, i), &g);
             tmp.n = 0;
             for (size_t j = 0; st == LM_OK && j < g.n; j++) {
-                bool ok = g.v[j].match ? tk_buf_put(&tmp, d->content, strlen(d->content))
-                                       : tk_buf_put(&tmp, s + g.v[j].s, g.v[j].e - g.v[j].s);
+                bool ok = g.v[j].match ? lm_buf_put(&tmp, d->content, strlen(d->content))
+                                       : lm_buf_put(&tmp, s + g.v[j].s, g.v[j].e - g.v[j].s);
                 if (!ok) st = LM_ERR_OOM;
             }
             if (st == LM_OK && !tl_add(out, tmp.p, tmp.n)) st = LM_ERR_OOM;
         }
         free(g.v);
-        tk_buf_free(&tmp);
+        lm_buf_free(&tmp);
         return st;
     }
     case TK_DEC_BYTE_FALLBACK: {
-        tk_buf bytes = {0};
+        lm_buf bytes = {0};
         for (size_t i = 0; i < n && st == LM_OK; i++) {
             int b = byte_token(TL_STR(in, i), TL_LEN(in, i));
             if (b >= 0) {
                 char c = (char)b;
-                if (!tk_buf_put(&bytes, &c, 1)) st = LM_ERR_OOM;
+                if (!lm_buf_put(&bytes, &c, 1)) st = LM_ERR_OOM;
                 continue;
             }
             if (!flush_bytes(out, &bytes) || !tl_add(out, TL_STR(in, i), TL_LEN(in, i)))
                 st = LM_ERR_OOM;
         }
         if (st == LM_OK && !flush_bytes(out, &bytes)) st = LM_ERR_OOM;
-        tk_buf_free(&bytes);
+        lm_buf_free(&bytes);
         return st;
     }
     case TK_DEC_FUSE:
@@ -112,14 +112,14 @@ static lm_status dec_one(const tk_dec *d, const tlist *in, tlist *out, size_t li
             size_t a = 0, b = TL_LEN(in, i);
             uint32_t cp;
             for (int k = 0; k < d->start && a < b; k++) {
-                int l = tk_utf8_next(s + a, b - a, &cp);
+                int l = lm_utf8_next(s + a, b - a, &cp);
                 if (!l || cp != d->strip_char) break;
                 a += l;
             }
             for (int k = 0; k < d->stop && a < b; k++) {
                 size_t j = b - 1;
                 while (j > a && ((unsigned char)s[j] & 0xC0) == 0x80) j--;
-                if (!tk_utf8_next(s + j, b - j, &cp) || cp != d->strip_char) break;
+                if (!lm_utf8_next(s + j, b - j, &cp) || cp != d->strip_char) break;
                 b = j;
             }
             if (!tl_add(out, s + a, b - a)) return LM_ERR_OOM;
@@ -128,53 +128,53 @@ static lm_status dec_one(const tk_dec *d, const tlist *in, tlist *out, size_t li
     case TK_DEC_BYTELEVEL: {
         // each token's characters back to bytes (a token with a character
         // outside the mapping keeps its UTF-8), all joined, then lossy UTF-8
-        tk_buf bytes = {0}, text = {0};
+        lm_buf bytes = {0}, text = {0};
         for (size_t i = 0; i < n && st == LM_OK; i++) {
             const char *s = TL_STR(in, i);
             size_t len = TL_LEN(in, i), mark = bytes.n;
             bool mapped = true;
             for (size_t j = 0; j < len && mapped && st == LM_OK;) {
                 uint32_t cp;
-                int l = tk_utf8_next(s + j, len - j, &cp);
+                int l = lm_utf8_next(s + j, len - j, &cp);
                 int b = l ? tk_cp_to_byte(cp) : -1;
                 if (b < 0) {
                     mapped = false;
                     break;
                 }
                 char c = (char)b;
-                if (!tk_buf_put(&bytes, &c, 1)) st = LM_ERR_OOM;
+                if (!lm_buf_put(&bytes, &c, 1)) st = LM_ERR_OOM;
                 j += l;
             }
             if (!mapped) {
                 bytes.n = mark;
-                if (!tk_buf_put(&bytes, s, len)) st = LM_ERR_OOM;
+                if (!lm_buf_put(&bytes, s, len)) st = LM_ERR_OOM;
             }
         }
-        if (st == LM_OK && (!tk_utf8_lossy(&text, bytes.p, bytes.n) || !tl_add(out, text.p, text.n)))
+        if (st == LM_OK && (!lm_utf8_lossy(&text, bytes.p, bytes.n) || !tl_add(out, text.p, text.n)))
             st = LM_ERR_OOM;
-        tk_buf_free(&bytes);
-        tk_buf_free(&text);
+        lm_buf_free(&bytes);
+        lm_buf_free(&text);
         return st;
     }
     case TK_DEC_METASPACE: {
-        tk_buf tmp = {0};
+        lm_buf tmp = {0};
         for (size_t i = 0; i < n && st == LM_OK; i++) {
             const char *s = TL_STR(in, i);
             size_t len = TL_LEN(in, i);
             tmp.n = 0;
             for (size_t j = 0; j < len && st == LM_OK;) {
                 uint32_t cp;
-                int l = tk_utf8_next(s + j, len - j, &cp);
+                int l = lm_utf8_next(s + j, len - j, &cp);
                 if (!l) l = 1, cp = 0xFFFD;
                 bool ok = true;
-                if (cp != d->replacement) ok = tk_buf_put(&tmp, s + j, l);
-                else if (!(i == 0 && d->prepend_scheme != TK_PREPEND_NEVER)) ok = tk_buf_put(&tmp, " ", 1);
+                if (cp != d->replacement) ok = lm_buf_put(&tmp, s + j, l);
+                else if (!(i == 0 && d->prepend_scheme != TK_PREPEND_NEVER)) ok = lm_buf_put(&tmp, " ", 1);
                 if (!ok) st = LM_ERR_OOM;
                 j += l;
             }
             if (st == LM_OK && !tl_add(out, tmp.p, tmp.n)) st = LM_ERR_OOM;
         }
-        tk_buf_free(&tmp);
+        lm_buf_free(&tmp);
         return st;
     }
     }
@@ -189,7 +189,7 @@ static lm_status check_id(const lm_tokenizer *t, int32_t id) {
 }
 
 lm_status tk_decode_tokens(const lm_tokenizer *t, const int32_t *ids, size_t n, bool skip_special,
-                           tk_buf *out) {
+                           lm_buf *out) {
     out->n = 0;
     tlist cur = {0};
     lm_status st = LM_OK;
@@ -212,8 +212,8 @@ lm_status tk_decode_tokens(const lm_tokenizer *t, const int32_t *ids, size_t n, 
     tk_budget_end();
     for (size_t i = 0; st == LM_OK && i < cur.t.n; i++) {
         // no decoder: tokenizers joins the tokens with spaces
-        if (!t->has_decoder && i > 0 && !tk_buf_put(out, " ", 1)) st = LM_ERR_OOM;
-        if (st == LM_OK && !tk_buf_put(out, TL_STR(&cur, i), TL_LEN(&cur, i))) st = LM_ERR_OOM;
+        if (!t->has_decoder && i > 0 && !lm_buf_put(out, " ", 1)) st = LM_ERR_OOM;
+        if (st == LM_OK && !lm_buf_put(out, TL_STR(&cur, i), TL_LEN(&cur, i))) st = LM_ERR_OOM;
     }
     tl_free(&cur);
     return st;
@@ -224,11 +224,11 @@ lm_status lm_detokenize(const lm_tokenizer *tok, const int32_t *ids, size_t n_id
     if (!tok || !text || (!ids && n_ids))
         return lm_err(LM_ERR_INVALID_ARG, "lm_detokenize: NULL argument");
     *text = NULL;
-    tk_buf out = {0};
+    lm_buf out = {0};
     lm_status st = tk_decode_tokens(tok, ids, n_ids, skip_special, &out);
-    if (st == LM_OK && !tk_buf_put(&out, "", 1)) st = LM_ERR_OOM;
+    if (st == LM_OK && !lm_buf_put(&out, "", 1)) st = LM_ERR_OOM;
     if (st != LM_OK) {
-        tk_buf_free(&out);
+        lm_buf_free(&out);
         return st;
     }
     *text = out.p;
@@ -249,11 +249,11 @@ lm_status lm_detokenize(const lm_tokenizer *tok, const int32_t *ids, size_t n_id
 struct lm_detok {
     const lm_tokenizer *tok;
     bool skip_special;
-    tk_ids win;      // recent ids; win[0..read) were emitted before
+    lm_ids win;      // recent ids; win[0..read) were emitted before
     size_t read;
-    tk_buf prefix;   // decode(win[0..read))
-    tk_buf text;     // scratch
-    tk_buf pending;  // text decided by the last call, handed out to the caller
+    lm_buf prefix;   // decode(win[0..read))
+    lm_buf text;     // scratch
+    lm_buf pending;  // text decided by the last call, handed out to the caller
 };
 
 lm_status lm_detok_init(const lm_tokenizer *tok, bool skip_special, lm_detok **out) {
@@ -269,22 +269,22 @@ lm_status lm_detok_init(const lm_tokenizer *tok, bool skip_special, lm_detok **o
 void lm_detok_free(lm_detok *d) {
     if (!d) return;
     free(d->win.v);
-    tk_buf_free(&d->prefix);
-    tk_buf_free(&d->text);
-    tk_buf_free(&d->pending);
+    lm_buf_free(&d->prefix);
+    lm_buf_free(&d->text);
+    lm_buf_free(&d->pending);
     free(d);
 }
 
 // Hands out the text decided by this call, NUL-terminated, in d's buffer.
 static lm_status give_out(lm_detok *d, const char **text, size_t *len) {
-    if (!tk_buf_put(&d->pending, "", 1)) return LM_ERR_OOM;
+    if (!lm_buf_put(&d->pending, "", 1)) return LM_ERR_OOM;
     d->pending.n--;
     *text = d->pending.p;
     if (len) *len = d->pending.n;
     return LM_OK;
 }
 
-static bool ends_with_fffd(const tk_buf *b) {
+static bool ends_with_fffd(const lm_buf *b) {
     return b->n >= 3 && memcmp(b->p + b->n - 3, "\xEF\xBF\xBD", 3) == 0;
 }
 
@@ -295,10 +295,10 @@ static bool ends_with_fffd(const tk_buf *b) {
 // back: the unread ids are decoded on their own instead.
 static lm_status take_new_text(lm_detok *d) {
     if (d->text.n >= d->prefix.n && (!d->prefix.n || !memcmp(d->text.p, d->prefix.p, d->prefix.n)))
-        return tk_buf_put(&d->pending, d->text.p + d->prefix.n, d->text.n - d->prefix.n) ? LM_OK : LM_ERR_OOM;
+        return lm_buf_put(&d->pending, d->text.p + d->prefix.n, d->text.n - d->prefix.n) ? LM_OK : LM_ERR_OOM;
     lm_status st = tk_decode_tokens(d->tok, d->win.v + d->read, d->win.n - d->read, d->skip_special, &d->text);
     if (st) return st;
-    return tk_buf_put(&d->pending, d->text.p, d->text.n) ? LM_OK : LM_ERR_OOM;
+    return lm_buf_put(&d->pending, d->text.p, d->text.n) ? LM_OK : LM_ERR_OOM;
 }
 
 lm_status lm_detok_push(lm_detok *d, int32_t id, const char **text, size_t *len) {
@@ -309,7 +309,7 @@ lm_status lm_detok_push(lm_detok *d, int32_t id, const char **text, size_t *len)
     lm_status st = check_id(d->tok, id);
     if (st) return st;
     if (!(d->skip_special && (d->tok->tok_flags[id] & TK_FLAG_SPECIAL))) {
-        if (!tk_ids_push(&d->win, id)) return LM_ERR_OOM;
+        if (!lm_ids_push(&d->win, id)) return LM_ERR_OOM;
         st = tk_decode_tokens(d->tok, d->win.v, d->win.n, d->skip_special, &d->text);
         if (st) return st;
         // Valid text completes a character within 4 ids; past that the

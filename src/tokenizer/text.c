@@ -3,7 +3,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "util/err.h"
 
 // ----------------------------------------------------------------- splits ---
@@ -20,14 +20,14 @@ bool tk_splits_add(tk_splits *s, const char *text, size_t len, int32_t id, bool 
         s->cap = cap;
     }
     size_t off = s->buf.n;
-    if (!tk_buf_put(&s->buf, text, len)) return false;
+    if (!lm_buf_put(&s->buf, text, len)) return false;
     s->v[s->n++] = (tk_split){off, len, id, at_start};
     return true;
 }
 
 void tk_splits_free(tk_splits *s) {
     free(s->v);
-    tk_buf_free(&s->buf);
+    lm_buf_free(&s->buf);
     *s = (tk_splits){0};
 }
 
@@ -54,7 +54,7 @@ int tk_cp_to_byte(uint32_t cp) {
 static bool is_cased_upper_i_dot(uint32_t cp) { return cp == 0x130; }
 
 // `limit`: most bytes the output may grow to (see TK_GROWTH).
-static lm_status norm_one(const tk_norm *nm, const char *s, size_t n, tk_buf *out, size_t limit) {
+static lm_status norm_one(const tk_norm *nm, const char *s, size_t n, lm_buf *out, size_t limit) {
     out->n = 0;
     switch (nm->type) {
     case TK_NORM_NFC: case TK_NORM_NFD: case TK_NORM_NFKC: case TK_NORM_NFKD: {
@@ -69,35 +69,35 @@ static lm_status norm_one(const tk_norm *nm, const char *s, size_t n, tk_buf *ou
         if (r < 0)
             return lm_err(r == UTF8PROC_ERROR_NOMEM ? LM_ERR_OOM : LM_ERR_INVALID_ARG,
                           "tokenizer: unicode normalization failed: %s", utf8proc_errmsg(r));
-        bool ok = tk_buf_put(out, dst, (size_t)r);
+        bool ok = lm_buf_put(out, dst, (size_t)r);
         free(dst);
         return ok ? LM_OK : LM_ERR_OOM;
     }
     case TK_NORM_LOWERCASE:
         for (size_t i = 0; i < n;) {
             uint32_t cp;
-            int l = tk_utf8_step(s + i, n - i, &cp);
+            int l = lm_utf8_step(s + i, n - i, &cp);
             i += l;
             // Rust's to_lowercase uses the full mapping: U+0130 becomes two chars.
-            bool ok = is_cased_upper_i_dot(cp) ? tk_buf_put(out, "i\xCC\x87", 3)
-                                               : tk_utf8_put(out, (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp));
+            bool ok = is_cased_upper_i_dot(cp) ? lm_buf_put(out, "i\xCC\x87", 3)
+                                               : lm_utf8_put(out, (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp));
             if (!ok) return LM_ERR_OOM;
         }
         return LM_OK;
     case TK_NORM_PREPEND:
     case TK_NORM_APPEND:
         if (n == 0) return LM_OK;  // tokenizers leaves empty strings alone
-        if (nm->type == TK_NORM_PREPEND && !tk_buf_put(out, nm->str, strlen(nm->str))) return LM_ERR_OOM;
-        if (!tk_buf_put(out, s, n)) return LM_ERR_OOM;
-        if (nm->type == TK_NORM_APPEND && !tk_buf_put(out, nm->str, strlen(nm->str))) return LM_ERR_OOM;
+        if (nm->type == TK_NORM_PREPEND && !lm_buf_put(out, nm->str, strlen(nm->str))) return LM_ERR_OOM;
+        if (!lm_buf_put(out, s, n)) return LM_ERR_OOM;
+        if (nm->type == TK_NORM_APPEND && !lm_buf_put(out, nm->str, strlen(nm->str))) return LM_ERR_OOM;
         return LM_OK;
     case TK_NORM_REPLACE: {
         tk_segs segs = {0};
         lm_status st = tk_regex_segments(&nm->re, s, n, &segs);
         for (size_t i = 0; st == LM_OK && i < segs.n && out->n <= limit; i++) {
             const tk_seg *g = &segs.v[i];
-            bool ok = g->match ? tk_buf_put(out, nm->str, strlen(nm->str))
-                               : tk_buf_put(out, s + g->s, g->e - g->s);
+            bool ok = g->match ? lm_buf_put(out, nm->str, strlen(nm->str))
+                               : lm_buf_put(out, s + g->s, g->e - g->s);
             if (!ok) st = LM_ERR_OOM;
         }
         free(segs.v);
@@ -107,32 +107,32 @@ static lm_status norm_one(const tk_norm *nm, const char *s, size_t n, tk_buf *ou
         size_t a = 0, b = n;
         uint32_t cp;
         while (nm->left && a < b) {
-            int l = tk_utf8_step(s + a, b - a, &cp);
-            if (!tk_is_whitespace(cp)) break;
+            int l = lm_utf8_step(s + a, b - a, &cp);
+            if (!lm_is_whitespace(cp)) break;
             a += l;
         }
         while (nm->right && a < b) {
             size_t k = b - 1;
             while (k > a && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
-            tk_utf8_step(s + k, b - k, &cp);
-            if (!tk_is_whitespace(cp)) break;
+            lm_utf8_step(s + k, b - k, &cp);
+            if (!lm_is_whitespace(cp)) break;
             b = k;
         }
-        return tk_buf_put(out, s + a, b - a) ? LM_OK : LM_ERR_OOM;
+        return lm_buf_put(out, s + a, b - a) ? LM_OK : LM_ERR_OOM;
     }
     }
     return LM_OK;
 }
 
-lm_status tk_normalize(const lm_tokenizer *t, const char *s, size_t n, tk_buf *out) {
+lm_status tk_normalize(const lm_tokenizer *t, const char *s, size_t n, lm_buf *out) {
     out->n = 0;
-    if (t->n_norm == 0) return tk_buf_put(out, s, n) ? LM_OK : LM_ERR_OOM;
-    tk_buf tmp[2] = {{0}, {0}};
+    if (t->n_norm == 0) return lm_buf_put(out, s, n) ? LM_OK : LM_ERR_OOM;
+    lm_buf tmp[2] = {{0}, {0}};
     const char *cur = s;
     size_t cur_n = n;
     lm_status st = LM_OK;
     for (int i = 0; i < t->n_norm && st == LM_OK; i++) {
-        tk_buf *dst = i == t->n_norm - 1 ? out : &tmp[i & 1];
+        lm_buf *dst = i == t->n_norm - 1 ? out : &tmp[i & 1];
         st = norm_one(&t->norm[i], cur, cur_n, dst, TK_GROWTH * n + TK_GROWTH_SLACK);
         cur = dst->p;
         cur_n = dst->n;
@@ -140,8 +140,8 @@ lm_status tk_normalize(const lm_tokenizer *t, const char *s, size_t n, tk_buf *o
             st = lm_err(LM_ERR_FORMAT, "%s: the normalizers make the text more than %d times longer "
                         "(normalizer %d of %d; a Replace repeated in a Sequence?)", t->path, TK_GROWTH, i + 1, t->n_norm);
     }
-    tk_buf_free(&tmp[0]);
-    tk_buf_free(&tmp[1]);
+    lm_buf_free(&tmp[0]);
+    lm_buf_free(&tmp[1]);
     return st;
 }
 
@@ -172,7 +172,7 @@ static lm_status char_segments(char_pred pred, uint32_t arg, const char *s, size
     size_t last = 0;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
-        int l = tk_utf8_step(s + i, n - i, &cp);
+        int l = lm_utf8_step(s + i, n - i, &cp);
         if (pred(cp, arg)) {
             if (last < i && !seg_push(out, last, i, false)) return LM_ERR_OOM;
             if (!seg_push(out, i, i + l, true)) return LM_ERR_OOM;
@@ -185,7 +185,7 @@ static lm_status char_segments(char_pred pred, uint32_t arg, const char *s, size
 }
 
 static bool pred_equal(uint32_t cp, uint32_t arg) { return cp == arg; }
-static bool pred_space(uint32_t cp, uint32_t arg) { return tk_is_whitespace(cp); }
+static bool pred_space(uint32_t cp, uint32_t arg) { return lm_is_whitespace(cp); }
 
 static bool pred_numeric(uint32_t cp, uint32_t arg) {  // Rust char::is_numeric: N*
     utf8proc_category_t c = utf8proc_category((utf8proc_int32_t)cp);
@@ -262,7 +262,7 @@ static lm_status add_pieces(tk_splits *out, const char *text, const tk_segs *g, 
 
 // Runs one pre-tokenizer over one piece of text, adding its pieces to out.
 static lm_status pre_one(const tk_pre *p, const char *s, size_t n, bool at_start, tk_splits *out,
-                         tk_buf *tmp, tk_segs *g) {
+                         lm_buf *tmp, tk_segs *g) {
     lm_status st = LM_OK;
     tmp->n = 0;
     switch (p->type) {
@@ -304,17 +304,17 @@ static lm_status pre_one(const tk_pre *p, const char *s, size_t n, bool at_start
     }
     case TK_PRE_METASPACE: {
         char rep[4];
-        size_t rep_n = (size_t)tk_utf8_encode(p->replacement, rep);
+        size_t rep_n = (size_t)lm_utf8_encode(p->replacement, rep);
         uint32_t first = 0;
-        if (n) tk_utf8_next(s, n, &first);
+        if (n) lm_utf8_next(s, n, &first);
         bool has = n > 0 && first == p->replacement;
         // a leading space becomes the replacement too, so test that as well
         if (n && s[0] == ' ') has = true;
         bool prepend = !has && (p->prepend_scheme == TK_PREPEND_ALWAYS ||
                                 (p->prepend_scheme == TK_PREPEND_FIRST && at_start));
-        if (prepend && !tk_buf_put(tmp, rep, rep_n)) return LM_ERR_OOM;
+        if (prepend && !lm_buf_put(tmp, rep, rep_n)) return LM_ERR_OOM;
         for (size_t i = 0; i < n; i++) {
-            bool ok = s[i] == ' ' ? tk_buf_put(tmp, rep, rep_n) : tk_buf_put(tmp, s + i, 1);
+            bool ok = s[i] == ' ' ? lm_buf_put(tmp, rep, rep_n) : lm_buf_put(tmp, s + i, 1);
             if (!ok) return LM_ERR_OOM;
         }
         if (p->split) {
@@ -329,10 +329,10 @@ static lm_status pre_one(const tk_pre *p, const char *s, size_t n, bool at_start
     case TK_PRE_BYTELEVEL: {
         const char *src = s;
         size_t sn = n;
-        tk_buf spaced = {0};
+        lm_buf spaced = {0};
         if (p->add_prefix_space && (n == 0 || s[0] != ' ')) {
-            if (!tk_buf_put(&spaced, " ", 1) || !tk_buf_put(&spaced, s, n)) {
-                tk_buf_free(&spaced);
+            if (!lm_buf_put(&spaced, " ", 1) || !lm_buf_put(&spaced, s, n)) {
+                lm_buf_free(&spaced);
                 return LM_ERR_OOM;
             }
             src = spaced.p;
@@ -349,11 +349,11 @@ static lm_status pre_one(const tk_pre *p, const char *s, size_t n, bool at_start
             if (c->e == c->s) continue;
             tmp->n = 0;
             for (size_t j = c->s; j < c->e; j++)
-                if (!tk_utf8_put(tmp, tk_byte_to_cp((unsigned char)src[j]))) st = LM_ERR_OOM;
+                if (!lm_utf8_put(tmp, tk_byte_to_cp((unsigned char)src[j]))) st = LM_ERR_OOM;
             if (st == LM_OK && !tk_splits_add(out, tmp->p, tmp->n, -1, at_start && c->s == 0))
                 st = LM_ERR_OOM;
         }
-        tk_buf_free(&spaced);
+        lm_buf_free(&spaced);
         return st;
     }
     }
@@ -362,7 +362,7 @@ static lm_status pre_one(const tk_pre *p, const char *s, size_t n, bool at_start
 
 lm_status tk_pretokenize(const lm_tokenizer *t, tk_splits *sp) {
     lm_status st = LM_OK;
-    tk_buf tmp = {0};
+    lm_buf tmp = {0};
     tk_segs g = {0};
     size_t in = sp->buf.n;
     for (int k = 0; k < t->n_pre && st == LM_OK; k++) {
@@ -386,7 +386,7 @@ lm_status tk_pretokenize(const lm_tokenizer *t, tk_splits *sp) {
     }
     if (st == LM_OK && sp->buf.n > TK_GROWTH * in + TK_GROWTH_SLACK)
         st = lm_err(LM_ERR_FORMAT, "%s: the pre-tokenizers make the text more than %d times longer", t->path, TK_GROWTH);
-    tk_buf_free(&tmp);
+    lm_buf_free(&tmp);
     free(g.v);
     return st;
 }
