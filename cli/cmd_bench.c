@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "plan/cost.h"
 
 static const char *help =
     "usage: lightmoe bench [-m DIR | --synthetic CONFIG.json[:LAYERS]] [options]\n"
@@ -144,29 +145,15 @@ int cmd_bench(int argc, char **argv) {
         goto done;
     }
 
-    // Roofline of one decode step: time >= max(bytes / bandwidth, flops / peak).
-    // Bytes: every non-expert weight once, each expert some token routes to
-    // once (uniform-routing expectation E(1-(1-k/E)^B)), only B rows of the
-    // embedding, and every sequence's KV cache. Flops: 2 per weight per token
-    // (the embedding is a lookup), plus attention (QK and PV) over the cache.
-    double wbytes = (double)mi.bytes_weights, elt = wbytes / (double)mi.n_params_total;
-    double vh = (double)mi.vocab * mi.hidden;
-    double expert_bytes = 3.0 * mi.moe_intermediate * (double)mi.hidden * elt;
-    double all_experts = (double)mi.n_moe_layers * mi.n_experts * expert_bytes;
-    double touched = mi.n_experts * (1.0 - pow(1.0 - (double)mi.top_k / mi.n_experts, batch));
-    double embed_bytes = mi.tie_embeddings ? 0 : vh * elt;  // a tied matrix is read as lm_head anyway
-    double ctx_avg = plen + glen / 2.0;
-    double step_bytes = wbytes - all_experts - embed_bytes + mi.n_moe_layers * touched * expert_bytes +
-                        (double)batch * ctx_avg * (double)mi.bytes_kv_per_token;
-    double body = (double)mi.n_params_active - vh * (mi.tie_embeddings ? 1 : 2);  // excl. embedding, lm_head
-    double attn_tok = 4.0 * mi.n_layers * mi.n_heads * (double)mi.head_dim;        // flops per token per context position
-    double step_flops = batch * (2.0 * body + 2.0 * vh + attn_tok * ctx_avg);
+    // Rooflines: a step takes at least max(bytes / bandwidth, flops / peak).
+    double wbytes = (double)mi.bytes_weights;
+    lm_cost dc = lm_cost_decode_step(&mi, batch, plen + glen / 2.0), pc = lm_cost_prefill(&mi, batch, plen);
+    double step_bytes = dc.bytes, step_flops = dc.flops;
     double t_mem = step_bytes / bw, t_cmp = peak > 0 ? step_flops / peak : 0;
     double decode_tps = glen > 0 ? (double)batch * glen / t_decode : 0;
     double bound_tps = (double)batch / (t_mem > t_cmp ? t_mem : t_cmp);
     double prefill_tps = (double)total_prefill / t_prefill;
-    double prefill_flops = 2.0 * body * (double)total_prefill + 2.0 * vh * batch +
-                           attn_tok * (double)batch * plen * (plen + 1) / 2.0;
+    double prefill_flops = pc.flops;
     double prefill_bound = peak > 0 ? (double)total_prefill / (prefill_flops / peak) : 0;
 
     char wb[32];
