@@ -73,8 +73,8 @@ bool arg_int(args *a, const char *flag, const char *alt, long lo, long hi, int *
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
-    if (errno || end == v || *end) arg_fail(a, "%s: '%s' is not an integer", flag, v);
-    else if (x < lo || x > hi) arg_fail(a, "%s: %ld is out of range [%ld, %ld]", flag, x, lo, hi);
+    if (end == v || *end || (errno && errno != ERANGE)) arg_fail(a, "%s: '%s' is not an integer", flag, v);
+    else if (errno == ERANGE || x < lo || x > hi) arg_fail(a, "%s: %s is out of range [%ld, %ld]", flag, v, lo, hi);
     else *out = (int)x;
     return true;
 }
@@ -86,8 +86,9 @@ bool arg_u64(args *a, const char *flag, const char *alt, uint64_t *out) {
     char *end;
     errno = 0;
     unsigned long long x = strtoull(v, &end, 10);
-    if (errno || end == v || *end || !starts_number(v, false))
-        arg_fail(a, "%s: '%s' is not a non-negative integer", flag, v);
+    if (end == v || *end || !starts_number(v, false)) arg_fail(a, "%s: '%s' is not a non-negative integer", flag, v);
+    else if (errno == ERANGE) arg_fail(a, "%s: %s is out of range [0, 2^64 - 1]", flag, v);
+    else if (errno) arg_fail(a, "%s: '%s' is not a non-negative integer", flag, v);
     else *out = x;
     return true;
 }

@@ -59,6 +59,7 @@ typedef struct cli_out {
     FILE *f;
     const char *path;  // as given; NULL or "-" for standard output
     char *tmp;         // the temporary file, renamed to path on commit
+    char *real;        // path resolved when it is a symbolic link (the link stays)
 } cli_out;
 
 // Refuses an output that is one of the inputs (would replace a checkpoint

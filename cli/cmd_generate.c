@@ -231,7 +231,7 @@ int cmd_generate(int argc, char **argv) {
         write_results(out.f, &prompts, res);
     } else {
         fputc('\n', stdout);
-        out = (cli_out){stdout, NULL, NULL};
+        out = (cli_out){stdout, NULL, NULL, NULL};
     }
     // Flushing reports write errors (a full disk, /dev/full) with the path.
     if (cli_out_commit("generate", &out)) {

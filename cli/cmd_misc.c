@@ -112,6 +112,7 @@ static const char *tokenize_help =
     "Prints the token ids of TEXT, comma-separated.\n"
     "\n"
     "  -m, --model DIR       use DIR/tokenizer.json (default: the model shipped in models/)\n"
+    "      --                the next argument is TEXT even if it starts with '-'\n"
     "      --tokenizer FILE  a tokenizer.json file\n"
     "      --add-special     add BOS/EOS as the tokenizer's post-processor does\n"
     "                        (transformers' add_special_tokens=True)\n";
@@ -128,7 +129,7 @@ int cmd_tokenize(int argc, char **argv) {
         if (!dashdash && (arg_val(&a, "--tokenizer", NULL, &path) || arg_val(&a, "--model", "-m", &dir))) continue;
         if (!dashdash && arg_flag(&a, "--add-special", NULL)) special = true;
         else if (!dashdash && !strcmp(argv[a.i], "--")) dashdash = true;  // TEXT may start with '-'
-        else if (!dashdash && argv[a.i][0] == '-' && argv[a.i][1] == '-' && !text) arg_unknown(&a, NULL);
+        else if (!dashdash && argv[a.i][0] == '-' && argv[a.i][1]) arg_unknown(&a, "use -- before a TEXT that starts with '-'");
         else if (!text) text = argv[a.i];
         else arg_fail(&a, "more than one TEXT argument (quote the text)");
     }

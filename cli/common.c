@@ -1,6 +1,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -156,17 +157,34 @@ static void on_interrupt(int sig) {
 }
 
 int cli_out_open(const char *cmd, const char *path, cli_out *o) {
-    *o = (cli_out){stdout, path, NULL};
+    *o = (cli_out){stdout, path, NULL, NULL};
     if (!path || !strcmp(path, "-")) return 0;
-    struct stat sb;
+    struct stat sb, lsb;
     bool exists = stat(path, &sb) == 0;
+    if (lstat(path, &lsb) == 0 && S_ISLNK(lsb.st_mode)) {
+        // Replace the file the link points at, not the link.
+        char *real = exists ? realpath(path, NULL) : NULL;
+        if (!real) {
+            fprintf(stderr, "lightmoe %s: --out %s is a symbolic link to a file that does not exist\n", cmd, path);
+            return 1;
+        }
+        o->real = real;
+        path = real;
+    }
     if (exists && S_ISDIR(sb.st_mode)) {
-        fprintf(stderr, "lightmoe %s: --out %s is a directory\n", cmd, path);
+        fprintf(stderr, "lightmoe %s: --out %s is a directory\n", cmd, o->path);
+        cli_out_abort(o);
         return 1;
     }
     if (exists && !S_ISREG(sb.st_mode)) {  // a device or a FIFO: write to it directly
-        if (!(o->f = fopen(path, "w"))) {
-            fprintf(stderr, "lightmoe %s: %s: cannot open for writing: %s\n", cmd, path, strerror(errno));
+        // Without blocking: a FIFO nobody reads would hang in open().
+        int fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd >= 0) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+        if (fd < 0 || !(o->f = fdopen(fd, "w"))) {
+            fprintf(stderr, "lightmoe %s: %s: cannot open for writing: %s\n", cmd, o->path,
+                    errno == ENXIO ? "a FIFO that nobody reads" : strerror(errno));
+            if (fd >= 0) close(fd);
+            cli_out_abort(o);
             return 1;
         }
         return 0;
@@ -179,9 +197,10 @@ int cli_out_open(const char *cmd, const char *path, cli_out *o) {
     snprintf(o->tmp, n, "%s.tmp-XXXXXX", path);
     int fd = mkstemp(o->tmp);
     if (fd < 0) {
-        fprintf(stderr, "lightmoe %s: %s: cannot open for writing: %s\n", cmd, path, strerror(errno));
+        fprintf(stderr, "lightmoe %s: %s: cannot open for writing: %s\n", cmd, o->path, strerror(errno));
         free(o->tmp);
         o->tmp = NULL;
+        cli_out_abort(o);
         return 1;
     }
     // mkstemp makes it 0600: give it the mode the file has, or a new file would get.
@@ -206,6 +225,7 @@ void cli_out_abort(cli_out *o) {
     if (o->tmp) unlink(o->tmp);
     if (g_tmp_path == o->tmp) g_tmp_path = NULL;
     free(o->tmp);
+    free(o->real);
     *o = (cli_out){0};
 }
 
@@ -218,7 +238,7 @@ int cli_out_commit(const char *cmd, cli_out *o) {
         o->f = NULL;
     }
     const char *name = o->path && strcmp(o->path, "-") ? o->path : "standard output";
-    if (!bad && o->tmp && rename(o->tmp, o->path) != 0) bad = true, e = errno;
+    if (!bad && o->tmp && rename(o->tmp, o->real ? o->real : o->path) != 0) bad = true, e = errno;
     if (bad) {
         fprintf(stderr, "lightmoe %s: writing %s failed: %s\n", cmd, name, strerror(e));
         cli_out_abort(o);
@@ -226,6 +246,7 @@ int cli_out_commit(const char *cmd, cli_out *o) {
     }
     if (g_tmp_path == o->tmp) g_tmp_path = NULL;
     free(o->tmp);
+    free(o->real);
     *o = (cli_out){0};
     return 0;
 }

@@ -60,9 +60,11 @@ static void on_sigbus(int sig) {
 
 int main(int argc, char **argv) {
     // A closed standard descriptor would be reused by the next open(): an
-    // output file would become "stderr" and receive the progress lines.
+    // output file would become "stderr" and receive the progress lines. Hold
+    // the slot with /dev/null opened read-only, so that writing to a closed
+    // stdout still fails (EBADF) and is reported instead of vanishing.
     for (int fd = 0; fd <= 2; fd++)
-        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd) return 1;
+        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDONLY) != fd) return 1;
     signal(SIGBUS, on_sigbus);
     int rc = dispatch(argc, argv);
     // Whatever a command printed must have reached its destination: a full

@@ -208,6 +208,21 @@ expect "rope_scaling without a type" 1 "rope_scaling" -- $BIN logits -m $T/ropes
 expect "bench: prompt too long fails before probing" 1 "exceeds the model's 2048 positions" -- $BIN bench --prompt-len 2048 --gen-len 1
 grep -q measuring $T/err && { echo "FAIL bench probed the machine before checking its arguments"; fails=$((fails + 1)); }
 
+# ---- third round (a tester's findings)
+expect "closed stdout is a write error" 1 "Bad file descriptor" -- sh -c "$BIN tokenize hello >&-"
+expect "closed stdout for logits -" 1 "Bad file descriptor" -- sh -c "$BIN logits -m $FIX --ids 1 --out - >&-"
+mkdir -p $T/stray && cp tests/fixtures/mixtral_f16_sharded/* $T/stray/ && head -c 100 $FIX/model.safetensors > $T/stray/model.safetensors
+expect "model.safetensors wins over an index (transformers' order)" 1 "stray/model.safetensors: truncated" -- $BIN logits -m $T/stray --ids $ids --out $T/l.bin
+expect "unknown option after the text" 2 "unknown option '--add-specal'" -- $BIN tokenize hello --add-specal
+expect "TEXT starting with - after --" 0 "" -- $BIN tokenize -- -hello
+echo old > $T/target.jsonl && ln -sf target.jsonl $T/link.jsonl
+expect "--out through a symbolic link" 0 "" -- $BIN generate --prompts $T/ok.jsonl -n 1 --out $T/link.jsonl
+[ -L $T/link.jsonl ] && grep -q '"index":0' $T/target.jsonl && echo "ok   the link stays and its target got the results" ||
+    { echo "FAIL --out through a link: link replaced or target not written"; fails=$((fails + 1)); }
+mkfifo $T/ofifo
+expect "--out a FIFO nobody reads" 1 "a FIFO that nobody reads" -- $BIN generate --prompts $T/ok.jsonl -n 1 --out $T/ofifo
+expect "seed out of range" 2 "out of range" -- $BIN generate -p hi --seed 18446744073709551616
+
 # ---- late failures: outputs are opened before the work
 t0=$(date +%s)
 expect "unwritable --out fails first" 1 "/nonexistent/out.jsonl: cannot open for writing: No such file or directory" -- $BIN generate --prompts $T/ok.jsonl -n 2 --out /nonexistent/out.jsonl

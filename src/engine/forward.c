@@ -72,8 +72,6 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
                       p.n_ctx, c->max_pos);
     if (p.n_batch < 1 || p.n_batch > 1 << 16)
         return lm_err(LM_ERR_INVALID_ARG, "batch size %d is out of range [1, 65536]", p.n_batch);
-    if (model->shapes_only)
-        return lm_err(LM_ERR_INVALID_ARG, "the model was loaded for its shapes only (no weights) and cannot run");
     size_t kvd = (size_t)c->n_kv_heads * (size_t)c->head_dim, qd = (size_t)c->n_heads * (size_t)c->head_dim;
     size_t cache = (size_t)c->n_layers * (size_t)p.n_seq * (size_t)p.n_ctx * kvd;
     // Everything below in bytes: KV cache, activations, logits, executor
@@ -81,7 +79,9 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     size_t nb = (size_t)p.n_batch, H = (size_t)c->hidden, kmax = (size_t)c->top_k;
     size_t inter = (size_t)(c->moe_inter > c->dense_inter ? c->moe_inter : c->dense_inter);
     if (c->shared_inter > (int)inter) inter = (size_t)c->shared_inter;
-    double kv_bytes = 2.0 * (double)cache * sizeof(float);
+    // In double: the size_t product above can wrap for absurd shapes, and then
+    // must not pass the check below with its wrapped, small value.
+    double kv_bytes = 2.0 * (double)c->n_layers * (double)p.n_seq * (double)p.n_ctx * (double)kvd * sizeof(float);
     double act_bytes = 4.0 * (double)nb * (3.0 * H + 2.0 * qd + 2.0 * kvd + (double)c->vocab) +
                        4.0 * (double)nb * kmax * (2.0 * H + 2.0 * inter + 3.0) + 4.0 * (double)nb * c->n_experts;
     double rope_bytes = 2.0 * 4.0 * (double)p.n_ctx * (double)(c->head_dim / 2);
@@ -89,8 +89,12 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     char what[160], kvs[32];
     snprintf(what, sizeof what, "a context of %d sequences x %d tokens (KV cache %s)", p.n_seq, p.n_ctx,
              lm_format_bytes(kv_bytes, kvs, sizeof kvs));
-    lm_status mst = need > 1e18 ? lm_err(LM_ERR_OOM, "%s is too large", what) : lm_mem_check((uint64_t)need, 0.05, what);
+    lm_status mst = need > 1e18 || kv_bytes != 2.0 * (double)cache * sizeof(float)
+                        ? lm_err(LM_ERR_OOM, "%s is too large", what)
+                        : lm_mem_check((uint64_t)need, 0.05, what);
     if (mst) return lm_err_append(mst, " (use fewer sequences at once or a shorter context)");
+    if (model->shapes_only)
+        return lm_err(LM_ERR_INVALID_ARG, "the model was loaded for its shapes only (no weights) and cannot run");
     lm_context *ctx = lm_calloc(1, sizeof *ctx);
     if (!ctx) return LM_ERR_OOM;
     ctx->model = model;

@@ -102,6 +102,10 @@ static lm_status accept_token(gen_seq *g, int i, int32_t t, const lm_gen_params 
     lm_status st = lm_detok_push(g->detok, t, &piece, &np);
     if (st) return st;
     if (np && !append(g, piece, np)) return lm_err(LM_ERR_OOM, "out of memory");
+    // The stop match that starts first (the longest on a tie) cuts the text,
+    // so it holds no stop string whatever the order they were given in.
+    char *cut = NULL;
+    size_t cut_len = 0;
     for (int s = 0; s < p->n_stop; s++) {
         // Only the newly added text (plus the stop's length of history) can hold a new match.
         size_t sl = strlen(p->stop[s]);
@@ -109,14 +113,15 @@ static lm_status accept_token(gen_seq *g, int i, int32_t t, const lm_gen_params 
         // memmem, not strstr: generated text may hold NUL bytes (a byte-level
         // vocabulary has a token for byte 0).
         char *hit = sl ? memmem(g->text + from, g->len - from, p->stop[s], sl) : NULL;
-        if (hit) {
-            g->len = (size_t)(hit - g->text);
-            g->text[g->len] = 0;
-            if (g->emitted > g->len) g->emitted = g->len;
-            emit(g, i, g->len, cb, user);
-            finish(g, r, LM_FINISH_STOP, i, cb, user);
-            return LM_OK;
-        }
+        if (hit && (!cut || hit < cut || (hit == cut && sl > cut_len))) cut = hit, cut_len = sl;
+    }
+    if (cut) {
+        g->len = (size_t)(cut - g->text);
+        g->text[g->len] = 0;
+        if (g->emitted > g->len) g->emitted = g->len;
+        emit(g, i, g->len, cb, user);
+        finish(g, r, LM_FINISH_STOP, i, cb, user);
+        return LM_OK;
     }
     if (r->n_gen_tokens >= p->max_tokens) return finish_flushed(g, r, LM_FINISH_LENGTH, i, cb, user);
     if (!emit(g, i, g->len - held_back(g, p), cb, user)) {  // the caller asked to stop: say nothing more
@@ -154,6 +159,7 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
     // so every sampled id can be decoded.
     int n_valid = lm_tokenizer_vocab_size(tok) < mi.vocab ? lm_tokenizer_vocab_size(tok) : mi.vocab;
     uint8_t *banned = NULL;
+    lm_sample_scratch *scratch = NULL;  // one for every sequence: they are sampled one after another
     for (int id = 0; id < n_valid; id++)
         if (!lm_tokenizer_id_valid(tok, id)) {
             if (!banned && !(banned = lm_calloc((size_t)n_valid, 1))) return LM_ERR_OOM;
@@ -189,6 +195,7 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
                             "(tokenizer and model do not match)", i, g[i].prompt[t], mi.vocab);
         if (!st) st = lm_sampler_init(&p.sampler, n_valid, &g[i].sampler);
         if (!st) lm_sampler_ban(g[i].sampler, banned);
+        if (!st && !scratch && p.sampler.temperature > 0) st = lm_sample_scratch_init(n_valid, &scratch);
         if (!st) st = lm_detok_init(tok, true, &g[i].detok);
         // text is never NULL: stop matching and hold-back read it from the first token on
         if (!st && !append(&g[i], "", 0)) st = lm_err(LM_ERR_OOM, "out of memory");
@@ -214,7 +221,7 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
         for (int k = 0; k < nb && !st; k++) {
             if (!bwant[k]) continue;
             int s = bseq[k];
-            int32_t t = lm_sampler_sample(g[s].sampler, lm_get_logits(ctx, j++));
+            int32_t t = lm_sampler_sample_with(g[s].sampler, lm_get_logits(ctx, j++), scratch);
             st = accept_token(&g[s], s, t, &p, &mi, tok, &results[s], cb, user);
         }
     }
@@ -236,7 +243,7 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
             st = lm_decode(ctx, &b);
             for (int k = 0; k < m && !st; k++) {
                 int s = brow[off + k];
-                int32_t t = lm_sampler_sample(g[s].sampler, lm_get_logits(ctx, k));
+                int32_t t = lm_sampler_sample_with(g[s].sampler, lm_get_logits(ctx, k), scratch);
                 st = accept_token(&g[s], s, t, &p, &mi, tok, &results[s], cb, user);
             }
         }
@@ -255,6 +262,7 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
     }
     free(g);
     free(banned);
+    lm_sample_scratch_free(scratch);
     free(btok);
     free(bseq);
     free(bwant);

@@ -8,4 +8,15 @@
 // decode). `banned` has the sampler's vocab entries and must outlive it.
 void lm_sampler_ban(lm_sampler *s, const uint8_t *banned);
 
+// The random stream of a sampler (default 0): draws are keyed by (seed,
+// stream, step), so requests with the same seed can still differ.
+void lm_sampler_set_stream(lm_sampler *s, uint64_t stream);
+
+// Working memory of sampling (probabilities and ids of a vocabulary), shared
+// by the samplers one thread drives instead of one per sampler.
+typedef struct lm_sample_scratch lm_sample_scratch;
+lm_status lm_sample_scratch_init(int vocab, lm_sample_scratch **out);
+void lm_sample_scratch_free(lm_sample_scratch *s);
+int32_t lm_sampler_sample_with(lm_sampler *s, const float *logits, lm_sample_scratch *scratch);
+
 #endif

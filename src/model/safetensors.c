@@ -271,10 +271,13 @@ lm_status lm_st_parse(const uint8_t *buf, size_t size, const char *fname, lm_st_
     }
     // Repeated tensor names are reported below by name; a repeated field
     // inside an entry ("dtype" twice) would be read as its first value.
-    const char *dup = lm_json_duplicate_key(root);
-    if (dup && cJSON_GetObjectItemCaseSensitive(root, dup) == NULL) {
-        st = lm_err(LM_ERR_FORMAT, "%s: key \"%.200s\" appears twice in one header entry", fname, dup);
-        goto out;
+    for (const cJSON *e = cJSON_IsObject(root) ? root->child : NULL; e; e = e->next) {
+        const char *dup = lm_json_duplicate_key(e);
+        if (dup) {
+            st = lm_err(LM_ERR_FORMAT, "%s: key \"%.200s\" appears twice in the header entry '%.200s'", fname, dup,
+                        e->string ? e->string : "");
+            goto out;
+        }
     }
     // Writers pad the header with spaces for alignment; anything else is junk.
     for (size_t i = (size_t)(end - text); i < hlen; i++)
@@ -548,19 +551,20 @@ lm_status lm_st_open_dir(const char *dir, lm_st_set **out) {
     if (!dir || !out) return lm_err(LM_ERR_INVALID_ARG, "lm_st_open_dir: NULL argument");
     *out = NULL;
     lm_status st;
-    char *p = lm_path_join(dir, "model.safetensors.index.json");
+    // transformers' order: a single model.safetensors first, then the index.
+    char *p = lm_path_join(dir, "model.safetensors");
     if (!p) return LM_ERR_OOM;
     if (path_present(p)) {
-        st = open_index(dir, p, out);
+        st = lm_st_open_file(p, out);
         free(p);
         return st;
     }
     free(p);
 
-    p = lm_path_join(dir, "model.safetensors");
+    p = lm_path_join(dir, "model.safetensors.index.json");
     if (!p) return LM_ERR_OOM;
     if (path_present(p)) {
-        st = lm_st_open_file(p, out);
+        st = open_index(dir, p, out);
         free(p);
         return st;
     }

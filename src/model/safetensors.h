@@ -27,9 +27,10 @@ typedef struct lm_st_tensor {
 
 typedef struct lm_st_set lm_st_set;
 
-// Opens dir/model.safetensors, or dir/model.safetensors.index.json and every
-// shard it names (each tensor must be found in the shard the index says). If
-// neither exists, a single other *.safetensors file in dir is accepted.
+// Opens dir/model.safetensors, else dir/model.safetensors.index.json and
+// every shard it names (each tensor must be found in the shard the index
+// says) — transformers' order. If neither exists, a single other
+// *.safetensors file in dir is accepted.
 lm_status lm_st_open_dir(const char *dir, lm_st_set **out);
 
 // Opens one .safetensors file.

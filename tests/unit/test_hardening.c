@@ -248,6 +248,22 @@ static void test_memory_checked_first(void) {
     cp = lm_context_default_params();
     CHECK(lm_context_init(m, &cp, &ctx) == LM_ERR_INVALID_ARG && !ctx);
     lm_model_free(m);
+    // Shapes whose KV cache size wraps around 2^64 in size_t arithmetic (it
+    // then passed the memory check small and wrote far outside the cache).
+    const char *huge = "{\"architectures\": [\"MixtralForCausalLM\"], \"vocab_size\": 300, \"hidden_size\": 1,"
+                       " \"head_dim\": 64, \"intermediate_size\": 1, \"num_hidden_layers\": 1000,"
+                       " \"num_attention_heads\": 1011, \"num_key_value_heads\": 1011, \"num_local_experts\": 1,"
+                       " \"num_experts_per_tok\": 1, \"max_position_embeddings\": 16777216}";
+    CHECK(write_file(tmp_path("huge.json"), huge, strlen(huge)));
+    lm_synthetic_params sp2 = sp;
+    sp2.config_path = tmp_path("huge.json");
+    CHECK(lm_model_load_synthetic(&sp2, &mp, &m) == LM_OK);
+    if (m) {
+        cp = (lm_context_params){.n_seq = 61301, .n_ctx = 4650729, .n_batch = 512};
+        CHECK(lm_context_init(m, &cp, &ctx) == LM_ERR_OOM && !ctx);
+        CHECK_MSG(strstr(lm_last_error(), "too large"), "%s", lm_last_error());
+        lm_model_free(m);
+    }
     // Building the weights of a model larger than memory is refused up front.
     sp.shapes_only = false;
     CHECK(lm_model_load_synthetic(&sp, &mp, &m) == LM_ERR_OOM && !m);

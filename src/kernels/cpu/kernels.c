@@ -121,6 +121,18 @@ void lm_axpy_f32_ref(float *y, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+float lm_max_f32_ref(const float *x, int n) {
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+double lm_exp_sum_ref(float *y, const float *x, int n, float mx, float scale) {
+    double total = 0;
+    for (int i = 0; i < n; i++) total += (y[i] = expf((x[i] - mx) * scale));
+    return total;
+}
+
 // Not hot (one pass over the expert intermediate): a single scalar version
 // for every ISA, so all paths agree exactly.
 void lm_swiglu(float *h, const float *g, const float *u, int n) {
@@ -137,14 +149,16 @@ typedef struct ktab {
     void (*rmsnorm)(float *, const float *, const void *, lm_dtype, int, float);
     float (*dot)(const float *, const float *, int);
     void (*axpy)(float *, float, const float *, int);
+    float (*max)(const float *, int);
+    double (*exp_sum)(float *, const float *, int, float, float);
 } ktab;
 
-static const ktab tab_scalar = {LM_ISA_SCALAR,  lm_matmul_rows_ref, lm_to_f32_ref,
-                                lm_rmsnorm_ref, lm_dot_f32_ref,     lm_axpy_f32_ref};
-static const ktab tab_avx2 = {LM_ISA_AVX2,     lm_matmul_rows_avx2, lm_to_f32_avx2,
-                              lm_rmsnorm_avx2, lm_dot_f32_avx2,     lm_axpy_f32_avx2};
-static const ktab tab_avx512 = {LM_ISA_AVX512,     lm_matmul_rows_avx512, lm_to_f32_avx512,
-                                lm_rmsnorm_avx512, lm_dot_f32_avx512,     lm_axpy_f32_avx512};
+static const ktab tab_scalar = {LM_ISA_SCALAR,  lm_matmul_rows_ref, lm_to_f32_ref,  lm_rmsnorm_ref,
+                                lm_dot_f32_ref, lm_axpy_f32_ref,    lm_max_f32_ref, lm_exp_sum_ref};
+static const ktab tab_avx2 = {LM_ISA_AVX2,     lm_matmul_rows_avx2, lm_to_f32_avx2,  lm_rmsnorm_avx2,
+                              lm_dot_f32_avx2, lm_axpy_f32_avx2,    lm_max_f32_avx2, lm_exp_sum_avx2};
+static const ktab tab_avx512 = {LM_ISA_AVX512,     lm_matmul_rows_avx512, lm_to_f32_avx512,  lm_rmsnorm_avx512,
+                                lm_dot_f32_avx512, lm_axpy_f32_avx512,    lm_max_f32_avx512, lm_exp_sum_avx512};
 
 // Published with release/acquire so that a thread that sees the pointer sees
 // a complete table; re-initialising swaps the whole table atomically.
@@ -234,3 +248,7 @@ void lm_rmsnorm(float *y, const float *x, const void *w, lm_dtype dt, int n, flo
 float lm_dot_f32(const float *a, const float *b, int n) { return tab()->dot(a, b, n); }
 
 void lm_axpy_f32(float *y, float a, const float *x, int n) { tab()->axpy(y, a, x, n); }
+
+float lm_max_f32(const float *x, int n) { return tab()->max(x, n); }
+
+double lm_exp_sum(float *y, const float *x, int n, float mx, float scale) { return tab()->exp_sum(y, x, n, mx, scale); }

@@ -37,6 +37,12 @@ void lm_rmsnorm(float *y, const float *x, const void *w, lm_dtype dt, int n, flo
 float lm_dot_f32(const float *a, const float *b, int n);
 void lm_axpy_f32(float *y, float a, const float *x, int n);  // y += a*x
 
+// Softmax pieces: the largest of x[0..n) (-inf if none), and
+// y[i] = exp((x[i] - mx) * scale) for x[i] <= mx, returning their sum (fp64).
+// The SIMD paths use a polynomial exp good to a few ulp (tested against expf).
+float lm_max_f32(const float *x, int n);
+double lm_exp_sum(float *y, const float *x, int n, float mx, float scale);
+
 // h[i] = silu(g[i]) * u[i]
 void lm_swiglu(float *h, const float *g, const float *u, int n);
 
@@ -75,6 +81,13 @@ float lm_dot_f32_avx512(const float *a, const float *b, int n);
 void lm_axpy_f32_ref(float *y, float a, const float *x, int n);
 void lm_axpy_f32_avx2(float *y, float a, const float *x, int n);
 void lm_axpy_f32_avx512(float *y, float a, const float *x, int n);
+
+float lm_max_f32_ref(const float *x, int n);
+float lm_max_f32_avx2(const float *x, int n);
+float lm_max_f32_avx512(const float *x, int n);
+double lm_exp_sum_ref(float *y, const float *x, int n, float mx, float scale);
+double lm_exp_sum_avx2(float *y, const float *x, int n, float mx, float scale);
+double lm_exp_sum_avx512(float *y, const float *x, int n, float mx, float scale);
 
 // True if this CPU (and OS) can run `isa`.
 int lm_cpu_isa_supported(lm_isa isa);

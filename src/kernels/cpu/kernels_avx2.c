@@ -7,6 +7,7 @@
 #include "kernels/cpu/kernels.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #define TGT __attribute__((target("avx2,fma,f16c")))
@@ -214,4 +215,66 @@ TGT void lm_axpy_f32_avx2(float *y, float a, const float *x, int n) {
         _mm256_maskstore_ps(y + i, m, _mm256_fmadd_ps(av, _mm256_maskload_ps(x + i, m),
                                                       _mm256_maskload_ps(y + i, m)));
     }
+}
+
+// ------------------------------------------------------- softmax helpers ---
+
+TGT float lm_max_f32_avx2(const float *x, int n) {
+    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
+        m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + i + 8));
+    }
+    m0 = _mm256_max_ps(m0, m1);
+    float lanes[8], mx;
+    _mm256_storeu_ps(lanes, m0);
+    mx = lanes[0];
+    for (int k = 1; k < 8; k++) mx = lanes[k] > mx ? lanes[k] : mx;
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+// exp(x) for x <= 0 (Cephes' expf: range reduction by ln 2, degree-6
+// polynomial, 2^n by exponent bits); below -87.3 the result is 0.
+static TGT __m256 exp_neg8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(fx), 23);
+    y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), e));
+    return _mm256_andnot_ps(under, y);
+}
+
+TGT double lm_exp_sum_avx2(float *y, const float *x, int n, float mx, float scale) {
+    const __m256 mv = _mm256_set1_ps(mx), sv = _mm256_set1_ps(scale);
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    double total = 0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 a = exp_neg8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv), sv));
+        __m256 b = exp_neg8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mv), sv));
+        _mm256_storeu_ps(y + i, a);
+        _mm256_storeu_ps(y + i + 8, b);
+        s0 = _mm256_add_ps(s0, a);
+        s1 = _mm256_add_ps(s1, b);
+        if ((i & 4095) == 4080) {  // flush the float lanes into the double total now and then
+            total += hsum8(_mm256_add_ps(s0, s1));
+            s0 = s1 = _mm256_setzero_ps();
+        }
+    }
+    total += hsum8(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) total += (y[i] = expf((x[i] - mx) * scale));
+    return total;
 }

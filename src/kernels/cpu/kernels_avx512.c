@@ -11,6 +11,7 @@
 #include "kernels/cpu/kernels.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,fma,f16c")))
@@ -228,4 +229,61 @@ TGT void lm_axpy_f32_avx512(float *y, float a, const float *x, int n) {
         _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i),
                                                         _mm512_maskz_loadu_ps(m, y + i)));
     }
+}
+
+// ------------------------------------------------------- softmax helpers ---
+
+TGT float lm_max_f32_avx512(const float *x, int n) {
+    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + i));
+        m1 = _mm512_max_ps(m1, _mm512_loadu_ps(x + i + 16));
+    }
+    float mx = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return mx;
+}
+
+// exp(x) for x <= 0, as exp_neg8 in kernels_avx2.c.
+static AI TGT __m512 exp_neg16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.3f);
+    __mmask16 ok = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+    x = _mm512_max_ps(x, lo);
+    __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+    x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
+    __m512 y = _mm512_set1_ps(1.9875691500E-4f);
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507E-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073E-3f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894E-2f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459E-1f));
+    y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201E-1f));
+    y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(fx), 23);
+    y = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(y), e));
+    return _mm512_maskz_mov_ps(ok, y);
+}
+
+TGT double lm_exp_sum_avx512(float *y, const float *x, int n, float mx, float scale) {
+    const __m512 mv = _mm512_set1_ps(mx), sv = _mm512_set1_ps(scale);
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+    double total = 0;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 a = exp_neg16(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv), sv));
+        __m512 b = exp_neg16(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16), mv), sv));
+        _mm512_storeu_ps(y + i, a);
+        _mm512_storeu_ps(y + i + 16, b);
+        s0 = _mm512_add_ps(s0, a);
+        s1 = _mm512_add_ps(s1, b);
+        if ((i & 4095) == 4064) {  // flush the float lanes into the double total now and then
+            total += hsum16(_mm512_add_ps(s0, s1));
+            s0 = s1 = _mm512_setzero_ps();
+        }
+    }
+    total += hsum16(_mm512_add_ps(s0, s1));
+    for (; i < n; i++) total += (y[i] = expf((x[i] - mx) * scale));
+    return total;
 }
