@@ -40,6 +40,24 @@ const char *lm_version(void);  // "0.1.0 (commit abc1234)"
 // unit convention of every message and table; returns buf.
 const char *lm_format_bytes(double bytes, char *buf, size_t cap);
 
+// --------------------------------------------------------------- runtime ---
+
+// The machine resources models and contexts share: the CPU worker threads
+// (later also devices). Models and contexts on several threads may share one
+// runtime; their parallel regions then take turns. Free it after every model
+// that uses it.
+typedef struct lm_runtime lm_runtime;
+
+typedef struct lm_runtime_params {
+    int n_threads;     // worker threads; <= 0: one per CPU this process may use (more is refused)
+    bool pin_threads;  // bind each worker to one CPU
+} lm_runtime_params;
+
+lm_runtime_params lm_runtime_default_params(void);
+lm_status lm_runtime_init(const lm_runtime_params *params, lm_runtime **out);
+void lm_runtime_free(lm_runtime *rt);
+int lm_runtime_threads(const lm_runtime *rt);
+
 // ----------------------------------------------------------------- model ---
 
 typedef struct lm_model lm_model;
@@ -53,8 +71,8 @@ typedef enum lm_weights_mode {
 } lm_weights_mode;
 
 typedef struct lm_model_params {
-    int n_threads;             // worker threads for the CPU executor; <= 0: one per core;
-                               // more than the CPUs this process may use is refused
+    lm_runtime *runtime;       // shared runtime; NULL: the model makes its own from:
+    int n_threads;             //   worker threads; <= 0: one per core (more is refused)
     lm_weights_mode weights;   // checkpoints only; synthetic weights are always in memory
 } lm_model_params;
 

@@ -210,7 +210,7 @@ static lm_status bind_all(binder *b) {
 }
 
 lm_model_params lm_model_default_params(void) {
-    return (lm_model_params){.n_threads = 0, .weights = LM_WEIGHTS_AUTO};
+    return (lm_model_params){.runtime = NULL, .n_threads = 0, .weights = LM_WEIGHTS_AUTO};
 }
 
 lm_synthetic_params lm_synthetic_default_params(void) {
@@ -218,17 +218,20 @@ lm_synthetic_params lm_synthetic_default_params(void) {
 }
 
 static lm_status model_alloc(lm_model **out, const lm_model_params *params) {
-    int nt = params ? params->n_threads : 0, cpus = lm_cpu_count();
-    if (nt > cpus)
-        return lm_err(LM_ERR_INVALID_ARG, "%d threads asked for but this process may use %d CPUs "
-                      "(the workers spin between steps, so more threads than CPUs is slower)", nt, cpus);
     lm_model *md = lm_calloc(1, sizeof *md);
     if (!md) return LM_ERR_OOM;
-    lm_status st = lm_pool_init(params ? params->n_threads : 0, &md->pool);
-    if (st) {
-        free(md);
-        return st;
+    md->rt = params ? params->runtime : NULL;
+    if (!md->rt) {
+        lm_runtime_params rp = lm_runtime_default_params();
+        rp.n_threads = params ? params->n_threads : 0;
+        lm_status st = lm_runtime_init(&rp, &md->own_rt);
+        if (st) {
+            free(md);
+            return st;
+        }
+        md->rt = md->own_rt;
     }
+    md->pool = lm_runtime_pool(md->rt);
     *out = md;
     return LM_OK;
 }
@@ -439,7 +442,7 @@ lm_status lm_model_load_synthetic(const lm_synthetic_params *sp, const lm_model_
 
 void lm_model_free(lm_model *md) {
     if (!md) return;
-    lm_pool_free(md->pool);
+    lm_runtime_free(md->own_rt);
     lm_st_close(md->st);
     free(md->owned);
     free(md->layers);

@@ -6,7 +6,7 @@
 #include "lightmoe.h"
 #include "model/config.h"
 #include "model/safetensors.h"
-#include "util/threadpool.h"
+#include "runtime/runtime.h"
 
 // A weight matrix [rows][cols], row-major with a row stride in elements.
 // Vectors are rows == 1. data == NULL means "absent" (optional weights).
@@ -43,7 +43,9 @@ struct lm_model {
     lm_mat lm_head;      // [vocab][hidden] (the embedding when tied)
     lm_layer_w *layers;  // [n_layers]
     lm_ffn_w *expert_mem;
-    lm_pool *pool;
+    lm_runtime *rt;      // the runtime the model runs on
+    lm_runtime *own_rt;  // the model's own runtime (when none was given)
+    lm_pool *pool;       // rt's thread pool
     uint64_t n_params, n_params_active;
     uint64_t bytes_dt[3];  // by lm_dtype (F32, F16, BF16)
     bool shapes_only;      // synthetic model without weights: describable, not runnable
