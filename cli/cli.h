@@ -31,6 +31,7 @@ typedef struct cli_model_opts {
     lm_weights_mode weights;  // --mmap / --no-mmap
     uint64_t seed;            // synthetic weights only
     bool verbose;             // -v: say where the weights went, tokenizer coverage
+    lm_kv_type kv_type;       // --kv bf16|f32
     bool quiet;               // no warnings (a load that only validates)
 } cli_model_opts;
 
@@ -39,6 +40,7 @@ typedef struct cli_model_opts {
     "      --mmap            run from the mmap'ed checkpoint files (page cache)\n"              \
     "      --no-mmap         copy the weights into huge-page memory (faster decode: fewer\n"    \
     "                        TLB misses); default: copy when they fit in 90% of free memory\n" \
+    "      --kv TYPE         KV cache precision: bf16 (default) or f32 (reference runs)\n"   \
     "  -v, --verbose         say where the weights went and other details\n"
 
 // Consumes -t/--threads, --mmap, --no-mmap, -v at a->i; true if it did.

@@ -196,6 +196,7 @@ int cmd_generate(int argc, char **argv) {
         if (n > longest) longest = n;
     }
     lm_context_params cp = lm_context_default_params();
+    cp.kv_type = mo.kv_type;
     cp.n_seq = prompts.n;
     cp.n_ctx = (int)longest + gp.max_tokens;
     cp.n_batch = batch;

@@ -76,6 +76,7 @@ int cmd_logits(int argc, char **argv) {
     lm_model_info mi;
     lm_model_get_info(model, &mi);
     lm_context_params cp = lm_context_default_params();
+    cp.kv_type = mo.kv_type;
     cp.n_seq = 1;
     cp.n_ctx = n;
     cp.n_batch = n;
@@ -87,7 +88,7 @@ int cmd_logits(int argc, char **argv) {
         goto done;
     }
     if (!st) {
-        lm_batch b = {n, ids, seq, NULL};
+        lm_batch b = {n, ids, seq, NULL, NULL};
         st = lm_decode(ctx, &b);
     }
     free(seq);

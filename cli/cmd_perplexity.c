@@ -111,6 +111,7 @@ int cmd_perplexity(int argc, char **argv) {
     int chunk = win;
     while (chunk > 16 && (double)chunk * mi.vocab * 4 > 256e6) chunk /= 2;
     lm_context_params cp = lm_context_default_params();
+    cp.kv_type = mo.kv_type;
     cp.n_seq = 1;
     cp.n_ctx = win;
     cp.n_batch = chunk;
@@ -134,7 +135,7 @@ int cmd_perplexity(int argc, char **argv) {
         lm_seq_clear(ctx, 0);
         for (size_t c0 = 0; c0 < wn && !st; c0 += (size_t)chunk) {
             int n = (int)(wn - c0 < (size_t)chunk ? wn - c0 : (size_t)chunk);
-            lm_batch b = {n, ids + w0 + c0, seq, NULL};
+            lm_batch b = {n, ids + w0 + c0, seq, NULL, NULL};
             if ((st = lm_decode(ctx, &b))) break;
             for (int i = 0; i < n; i++) {
                 size_t p = c0 + (size_t)i;  // position in the window; predicts p + 1

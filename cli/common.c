@@ -65,6 +65,13 @@ bool cli_model_opt(args *a, cli_model_opts *o) {
     if (arg_flag(a, "--mmap", NULL)) return o->weights = LM_WEIGHTS_MMAP, true;
     if (arg_flag(a, "--no-mmap", NULL)) return o->weights = LM_WEIGHTS_COPY, true;
     if (arg_flag(a, "--verbose", "-v")) return o->verbose = true, true;
+    const char *v;
+    if (arg_val(a, "--kv", NULL, &v)) {
+        if (v && !strcmp(v, "bf16")) o->kv_type = LM_KV_BF16;
+        else if (v && !strcmp(v, "f32")) o->kv_type = LM_KV_F32;
+        else if (v) arg_fail(a, "--kv: '%s' is not bf16 or f32", v);
+        return true;
+    }
     return false;
 }
 

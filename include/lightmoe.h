@@ -165,15 +165,30 @@ lm_status lm_detokenize(const lm_tokenizer *tok, const int32_t *ids, size_t n_id
 
 // --------------------------------------------------------------- context ---
 
-// A context owns the KV cache of up to n_seq sequences and the activation
-// scratch for batches of up to n_batch tokens. Nothing is allocated in
-// lm_decode: every limit is checked against what was sized here.
+// A context holds up to n_seq sequences and runs batches of their tokens on
+// an executor. The executor owns the device state — activations, scratch and
+// a paged KV cache of n_pages pages of LM_KV_PAGE tokens (bf16 by default) —
+// while the context keeps the host metadata: sequence lengths, block tables
+// and the free pages. Pages are taken as sequences grow and returned when a
+// sequence is cleared. Nothing is allocated in lm_decode: every limit is
+// checked against what was sized here.
 typedef struct lm_context lm_context;
 
+#define LM_KV_PAGE 16  // tokens per KV page
+
+typedef enum lm_kv_type {
+    LM_KV_BF16 = 0,  // the default: half the bytes, logits error ~1e-3 relative
+    LM_KV_F32,       // reference runs (golden tests): exact to the fp32 forward pass
+} lm_kv_type;
+
 typedef struct lm_context_params {
-    int n_seq;    // sequences decoded together
-    int n_ctx;    // max tokens per sequence (prompt + generated)
-    int n_batch;  // max tokens in one lm_decode call (all sequences together)
+    int n_seq;             // sequences the context holds at once (ids 0 .. n_seq-1)
+    int n_ctx;             // max tokens per sequence (prompt + generated)
+    int n_batch;           // max tokens in one lm_decode call (all sequences together)
+    int n_out;             // max tokens of one call that ask for logits; 0: n_batch
+    int n_pages;           // KV pages; 0: enough for n_seq full sequences
+    lm_kv_type kv_type;
+    const char *executor;  // "cpu" (default, NULL) or "ref" (the scalar reference)
 } lm_context_params;
 
 lm_context_params lm_context_default_params(void);
@@ -181,32 +196,43 @@ lm_context_params lm_context_default_params(void);
 lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_context **out);
 void lm_context_free(lm_context *ctx);
 
-// A batch: token i belongs to sequence seq[i] and is appended at the end of
-// that sequence's cache (tokens of one sequence must appear in order).
-// Logits are produced for tokens with want_logits[i] != 0 (NULL: all tokens).
+// A batch: token i belongs to sequence seq[i]. Without positions each token
+// is appended to its sequence (tokens of one sequence in order); with
+// positions, a sequence's tokens must have consecutive positions p0, p0+1, ...
+// with p0 <= its current length: the sequence is cut back to p0 first (a
+// prefix is reused, the rest recomputed). Tokens of many sequences, prefill
+// chunks and single decode tokens, mix freely. Logits are produced for
+// tokens with want_logits[i] != 0 (NULL: all tokens), at most n_out.
 typedef struct lm_batch {
     int n_tokens;
     const int32_t *tokens;
     const int32_t *seq;
-    const uint8_t *want_logits;
+    const uint8_t *want_logits;  // may be NULL
+    const int32_t *pos;          // may be NULL
 } lm_batch;
 
+// Runs the batch. A sequence's length advances only if the whole step
+// succeeds; on failure the context is as before (LM_ERR_OOM "KV cache full"
+// when the free pages do not cover the batch: nothing was changed).
 lm_status lm_decode(lm_context *ctx, const lm_batch *batch);
 
 // Logits of the batch's j-th token that asked for logits ([vocab] floats);
 // valid until the next lm_decode.
-const float *lm_get_logits(const lm_context *ctx, int j);
+const float *lm_get_logits(lm_context *ctx, int j);
 
 int lm_seq_len(const lm_context *ctx, int seq);  // -1 for an invalid id
+void lm_seq_clear(lm_context *ctx, int seq);     // length 0; its KV pages are freed
+int lm_kv_pages_free(const lm_context *ctx);
+// Pages a sequence of `len` tokens holds.
+static inline int lm_kv_pages_for(int len) { return (len + LM_KV_PAGE - 1) / LM_KV_PAGE; }
 lm_model *lm_context_model(const lm_context *ctx);
+lm_context_params lm_context_get_params(const lm_context *ctx);  // with the defaults resolved
 
 // Routing statistics: [n_layers][n_experts] counts of tokens sent to each
 // expert by lm_decode since the context was made or last reset (dense layers
 // stay 0). Hot and cold experts show here.
-const uint64_t *lm_expert_counts(const lm_context *ctx);
+const uint64_t *lm_expert_counts(lm_context *ctx);
 void lm_expert_counts_reset(lm_context *ctx);
-lm_context_params lm_context_get_params(const lm_context *ctx);
-void lm_seq_clear(lm_context *ctx, int seq);
 
 // -------------------------------------------------------------- sampling ---
 

@@ -1,64 +1,99 @@
-// Context (KV cache + activations) and the one generic decoder block that
-// runs every supported architecture, driven by the lm_config descriptor.
+// The context (sequences, block tables, the KV page allocator) and lm_decode:
+// the sequential driver that groups a batch by sequence, takes the KV pages
+// it needs, uploads the step's metadata and runs the block's stages over the
+// whole step on the context's executor.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "exec/exec.h"
+#include "engine/context.h"
 #include "kernels/cpu/kernels.h"
 #include "util/err.h"
 #include "util/file.h"
 
-struct lm_context {
-    lm_model *model;
-    lm_context_params p;
-    lm_exec *ex;
-    int *seq_len;            // [n_seq] tokens already in each sequence's cache
-    float *kcache, *vcache;  // [n_layers][n_seq][n_ctx][n_kv*hd]
-    float *rope_cos, *rope_sin;  // [n_ctx][hd/2]
-    // activations for one batch of up to n_batch tokens
-    float *x;      // [n_batch][hidden] residual stream
-    float *xn;     // [n_batch][hidden] normalised
-    float *q;      // [n_batch][nq*hd]
-    float *k, *v;  // [n_batch][nkv*hd]
-    float *att;    // [n_batch][nq*hd]
-    float *tmp;    // [n_batch][hidden]
-    float *logits; // [n_batch][vocab]
-    int *pos, *seq, *logit_tok;  // [n_batch]
-    int *seq_add;                // [n_seq] scratch for batch validation
-    uint64_t *expert_counts;     // [n_layers][n_experts] tokens routed since init/reset
-    int n_logits;
-};
-
 lm_context_params lm_context_default_params(void) {
-    return (lm_context_params){.n_seq = 1, .n_ctx = 2048, .n_batch = 512};
+    return (lm_context_params){
+        .n_seq = 1, .n_ctx = 2048, .n_batch = 512, .n_out = 0, .n_pages = 0, .kv_type = LM_KV_BF16, .executor = NULL};
 }
 
 void lm_context_free(lm_context *ctx) {
     if (!ctx) return;
     if (ctx->ex) ctx->ex->ops->free(ctx->ex);
-    void *bufs[] = {ctx->seq_len, ctx->kcache, ctx->vcache, ctx->rope_cos, ctx->rope_sin, ctx->x, ctx->xn,
-                    ctx->q, ctx->k, ctx->v, ctx->att, ctx->tmp, ctx->logits, ctx->pos, ctx->seq,
-                    ctx->logit_tok, ctx->expert_counts, ctx->seq_add};
+    void *bufs[] = {ctx->inv_freq, ctx->seq_len, ctx->seq_pages, ctx->table, ctx->free_pages, ctx->h_ids,
+                    ctx->h_pos, ctx->h_slot, ctx->h_seq_start, ctx->h_kv_len, ctx->h_pages, ctx->h_out,
+                    ctx->order, ctx->step_seq, ctx->seq_slot, ctx->seq_cnt, ctx->seq_p0,
+                    ctx->logits_buf, ctx->counts};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(ctx);
 }
 
-// cos/sin exactly as transformers computes them: inverse frequencies and the
-// angle position * inv_freq in float32 (its reference does this even when
-// the model runs in float64), so long contexts round the same way.
-static void rope_tables(lm_context *ctx) {
+// Inverse RoPE frequencies in fp32 exactly as transformers computes them.
+static lm_status rope_init(lm_context *ctx) {
     const lm_config *c = &ctx->model->cfg;
     int half = c->head_dim / 2;
-    for (int i = 0; i < half; i++) {
-        float inv = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / (double)c->head_dim));
-        for (int p = 0; p < ctx->p.n_ctx; p++) {
-            float ang = (float)p * inv;
-            ctx->rope_cos[(size_t)p * half + i] = (float)cos((double)ang);
-            ctx->rope_sin[(size_t)p * half + i] = (float)sin((double)ang);
-        }
+    ctx->inv_freq = lm_malloc((size_t)half * sizeof(float));
+    if (!ctx->inv_freq) return LM_ERR_OOM;
+    for (int i = 0; i < half; i++)
+        ctx->inv_freq[i] = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / (double)c->head_dim));
+    ctx->rope = (lm_rope){c->head_dim, ctx->inv_freq};
+    return LM_OK;
+}
+
+// Every tensor of a step, sized for the context's limits.
+static lm_status alloc_tensors(lm_context *ctx) {
+    const lm_config *c = &ctx->model->cfg;
+    lm_exec *ex = ctx->ex;
+    lm_step_tensors *t = &ctx->t;
+    int nb = ctx->p.n_batch, ns = ctx->p.n_seq, no = ctx->p.n_out, H = c->hidden;
+    int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim, E = c->n_experts, k = c->top_k;
+    int dense = c->n_moe_layers < c->n_layers ? c->dense_inter : 0;
+    int inter = dense > c->shared_inter ? dense : c->shared_inter;
+    int block = ex->ops->moe_block, rmax = lm_moe_rows_max(nb, k, E, block);
+    struct {
+        lm_tensor *t;
+        lm_dtype dt;
+        int rows, cols;
+    } spec[] = {
+        {&t->ids, LM_DT_I32, nb, 1},           {&t->pos, LM_DT_I32, nb, 1},
+        {&t->slot, LM_DT_I32, nb, 1},          {&t->seq_start, LM_DT_I32, ns + 1, 1},
+        {&t->kv_len, LM_DT_I32, ns, 1},        {&t->pages, LM_DT_I32, ns, ctx->max_pages},
+        {&t->out_rows, LM_DT_I32, no, 1},      {&t->x, LM_DT_F32, nb, H},
+        {&t->xn, LM_DT_F32, nb, H},            {&t->q, LM_DT_F32, nb, qd},
+        {&t->k, LM_DT_F32, nb, kvd},           {&t->v, LM_DT_F32, nb, kvd},
+        {&t->att, LM_DT_F32, nb, qd},          {&t->tmp, LM_DT_F32, nb, H},
+        {&t->ffn_out, LM_DT_F32, nb, H},       {&t->h, LM_DT_F32, nb, inter > 0 ? inter : 1},
+        {&t->xo, LM_DT_F32, no, H},            {&t->dout, LM_DT_F32, no, H},
+        {&t->logits, LM_DT_F32, no, c->vocab}, {&t->router, LM_DT_F32, nb, E},
+        {&t->sel, LM_DT_I32, nb, k},           {&t->selw, LM_DT_F32, nb, k},
+        {&t->moe_h, LM_DT_F32, rmax, c->moe_inter},
+        {&t->moe_y, LM_DT_F32, rmax, H},       {&t->plan.row_of, LM_DT_I32, nb, k},
+        {&t->plan.token_of, LM_DT_I32, rmax, 1},
+        {&t->plan.tiles, LM_DT_I32, rmax / block + E, 2},
+        {&t->plan.n_tiles, LM_DT_I32, 1, 1},   {&t->plan.counts, LM_DT_I32, E, 1},
+    };
+    for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+        lm_status st = ex->ops->alloc(ex, spec[i].dt, spec[i].rows, spec[i].cols, spec[i].t);
+        if (st) return st;
     }
+    t->plan.block = block;
+    return LM_OK;
+}
+
+// Bytes a context of these limits asks for, for the check before allocating.
+static double context_bytes(const lm_config *c, const lm_context_params *p, int max_pages, const lm_kv_layout *kv,
+                            int block) {
+    double nb = p->n_batch, H = c->hidden, qd = (double)c->n_heads * c->head_dim;
+    double kvd = (double)c->n_kv_heads * c->head_dim, k = c->top_k, E = c->n_experts;
+    double dense = c->n_moe_layers < c->n_layers ? c->dense_inter : 0;
+    double inter = dense > c->shared_inter ? dense : c->shared_inter;
+    double rmax = nb * k + E * (block - 1);
+    double act = 4.0 * nb * (6 * H + 2 * qd + 2 * kvd + inter + E + 2 * k) + 4.0 * p->n_out * (2 * H + c->vocab) +
+                 4.0 * rmax * (c->moe_inter + H + 1);
+    double meta = 4.0 * ((double)p->n_seq * (max_pages + 8) + 12.0 * nb) + 8.0 * c->n_layers * E;
+    double rope = 4.0 * p->n_ctx * (double)c->head_dim;  // cos and sin tables of the CPU executor
+    double moe_scratch = 4.0 * rmax * (H + inter + c->moe_inter);  // its gathered expert inputs and up projections
+    return (double)c->n_layers * p->n_pages * (double)lm_kv_page_bytes(kv) + act + meta + rope + moe_scratch;
 }
 
 lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_context **out) {
@@ -72,74 +107,94 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
                       p.n_ctx, c->max_pos);
     if (p.n_batch < 1 || p.n_batch > 1 << 16)
         return lm_err(LM_ERR_INVALID_ARG, "batch size %d is out of range [1, 65536]", p.n_batch);
-    size_t kvd = (size_t)c->n_kv_heads * (size_t)c->head_dim, qd = (size_t)c->n_heads * (size_t)c->head_dim;
-    size_t cache = (size_t)c->n_layers * (size_t)p.n_seq * (size_t)p.n_ctx * kvd;
-    // Everything below in bytes: KV cache, activations, logits, executor
-    // scratch (MoE buffers sized for every routed token on one expert).
-    size_t nb = (size_t)p.n_batch, H = (size_t)c->hidden, kmax = (size_t)c->top_k;
-    size_t inter = (size_t)(c->moe_inter > c->dense_inter ? c->moe_inter : c->dense_inter);
-    if (c->shared_inter > (int)inter) inter = (size_t)c->shared_inter;
-    // In double: the size_t product above can wrap for absurd shapes, and then
-    // must not pass the check below with its wrapped, small value.
-    double kv_bytes = 2.0 * (double)c->n_layers * (double)p.n_seq * (double)p.n_ctx * (double)kvd * sizeof(float);
-    double act_bytes = 4.0 * (double)nb * (3.0 * H + 2.0 * qd + 2.0 * kvd + (double)c->vocab) +
-                       4.0 * (double)nb * kmax * (2.0 * H + 2.0 * inter + 3.0) + 4.0 * (double)nb * c->n_experts;
-    double rope_bytes = 2.0 * 4.0 * (double)p.n_ctx * (double)(c->head_dim / 2);
-    double need = kv_bytes + act_bytes + rope_bytes;
-    char what[160], kvs[32];
-    snprintf(what, sizeof what, "a context of %d sequences x %d tokens (KV cache %s)", p.n_seq, p.n_ctx,
-             lm_format_bytes(kv_bytes, kvs, sizeof kvs));
-    lm_status mst = need > 1e18 || kv_bytes != 2.0 * (double)cache * sizeof(float)
-                        ? lm_err(LM_ERR_OOM, "%s is too large", what)
-                        : lm_mem_check((uint64_t)need, 0.05, what);
-    if (mst) return lm_err_append(mst, " (use fewer sequences at once or a shorter context)");
-    if (model->shapes_only)
-        return lm_err(LM_ERR_INVALID_ARG, "the model was loaded for its shapes only (no weights) and cannot run");
+    if (p.n_out < 0 || p.n_out > p.n_batch)
+        return lm_err(LM_ERR_INVALID_ARG, "output rows %d are out of range [0, %d] (the batch size)", p.n_out,
+                      p.n_batch);
+    if (!p.n_out) p.n_out = p.n_batch;
+    if (p.kv_type != LM_KV_BF16 && p.kv_type != LM_KV_F32) return lm_err(LM_ERR_INVALID_ARG, "unknown KV cache type");
+    int max_pages = lm_kv_pages_for(p.n_ctx);
+    double full = (double)p.n_seq * max_pages;
+    if (p.n_pages < 0) return lm_err(LM_ERR_INVALID_ARG, "KV pages %d must be >= 0", p.n_pages);
+    if (!p.n_pages) {
+        if (full > 1 << 30) return lm_err(LM_ERR_OOM, "a KV cache for %d sequences x %d tokens is too large", p.n_seq,
+                                          p.n_ctx);
+        p.n_pages = (int)full;
+    }
+    lm_kv_layout kv = {c->n_layers, p.n_pages, LM_KV_PAGE, c->n_kv_heads, c->head_dim,
+                       p.kv_type == LM_KV_F32 ? LM_DT_F32 : LM_DT_BF16};
     lm_context *ctx = lm_calloc(1, sizeof *ctx);
     if (!ctx) return LM_ERR_OOM;
-    ctx->model = model;
-    ctx->p = p;
-    ctx->seq_len = lm_calloc((size_t)p.n_seq, sizeof(int));
-    ctx->seq_add = lm_calloc((size_t)p.n_seq, sizeof(int));
-    ctx->kcache = lm_aligned_alloc(64, cache * sizeof(float));
-    ctx->vcache = lm_aligned_alloc(64, cache * sizeof(float));
-    ctx->rope_cos = lm_malloc((size_t)p.n_ctx * (size_t)(c->head_dim / 2) * sizeof(float));
-    ctx->rope_sin = lm_malloc((size_t)p.n_ctx * (size_t)(c->head_dim / 2) * sizeof(float));
-    ctx->x = lm_aligned_alloc(64, nb * H * sizeof(float));
-    ctx->xn = lm_aligned_alloc(64, nb * H * sizeof(float));
-    ctx->q = lm_aligned_alloc(64, nb * qd * sizeof(float));
-    ctx->k = lm_aligned_alloc(64, nb * kvd * sizeof(float));
-    ctx->v = lm_aligned_alloc(64, nb * kvd * sizeof(float));
-    ctx->att = lm_aligned_alloc(64, nb * qd * sizeof(float));
-    ctx->tmp = lm_aligned_alloc(64, nb * H * sizeof(float));
-    ctx->logits = lm_aligned_alloc(64, nb * (size_t)c->vocab * sizeof(float));
-    ctx->pos = lm_malloc(nb * sizeof(int));
-    ctx->seq = lm_malloc(nb * sizeof(int));
-    ctx->logit_tok = lm_malloc(nb * sizeof(int));
-    ctx->expert_counts = lm_calloc((size_t)c->n_layers * (size_t)c->n_experts, sizeof(uint64_t));
-    if (!ctx->seq_len || !ctx->seq_add || !ctx->kcache || !ctx->vcache || !ctx->rope_cos || !ctx->rope_sin || !ctx->x ||
-        !ctx->xn || !ctx->q || !ctx->k || !ctx->v || !ctx->att || !ctx->tmp || !ctx->logits || !ctx->pos ||
-        !ctx->seq || !ctx->logit_tok || !ctx->expert_counts) {
-        lm_context_free(ctx);
-        return lm_err(LM_ERR_OOM, "cannot allocate a context of %d sequences x %d tokens (KV cache %.2f GB)",
-                      p.n_seq, p.n_ctx, 2.0 * (double)cache * 4 / 1e9);
+    lm_status st = lm_exec_init(p.executor ? p.executor : "cpu", c, model->pool, &ctx->ex);
+    if (st) {
+        free(ctx);
+        return st;
     }
-    lm_status st = lm_exec_cpu_init(c, model->pool, p.n_batch, p.n_ctx, &ctx->ex);
+    // Everything below is checked against the memory there is before it is
+    // allocated (an over-committed allocation is killed later, not refused).
+    double need = context_bytes(c, &p, max_pages, &kv, ctx->ex->ops->moe_block);
+    char what[200], kvs[32];
+    snprintf(what, sizeof what, "a context of %d sequences x %d tokens (KV cache %s)", p.n_seq, p.n_ctx,
+             lm_format_bytes((double)c->n_layers * p.n_pages * (double)lm_kv_page_bytes(&kv), kvs, sizeof kvs));
+    st = need > 1e18 ? lm_err(LM_ERR_OOM, "%s is too large", what) : lm_mem_check((uint64_t)need, 0.05, what);
+    if (st) lm_err_append(st, " (use fewer sequences at once or a shorter context)");
+    else if (model->shapes_only)
+        st = lm_err(LM_ERR_INVALID_ARG, "the model was loaded for its shapes only (no weights) and cannot run");
     if (st) {
         lm_context_free(ctx);
         return st;
     }
-    rope_tables(ctx);
+    ctx->model = model;
+    ctx->p = p;
+    ctx->kv = kv;
+    ctx->max_pages = max_pages;
+    size_t ns = (size_t)p.n_seq, nb = (size_t)p.n_batch, mp = (size_t)max_pages;
+    ctx->seq_len = lm_calloc(ns, sizeof(int));
+    ctx->seq_pages = lm_calloc(ns, sizeof(int));
+    ctx->table = lm_calloc(ns * mp, sizeof(int32_t));
+    ctx->free_pages = lm_malloc((size_t)p.n_pages * sizeof(int32_t));
+    ctx->h_ids = lm_malloc(nb * sizeof(int32_t));
+    ctx->h_pos = lm_malloc(nb * sizeof(int32_t));
+    ctx->h_slot = lm_malloc(nb * sizeof(int32_t));
+    ctx->h_seq_start = lm_malloc((ns + 1) * sizeof(int32_t));
+    ctx->h_kv_len = lm_malloc(ns * sizeof(int32_t));
+    ctx->h_pages = lm_calloc(ns * mp, sizeof(int32_t));
+    ctx->h_out = lm_malloc((size_t)p.n_out * sizeof(int32_t));
+    ctx->order = lm_malloc(nb * sizeof(int));
+    ctx->step_seq = lm_malloc(ns * sizeof(int));
+    ctx->seq_slot = lm_malloc(ns * sizeof(int));
+    ctx->seq_cnt = lm_calloc(ns, sizeof(int));
+    ctx->seq_p0 = lm_malloc(ns * sizeof(int));
+    ctx->counts = lm_calloc((size_t)model->cfg.n_layers * (size_t)model->cfg.n_experts, sizeof(uint64_t));
+    if (!ctx->seq_len || !ctx->seq_pages || !ctx->table || !ctx->free_pages || !ctx->h_ids || !ctx->h_pos ||
+        !ctx->h_slot || !ctx->h_seq_start || !ctx->h_kv_len || !ctx->h_pages || !ctx->h_out || !ctx->order ||
+        !ctx->step_seq || !ctx->seq_slot || !ctx->seq_cnt || !ctx->seq_p0 || !ctx->counts) {
+        lm_context_free(ctx);
+        return lm_err(LM_ERR_OOM, "cannot allocate %s", what);
+    }
+    for (int i = 0; i < p.n_seq; i++) ctx->seq_slot[i] = -1;
+    // pages handed out lowest first
+    for (int i = 0; i < p.n_pages; i++) ctx->free_pages[i] = p.n_pages - 1 - i;
+    ctx->n_free = p.n_pages;
+    if ((st = rope_init(ctx)) || (st = ctx->ex->ops->kv_alloc(ctx->ex, &kv)) || (st = alloc_tensors(ctx)) ||
+        (st = ctx->ex->ops->reserve(ctx->ex, p.n_batch, p.n_ctx))) {
+        lm_context_free(ctx);
+        return st;
+    }
+    if (!ctx->ex->ops->host_ptr(ctx->ex, ctx->t.logits) &&
+        !(ctx->logits_buf = lm_malloc((size_t)p.n_out * (size_t)c->vocab * sizeof(float)))) {
+        lm_context_free(ctx);
+        return LM_ERR_OOM;
+    }
     *out = ctx;
     return LM_OK;
 }
 
-const uint64_t *lm_expert_counts(const lm_context *ctx) { return ctx->expert_counts; }
-
-void lm_expert_counts_reset(lm_context *ctx) {
-    const lm_config *c = &ctx->model->cfg;
-    memset(ctx->expert_counts, 0, (size_t)c->n_layers * (size_t)c->n_experts * sizeof(uint64_t));
+const uint64_t *lm_expert_counts(lm_context *ctx) {
+    ctx->ex->ops->expert_stats(ctx->ex, ctx->counts, false);
+    return ctx->counts;
 }
+
+void lm_expert_counts_reset(lm_context *ctx) { ctx->ex->ops->expert_stats(ctx->ex, NULL, true); }
 
 int lm_seq_len(const lm_context *ctx, int seq) {
     return seq >= 0 && seq < ctx->p.n_seq ? ctx->seq_len[seq] : -1;
@@ -147,138 +202,178 @@ int lm_seq_len(const lm_context *ctx, int seq) {
 
 lm_model *lm_context_model(const lm_context *ctx) { return ctx->model; }
 lm_context_params lm_context_get_params(const lm_context *ctx) { return ctx->p; }
+int lm_kv_pages_free(const lm_context *ctx) { return ctx->n_free; }
 
-void lm_seq_clear(lm_context *ctx, int seq) {
-    if (seq >= 0 && seq < ctx->p.n_seq) ctx->seq_len[seq] = 0;
+// Returns the pages of `seq` beyond those `len` tokens need.
+static void seq_shrink(lm_context *ctx, int seq, int len) {
+    int keep = lm_kv_pages_for(len);
+    int32_t *row = ctx->table + (size_t)seq * ctx->max_pages;
+    while (ctx->seq_pages[seq] > keep) ctx->free_pages[ctx->n_free++] = row[--ctx->seq_pages[seq]];
+    if (ctx->seq_len[seq] > len) ctx->seq_len[seq] = len;
 }
 
-const float *lm_get_logits(const lm_context *ctx, int j) {
-    if (j < 0 || j >= ctx->n_logits) return NULL;
+void lm_seq_clear(lm_context *ctx, int seq) {
+    if (seq >= 0 && seq < ctx->p.n_seq) seq_shrink(ctx, seq, 0);
+}
+
+const float *lm_get_logits(lm_context *ctx, int j) {
+    if (j < 0 || j >= ctx->n_logits || !ctx->logits) return NULL;
     return ctx->logits + (size_t)j * (size_t)ctx->model->cfg.vocab;
 }
 
-// Rotate-half RoPE on n rows of n_heads heads (HF Llama convention).
-static void rope(const lm_context *ctx, float *x, int n, int n_heads) {
-    int hd = ctx->model->cfg.head_dim, half = hd / 2;
-    for (int t = 0; t < n; t++) {
-        const float *cs = ctx->rope_cos + (size_t)ctx->pos[t] * half;
-        const float *sn = ctx->rope_sin + (size_t)ctx->pos[t] * half;
-        for (int h = 0; h < n_heads; h++) {
-            float *v = x + ((size_t)t * n_heads + h) * hd;
-            for (int i = 0; i < half; i++) {
-                float a = v[i], b = v[i + half];
-                v[i] = a * cs[i] - b * sn[i];
-                v[i + half] = b * cs[i] + a * sn[i];
-            }
-        }
-    }
-}
-
-static lm_status check_batch(const lm_context *ctx, const lm_batch *b) {
+// Checks the batch and groups it by sequence: the step's sequences in order of
+// first appearance, each one's tokens in batch order; fills seq_slot,
+// seq_cnt, seq_p0, step_seq and order. Returns the number of sequences.
+static lm_status group_batch(lm_context *ctx, const lm_batch *b, int *n_seqs) {
     const lm_config *c = &ctx->model->cfg;
-    if (!b || b->n_tokens < 1 || !b->tokens || !b->seq)
-        return lm_err(LM_ERR_INVALID_ARG, "empty batch");
-    if (b->n_tokens > ctx->p.n_batch)
-        return lm_err(LM_ERR_INVALID_ARG, "batch of %d tokens exceeds the context's batch size %d", b->n_tokens,
-                      ctx->p.n_batch);
-    int *add = ctx->seq_add;
+    int ns = 0;
     lm_status st = LM_OK;
     for (int i = 0; i < b->n_tokens && !st; i++) {
-        if (b->tokens[i] < 0 || b->tokens[i] >= c->vocab)
+        int s = b->seq[i];
+        if (b->tokens[i] < 0 || b->tokens[i] >= c->vocab) {
             st = lm_err(LM_ERR_RANGE, "token id %d (batch index %d) is out of range: vocabulary size is %d",
                         b->tokens[i], i, c->vocab);
-        else if (b->seq[i] < 0 || b->seq[i] >= ctx->p.n_seq)
-            st = lm_err(LM_ERR_RANGE, "sequence id %d is out of range [0, %d)", b->seq[i], ctx->p.n_seq);
-        else if (ctx->seq_len[b->seq[i]] + ++add[b->seq[i]] > ctx->p.n_ctx)
-            st = lm_err(LM_ERR_RANGE, "sequence %d would exceed the context length of %d tokens", b->seq[i],
-                        ctx->p.n_ctx);
+            break;
+        }
+        if (s < 0 || s >= ctx->p.n_seq) {
+            st = lm_err(LM_ERR_RANGE, "sequence id %d is out of range [0, %d)", s, ctx->p.n_seq);
+            break;
+        }
+        if (ctx->seq_slot[s] < 0) {
+            ctx->seq_slot[s] = ns;
+            ctx->step_seq[ns++] = s;
+            ctx->seq_cnt[s] = 0;
+            ctx->seq_p0[s] = b->pos ? b->pos[i] : ctx->seq_len[s];
+        }
+        int p = ctx->seq_p0[s] + ctx->seq_cnt[s]++;
+        if (b->pos && b->pos[i] != p)
+            st = lm_err(LM_ERR_INVALID_ARG, "batch index %d: sequence %d's positions must be consecutive (got %d, "
+                        "expected %d)", i, s, b->pos[i], p);
+        else if (ctx->seq_p0[s] < 0 || ctx->seq_p0[s] > ctx->seq_len[s])
+            st = lm_err(LM_ERR_RANGE, "batch index %d: position %d of sequence %d is beyond its length %d", i,
+                        ctx->seq_p0[s], s, ctx->seq_len[s]);
+        else if (p >= ctx->p.n_ctx)
+            st = lm_err(LM_ERR_RANGE, "sequence %d would exceed the context length of %d tokens", s, ctx->p.n_ctx);
     }
-    for (int i = 0; i < b->n_tokens; i++)  // reset only what was touched
-        if (b->seq[i] >= 0 && b->seq[i] < ctx->p.n_seq) add[b->seq[i]] = 0;
+    *n_seqs = ns;
     return st;
 }
 
+static void ungroup(lm_context *ctx, int ns) {
+    for (int i = 0; i < ns; i++) ctx->seq_slot[ctx->step_seq[i]] = -1;
+}
+
+// Takes the pages the step's sequences need, all or none.
+static lm_status take_pages(lm_context *ctx, int ns) {
+    int need = 0;
+    for (int i = 0; i < ns; i++) {
+        int s = ctx->step_seq[i];
+        int want = lm_kv_pages_for(ctx->seq_p0[s] + ctx->seq_cnt[s]) - ctx->seq_pages[s];
+        if (want > 0) need += want;
+    }
+    if (need > ctx->n_free)
+        return lm_err(LM_ERR_OOM, "KV cache full: the batch needs %d more pages of %d tokens, %d of %d are free", need,
+                      LM_KV_PAGE, ctx->n_free, ctx->p.n_pages);
+    for (int i = 0; i < ns; i++) {
+        int s = ctx->step_seq[i];
+        int32_t *row = ctx->table + (size_t)s * ctx->max_pages;
+        while (ctx->seq_pages[s] < lm_kv_pages_for(ctx->seq_p0[s] + ctx->seq_cnt[s])) {
+            row[ctx->seq_pages[s]++] = ctx->free_pages[--ctx->n_free];
+        }
+    }
+    return LM_OK;
+}
+
 lm_status lm_decode(lm_context *ctx, const lm_batch *b) {
-    lm_status st = check_batch(ctx, b);
-    if (st) return st;
-    const lm_model *md = ctx->model;
-    const lm_config *c = &md->cfg;
+    if (!b || b->n_tokens < 1 || !b->tokens || !b->seq) return lm_err(LM_ERR_INVALID_ARG, "empty batch");
+    if (b->n_tokens > ctx->p.n_batch)
+        return lm_err(LM_ERR_INVALID_ARG, "batch of %d tokens exceeds the context's batch size %d", b->n_tokens,
+                      ctx->p.n_batch);
+    int n_out = 0;
+    for (int i = 0; i < b->n_tokens; i++) n_out += !b->want_logits || b->want_logits[i];
+    if (n_out > ctx->p.n_out)
+        return lm_err(LM_ERR_INVALID_ARG, "%d tokens ask for logits but the context has room for %d", n_out,
+                      ctx->p.n_out);
+    int ns;
+    lm_status st = group_batch(ctx, b, &ns);
+    if (!st) st = take_pages(ctx, ns);
+    if (st) {
+        ungroup(ctx, ns);
+        return st;
+    }
+    const lm_config *c = &ctx->model->cfg;
+    int n = b->n_tokens, mp = ctx->max_pages;
+    // Host metadata, grouped: the step's s-th sequence owns tokens [seq_start[s], seq_start[s+1]).
+    ctx->h_seq_start[0] = 0;
+    for (int i = 0; i < ns; i++) {
+        int s = ctx->step_seq[i];
+        ctx->h_seq_start[i + 1] = ctx->h_seq_start[i] + ctx->seq_cnt[s];
+        ctx->h_kv_len[i] = ctx->seq_p0[s] + ctx->seq_cnt[s];
+        memcpy(ctx->h_pages + (size_t)i * mp, ctx->table + (size_t)s * mp, (size_t)mp * sizeof(int32_t));
+        ctx->seq_cnt[s] = 0;  // reused below as a fill counter
+    }
+    for (int i = 0, j = 0; i < n; i++) {
+        int s = b->seq[i], si = ctx->seq_slot[s], g = ctx->h_seq_start[si] + ctx->seq_cnt[s]++;
+        int p = ctx->seq_p0[s] + (g - ctx->h_seq_start[si]);
+        ctx->order[g] = i;
+        ctx->h_ids[g] = b->tokens[i];
+        ctx->h_pos[g] = p;
+        ctx->h_slot[g] = ctx->table[(size_t)s * mp + p / LM_KV_PAGE] * LM_KV_PAGE + p % LM_KV_PAGE;
+        if (!b->want_logits || b->want_logits[i]) ctx->h_out[j++] = g;  // output rows in the caller's order
+    }
     lm_exec *ex = ctx->ex;
     const lm_exec_ops *op = ex->ops;
-    int n = b->n_tokens, H = c->hidden, hd = c->head_dim, nq = c->n_heads, nkv = c->n_kv_heads;
-    size_t kvd = (size_t)nkv * hd, qd = (size_t)nq * hd;
-    size_t seq_stride = (size_t)ctx->p.n_ctx * kvd;
-    size_t layer_stride = (size_t)ctx->p.n_seq * seq_stride;
-
-    for (int i = 0; i < n; i++) {
-        ctx->seq[i] = b->seq[i];
-        ctx->pos[i] = ctx->seq_len[b->seq[i]]++;
-        lm_to_f32((const char *)md->embed.data + (size_t)b->tokens[i] * md->embed.stride * lm_dtype_size(md->embed.dt),
-                  md->embed.dt, ctx->x + (size_t)i * H, (size_t)H);
+    lm_step_tensors *t = &ctx->t;
+    lm_ubatch all = {0, n, 0, ns};
+    // One sequential pass over the step. The pipeline executor runs the same
+    // stages over several micro-batches.
+    st = op->step_begin(ex);
+    if (!st) st = op->upload(ex, lm_rows(t->ids, 0, n), ctx->h_ids);
+    if (!st) st = op->upload(ex, lm_rows(t->pos, 0, n), ctx->h_pos);
+    if (!st) st = op->upload(ex, lm_rows(t->slot, 0, n), ctx->h_slot);
+    if (!st) st = op->upload(ex, lm_rows(t->seq_start, 0, ns + 1), ctx->h_seq_start);
+    if (!st) st = op->upload(ex, lm_rows(t->kv_len, 0, ns), ctx->h_kv_len);
+    if (!st) st = op->upload(ex, lm_rows(t->pages, 0, ns), ctx->h_pages);
+    if (!st && n_out) st = op->upload(ex, lm_rows(t->out_rows, 0, n_out), ctx->h_out);
+    if (!st) st = lm_block_embed(ctx, &all);
+    for (int l = 0; l < c->n_layers && !st; l++) {
+        st = lm_block_pre_attn(ctx, l, &all);
+        if (!st) st = lm_block_attn(ctx, l, &all);
+        if (!st) st = lm_block_post_attn(ctx, l, &all);
     }
-
-    for (int l = 0; l < c->n_layers; l++) {
-        const lm_layer_w *w = &md->layers[l];
-        // --- attention: norm, q/k/v projections, q/k norm, RoPE, cache, attend, o_proj
-        op->rmsnorm(ex, &w->attn_norm, ctx->x, n, H, c->rms_eps, ctx->xn);
-        op->matmul(ex, &w->wq, &w->bq, ctx->xn, n, ctx->q);
-        op->matmul(ex, &w->wk, &w->bk, ctx->xn, n, ctx->k);
-        op->matmul(ex, &w->wv, &w->bv, ctx->xn, n, ctx->v);
-        if (c->qk_norm == LM_QK_NORM_HEAD) {
-            op->rmsnorm(ex, &w->q_norm, ctx->q, n * nq, hd, c->rms_eps, ctx->q);
-            op->rmsnorm(ex, &w->k_norm, ctx->k, n * nkv, hd, c->rms_eps, ctx->k);
-        } else if (c->qk_norm == LM_QK_NORM_FULL) {
-            op->rmsnorm(ex, &w->q_norm, ctx->q, n, (int)qd, c->rms_eps, ctx->q);
-            op->rmsnorm(ex, &w->k_norm, ctx->k, n, (int)kvd, c->rms_eps, ctx->k);
-        }
-        rope(ctx, ctx->q, n, nq);
-        rope(ctx, ctx->k, n, nkv);
-        float *kc = ctx->kcache + (size_t)l * layer_stride, *vc = ctx->vcache + (size_t)l * layer_stride;
-        for (int i = 0; i < n; i++) {
-            size_t off = (size_t)ctx->seq[i] * seq_stride + (size_t)ctx->pos[i] * kvd;
-            memcpy(kc + off, ctx->k + (size_t)i * kvd, kvd * sizeof(float));
-            memcpy(vc + off, ctx->v + (size_t)i * kvd, kvd * sizeof(float));
-        }
-        lm_attn_args aa = {n, ctx->seq, ctx->pos, ctx->q, kc, vc, seq_stride, nq, nkv, hd, ctx->att};
-        op->attention(ex, &aa);
-        op->matmul(ex, &w->wo, NULL, ctx->att, n, ctx->tmp);
-        for (size_t i = 0; i < (size_t)n * H; i++) ctx->x[i] += ctx->tmp[i];
-        // --- feed-forward: routed experts (+ shared) or dense MLP
-        op->rmsnorm(ex, &w->ffn_norm, ctx->x, n, H, c->rms_eps, ctx->xn);
-        lm_moe_args ma = {c, w, ctx->xn, n, ctx->tmp,
-                          c->layer_moe[l] ? ctx->expert_counts + (size_t)l * c->n_experts : NULL};
-        op->ffn(ex, &ma);
-        for (size_t i = 0; i < (size_t)n * H; i++) ctx->x[i] += ctx->tmp[i];
-    }
-
-    // Logits only for the tokens that asked: gather, final norm, lm_head.
+    if (!st && n_out) st = lm_block_logits(ctx, n_out);
+    lm_status end = op->step_end(ex);
+    if (!st) st = end;
     ctx->n_logits = 0;
-    for (int i = 0; i < n; i++) {
-        if (b->want_logits && !b->want_logits[i]) continue;
-        if (ctx->n_logits != i)
-            memcpy(ctx->x + (size_t)ctx->n_logits * H, ctx->x + (size_t)i * H, (size_t)H * sizeof(float));
-        ctx->logit_tok[ctx->n_logits++] = i;
-    }
-    if (ctx->n_logits) {
-        op->rmsnorm(ex, &md->final_norm, ctx->x, ctx->n_logits, H, c->rms_eps, ctx->xn);
-        op->matmul(ex, &md->lm_head, NULL, ctx->xn, ctx->n_logits, ctx->logits);
+    if (!st && n_out) {
+        const void *hp = op->host_ptr(ex, t->logits);
+        if (hp) ctx->logits = hp;
+        else if (!(st = op->download(ex, lm_rows(t->logits, 0, n_out), ctx->logits_buf))) ctx->logits = ctx->logits_buf;
     }
     // NaN/Inf logits would be sampled as garbage or scored as "perplexity
-    // nan": fail the step instead, undo it, and say where it came from.
-    for (int j = 0; j < ctx->n_logits; j++) {
+    // nan": fail the step instead and say where it came from.
+    for (int j = 0; j < n_out && !st; j++) {
         const float *lg = ctx->logits + (size_t)j * (size_t)c->vocab;
         float acc = 0;
         for (int v = 0; v < c->vocab; v++) acc += lg[v] * 0.0f;  // NaN if any entry is NaN or Inf
         if (acc == 0) continue;
-        int i = ctx->logit_tok[j];
+        int g = ctx->h_out[j], i = ctx->order[g];
         char why[512];
-        if (lm_model_weights_finite(md, why, sizeof why))
+        if (lm_model_weights_finite(ctx->model, why, sizeof why))
             snprintf(why, sizeof why, "every weight is finite, so an activation overflowed");
         st = lm_err(LM_ERR_NUMERIC, "non-finite logits (NaN or Inf) for the token at batch index %d "
-                    "(sequence %d, position %d): %s", i, ctx->seq[i], ctx->pos[i], why);
-        for (int t = 0; t < n; t++) ctx->seq_len[ctx->seq[t]]--;
-        ctx->n_logits = 0;
-        return st;
+                    "(sequence %d, position %d): %s", i, b->seq[i], ctx->h_pos[g], why);
     }
-    return LM_OK;
+    // Commit: a sequence's length advances only now; the pages beyond what
+    // it holds go back. On failure it keeps its length, except that what the
+    // step overwrote (positions from p0 on, when they were given) is gone.
+    for (int i = 0; i < ns; i++) {
+        int s = ctx->step_seq[i];
+        int len = st ? (ctx->seq_len[s] < ctx->seq_p0[s] ? ctx->seq_len[s] : ctx->seq_p0[s]) : ctx->h_kv_len[i];
+        ctx->seq_len[s] = len;
+        seq_shrink(ctx, s, len);
+    }
+    if (!st) ctx->n_logits = n_out;
+    ungroup(ctx, ns);
+    return st;
 }

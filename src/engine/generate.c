@@ -215,7 +215,7 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
             nb++;
             if (++i_tok == g[i_seq].n_prompt) i_seq++, i_tok = 0;
         }
-        lm_batch b = {nb, btok, bseq, bwant};
+        lm_batch b = {nb, btok, bseq, bwant, NULL};
         st = lm_decode(ctx, &b);
         int j = 0;
         for (int k = 0; k < nb && !st; k++) {
@@ -239,7 +239,7 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
         if (nb == 0) break;
         for (int off = 0; off < nb && !st; off += cp.n_batch) {
             int m = nb - off < cp.n_batch ? nb - off : cp.n_batch;
-            lm_batch b = {m, btok + off, bseq + off, NULL};
+            lm_batch b = {m, btok + off, bseq + off, NULL, NULL};
             st = lm_decode(ctx, &b);
             for (int k = 0; k < m && !st; k++) {
                 int s = brow[off + k];

@@ -1,45 +1,165 @@
 // Executor interface: the operations the generic decoder block
-// (src/engine/forward.c) is made of. The CPU executor implements them now; a
-// CUDA executor and the CPU-GPU pipeline implement the same table later, so
-// the model code and the CLI do not change. Buffers passed in are memory the
-// executor owns (host memory for the CPU executor).
+// (src/engine/block.c) is made of, on memory the executor owns.
+//
+// The executor allocates activations, scratch and the paged KV cache in its
+// own memory space (host, pinned host, device) and hands out lm_tensor views
+// of it; the driver passes those views to ops and never dereferences them.
+// The context keeps host metadata only (sequences, block tables, the page
+// allocator) and uploads a step's metadata with step_begin. Routing counts,
+// offsets and the expert-sorted tile schedule are computed by ops into
+// executor memory and never read back by the driver: one sync per step.
+//
+// Ops return an lm_status; an executor may also keep the first error and
+// return it from step_end (a device executor learns of failures late).
+//
+// Executors: cpu (SIMD kernels on a thread pool, src/exec/cpu.c) and ref
+// (plain scalar loops, src/exec/ref.c) — the reference every op of every
+// executor is tested against (tests/unit/test_ops.c). CUDA and the CPU-GPU
+// pipeline implement the same table.
 #ifndef LM_EXEC_EXEC_H
 #define LM_EXEC_EXEC_H
 
 #include "model/model.h"
+#include "util/dtype.h"
 
 typedef struct lm_exec lm_exec;
 
-typedef struct lm_attn_args {
-    int n;                  // tokens in the batch
-    const int *seq, *pos;   // [n]: sequence and position of each token
-    const float *q;         // [n][n_heads*hd], RoPE applied
-    const float *kcache;    // this layer's keys:   [n_seq][n_ctx][n_kv*hd]
-    const float *vcache;    // this layer's values: same layout
-    size_t seq_stride;      // elements between sequences in the caches
-    int n_heads, n_kv_heads, head_dim;
-    float *out;             // [n][n_heads*hd]
-} lm_attn_args;
+// A 2-D view [rows][cols] of executor memory, rows ld elements apart.
+typedef struct lm_tensor {
+    void *data;  // in the executor's memory space: only ops dereference it
+    lm_dtype dt; // F32, BF16 or I32
+    int rows, cols;
+    size_t ld;
+} lm_tensor;
 
-typedef struct lm_moe_args {
-    const lm_config *cfg;
-    const lm_layer_w *w;
-    const float *x;         // [n][hidden], normalised input
-    int n;
-    float *out;             // [n][hidden]
-    uint64_t *expert_counts; // [n_experts] routing counts to add to, or NULL
-} lm_moe_args;
+// Rows [r0, r0 + n) of t.
+static inline lm_tensor lm_rows(lm_tensor t, int r0, int n) {
+    t.data = (char *)t.data + (size_t)r0 * t.ld * lm_dtype_size(t.dt);
+    t.rows = n;
+    return t;
+}
+
+// The paged KV cache, one pool of pages per layer, in FlashInfer's HND
+// layout: [page][K|V][kv_head][page_size][head_dim]. A token of a sequence
+// lives at slot = page * page_size + offset; a sequence's pages are listed in
+// its row of the block table, shared by every layer. Pages are bf16 (or f32
+// for reference runs) and byte-identical on host and device, so they can
+// cross PCIe unchanged and CPU attention reads them in place.
+typedef struct lm_kv_layout {
+    int n_layers, n_pages, page_size, n_kv_heads, head_dim;
+    lm_dtype dt;  // BF16 or F32
+} lm_kv_layout;
+
+// Bytes of one page of one layer.
+static inline size_t lm_kv_page_bytes(const lm_kv_layout *k) {
+    return 2 * (size_t)k->n_kv_heads * (size_t)k->page_size * (size_t)k->head_dim * lm_dtype_size(k->dt);
+}
+
+// What a step (or a micro-batch of it: row slices of the step's tensors)
+// attends over. 1-D metadata is stored as [n][1] so that lm_rows slices it.
+// Tokens are grouped by sequence: sequence s of the view owns the tokens
+// [seq_start[s] - seq_start[0], seq_start[s+1] - seq_start[0]) of the view
+// (query_start_loc), its cache holds kv_len[s] positions once this step's
+// tokens are written, on pages[s][0 .. ceil(kv_len / page_size)).
+typedef struct lm_attn_view {
+    int n_seqs;
+    lm_tensor seq_start;  // I32 [n_seqs + 1][1]
+    lm_tensor kv_len;     // I32 [n_seqs][1]
+    lm_tensor pages;      // I32 [n_seqs][max_pages]
+    lm_tensor pos;        // I32 [n_tokens][1]: position of each token (its causal limit)
+} lm_attn_view;
+
+// RoPE of one model: inverse frequencies [head_dim / 2] in fp32 computed as
+// transformers does (so long contexts round the same way).
+typedef struct lm_rope {
+    int head_dim;
+    const float *inv_freq;  // host array, [head_dim / 2]
+} lm_rope;
+
+// Expert-sorted layout of a MoE layer's routed rows (vLLM's
+// moe_align_block_size): the n*k (token, choice) pairs are ordered by expert
+// and each expert's rows are padded to a multiple of `block`; experts with no
+// token get no block. Computed by the align op, read by the expert GEMMs.
+typedef struct lm_moe_plan {
+    int block;            // rows per tile
+    lm_tensor row_of;     // I32 [n][k]: packed row of each (token, choice)
+    lm_tensor token_of;   // I32 [rows_max][1]: token of each packed row, -1 for padding
+    lm_tensor tiles;      // I32 [tiles_max][2]: (expert, first packed row) of each tile
+    lm_tensor n_tiles;    // I32 [1][1]
+    lm_tensor counts;     // I32 [E][1]: tokens per expert
+} lm_moe_plan;
+
+// Packed rows a plan may need for n tokens with top-k of E experts: every
+// expert padded by at most block - 1.
+static inline int lm_moe_rows_max(int n, int k, int n_experts, int block) {
+    return n * k + n_experts * (block - 1);
+}
 
 typedef struct lm_exec_ops {
     const char *name;
-    // y[t][o] = x[t] · W[o] (+ bias[o])   x: [n][W.cols], y: [n][W.rows]
-    void (*matmul)(lm_exec *ex, const lm_mat *W, const lm_mat *bias, const float *x, int n, float *y);
-    // RMSNorm of each `dim`-sized group of n_rows * dim values, times w [dim]
-    void (*rmsnorm)(lm_exec *ex, const lm_mat *w, const float *x, int n_groups, int dim, float eps, float *y);
-    void (*attention)(lm_exec *ex, const lm_attn_args *a);
-    // Routed experts (+ shared expert) of a MoE layer, or the dense MLP when
-    // the layer has none.
-    void (*ffn)(lm_exec *ex, const lm_moe_args *a);
+    int moe_block;  // rows per MoE tile (lm_moe_plan.block) this executor's GEMMs use
+
+    // --- memory
+    // A tensor in executor memory (zeroed), freed with the executor.
+    lm_status (*alloc)(lm_exec *ex, lm_dtype dt, int rows, int cols, lm_tensor *out);
+    // Host <-> executor copies of a tensor (rows x cols, any ld).
+    lm_status (*upload)(lm_exec *ex, lm_tensor dst, const void *src);
+    lm_status (*download)(lm_exec *ex, lm_tensor src, void *dst);
+    // The tensor's memory if the host can read it in place (CPU), else NULL.
+    const void *(*host_ptr)(lm_exec *ex, lm_tensor t);
+    // The KV cache, allocated once: n_pages per layer.
+    lm_status (*kv_alloc)(lm_exec *ex, const lm_kv_layout *layout);
+    // Sizes internal scratch for steps of up to max_tokens tokens and
+    // positions below max_ctx, so that no op allocates.
+    lm_status (*reserve)(lm_exec *ex, int max_tokens, int max_ctx);
+    // Tokens routed to each expert by align since the last reset: [n_layers][E].
+    lm_status (*expert_stats)(lm_exec *ex, uint64_t *out, bool reset);
+
+    // --- step bracket: a device executor may capture everything between
+    // them as one graph; step_end waits for the step and returns its status.
+    lm_status (*step_begin)(lm_exec *ex);
+    lm_status (*step_end)(lm_exec *ex);
+
+    // --- ops (shapes in rows x cols; x and y may be the same tensor where noted)
+    // x[t] = E[ids[t]]                            ids I32 [1][n], x [n][hidden]
+    lm_status (*embed)(lm_exec *ex, const lm_mat *E, lm_tensor ids, lm_tensor x);
+    // y = rmsnorm(each `group` values of x) * w   (y may be x; group divides cols)
+    lm_status (*rmsnorm)(lm_exec *ex, const lm_mat *w, lm_tensor x, int group, float eps, lm_tensor y);
+    // x += d, then y = rmsnorm(x) * w (w NULL: only the add)
+    lm_status (*add_rmsnorm)(lm_exec *ex, lm_tensor x, lm_tensor d, const lm_mat *w, float eps, lm_tensor y);
+    // y = x W^T (+ bias)                          x [n][W.cols], y [n][W.rows]
+    lm_status (*matmul)(lm_exec *ex, const lm_mat *W, const lm_mat *bias, lm_tensor x, lm_tensor y);
+    // RoPE (rotate-half) on q and k by position, then k and v into the cache
+    // of `layer` at their slots. q [n][nq*hd] (rotated in place), k/v [n][nkv*hd].
+    lm_status (*rope_kv)(lm_exec *ex, const lm_rope *rope, lm_tensor q, lm_tensor k, lm_tensor v, lm_tensor pos,
+                         lm_tensor slot, int layer);
+    // Causal attention of the view's tokens over their sequences' pages.
+    // q, out [n][nq*hd]; a token at position p sees positions 0..p.
+    lm_status (*attention)(lm_exec *ex, const lm_attn_view *view, int layer, int n_heads, lm_tensor q,
+                           lm_tensor out);
+    // y[i] = x[idx[i]]                            idx I32 [1][m]
+    lm_status (*gather)(lm_exec *ex, lm_tensor x, lm_tensor idx, lm_tensor y);
+
+    // --- MoE stages, each tested on its own against the reference
+    // softmax over the router logits, top-k (ties: lower expert id), optional
+    // renormalisation; choices sorted by expert id. logits [n][E] -> sel I32 [n][k], w [n][k]
+    lm_status (*route)(lm_exec *ex, lm_tensor logits, int k, bool norm_topk, lm_tensor sel, lm_tensor w);
+    // the expert-sorted padded plan of sel (see lm_moe_plan); the counts are
+    // added to the executor's routing statistics of `layer` (-1: not counted)
+    lm_status (*align)(lm_exec *ex, lm_tensor sel, int n_experts, int layer, lm_moe_plan *plan);
+    // h[r] = silu(x[token_of[r]] Wg_e^T) * (x[token_of[r]] Wu_e^T) for the rows of every tile of expert e
+    //                                             x [n][H], h [rows_max][inter]
+    lm_status (*expert_up)(lm_exec *ex, const lm_ffn_w *experts, const lm_moe_plan *plan, lm_tensor x, lm_tensor h);
+    // y[r] = h[r] Wd_e^T                          y [rows_max][H]
+    lm_status (*expert_down)(lm_exec *ex, const lm_ffn_w *experts, const lm_moe_plan *plan, lm_tensor h,
+                             lm_tensor y);
+    // out[t] = sum_i w[t][i] * y[row_of[t][i]] in expert-id order   out [n][H]
+    lm_status (*combine)(lm_exec *ex, const lm_moe_plan *plan, lm_tensor w, lm_tensor y, lm_tensor out);
+    // a dense SwiGLU MLP: y = (silu(x Wg^T) * (x Wu^T)) Wd^T; h is scratch [n][inter]
+    lm_status (*ffn)(lm_exec *ex, const lm_ffn_w *f, lm_tensor x, lm_tensor h, lm_tensor y);
+    // out += sigmoid(x g^T) * y                   g [1][H] (Qwen2-MoE shared expert gate)
+    lm_status (*gated_add)(lm_exec *ex, const lm_mat *g, lm_tensor x, lm_tensor y, lm_tensor out);
+
     void (*free)(lm_exec *ex);
 } lm_exec_ops;
 
@@ -47,8 +167,13 @@ struct lm_exec {
     const lm_exec_ops *ops;
 };
 
-// CPU executor sized for batches of up to max_tokens tokens and contexts of
-// up to max_ctx positions; all scratch is allocated here, none per call.
-lm_status lm_exec_cpu_init(const lm_config *cfg, lm_pool *pool, int max_tokens, int max_ctx, lm_exec **out);
+// The CPU executor (fp32 compute over bf16/f16/f32 weights on the runtime's
+// thread pool). The ref executor: the same ops as plain single-threaded
+// loops, no SIMD — the oracle of the op tests.
+lm_status lm_exec_cpu_init(const lm_config *cfg, lm_pool *pool, lm_exec **out);
+lm_status lm_exec_ref_init(const lm_config *cfg, lm_exec **out);
+
+// By name ("cpu", "ref"), for tests and the command line.
+lm_status lm_exec_init(const char *name, const lm_config *cfg, lm_pool *pool, lm_exec **out);
 
 #endif

@@ -9,6 +9,7 @@ typedef enum lm_dtype {
     LM_DT_F32 = 0,
     LM_DT_F16,
     LM_DT_BF16,
+    LM_DT_I32,    // executor buffers (token ids, positions, routing); never a weight
     LM_DT_OTHER,  // a dtype a file may hold (I64, U8, F64, ...) that we never compute with
 } lm_dtype;
 

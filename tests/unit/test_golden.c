@@ -6,6 +6,7 @@
 // other sequences in its batch, and that prefill in chunks equals one batch.
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -73,7 +74,7 @@ static void check_cli(const char *dir, const ref_t *r) {
     CHECK(fd >= 0);
     if (fd < 0) return;
     close(fd);
-    char *argv[] = {bin, "logits", "-m", (char *)dir, "--ids", ids, "--out", out, NULL};
+    char *argv[] = {bin, "logits", "-m", (char *)dir, "--ids", ids, "--out", out, "--kv", "f32", NULL};
     pid_t pid;
     int status = -1;
     if (posix_spawn(&pid, bin, NULL, NULL, argv, environ) == 0) waitpid(pid, &status, 0);
@@ -117,11 +118,12 @@ static void check_fixture(const char *name) {
     cp.n_seq = 3;
     cp.n_ctx = r.n_ids + 20;
     cp.n_batch = 3 * r.n_ids;
+    cp.kv_type = LM_KV_F32;  // the golden tolerance is for the fp32 pass; bf16 KV is checked against it below
     lm_context *ctx;
     CHECK((st = lm_context_init(m, &cp, &ctx)) == LM_OK);
     if (st) goto out;
     int32_t seq[768] = {0};
-    lm_batch b = {r.n_ids, r.ids, seq, NULL};
+    lm_batch b = {r.n_ids, r.ids, seq, NULL, NULL};
     CHECK(lm_decode(ctx, &b) == LM_OK);
     float *ours = malloc((size_t)r.n_ids * r.vocab * sizeof(float));
     for (int i = 0; i < r.n_ids; i++) memcpy(ours + (size_t)i * r.vocab, lm_get_logits(ctx, i), r.vocab * sizeof(float));
@@ -147,6 +149,33 @@ static void check_fixture(const char *name) {
         lm_model_free(m2);
     }
 
+    {
+        // The reference executor (scalar loops, fp64 sums) against the same
+        // reference: it is the oracle of the op tests, so it must be right.
+        lm_context *cr = NULL;
+        lm_context_params cpr = cp;
+        cpr.executor = "ref";
+        CHECK(lm_context_init(m, &cpr, &cr) == LM_OK);
+        CHECK(cr && lm_decode(cr, &b) == LM_OK);
+        float *rl = malloc((size_t)r.n_ids * r.vocab * sizeof(float));
+        for (int i = 0; cr && i < r.n_ids; i++) memcpy(rl + (size_t)i * r.vocab, lm_get_logits(cr, i), r.vocab * sizeof(float));
+        double e_ref = rel_l2(rl, r.logits, (size_t)r.n_ids * r.vocab);
+        // The default bf16 KV cache against fp32: rounding K and V to bf16.
+        lm_context *cb = NULL;
+        lm_context_params cpb = cp;
+        cpb.kv_type = LM_KV_BF16;
+        CHECK(lm_context_init(m, &cpb, &cb) == LM_OK);
+        CHECK(cb && lm_decode(cb, &b) == LM_OK);
+        for (int i = 0; cb && i < r.n_ids; i++) memcpy(rl + (size_t)i * r.vocab, lm_get_logits(cb, i), r.vocab * sizeof(float));
+        double e_bf16 = rel_l2(rl, ours, (size_t)r.n_ids * r.vocab);
+        printf("  %-22s ref executor rel L2 error %.3g; bf16 KV vs f32 KV %.3g\n", name, e_ref, e_bf16);
+        CHECK_MSG(e_ref <= 1e-3, "%s: ref executor relative L2 error %g > 1e-3", name, e_ref);
+        CHECK_MSG(e_bf16 <= 1e-2, "%s: bf16 KV relative L2 error %g > 1e-2 against f32 KV", name, e_bf16);
+        free(rl);
+        lm_context_free(cr);
+        lm_context_free(cb);
+    }
+
     // 2. the same ids as sequence 1 of a batch where two other sequences are
     // interleaved, and prefilled in two chunks: bit-identical logits.
     lm_seq_clear(ctx, 0);
@@ -157,14 +186,14 @@ static void check_fixture(const char *name) {
         tok[n] = r.ids[i], seq[n++] = 1;
         tok[n] = r.ids[(i * 3 + 1) % r.n_ids], seq[n++] = 2;
     }
-    lm_batch b1 = {n, tok, seq, NULL};
+    lm_batch b1 = {n, tok, seq, NULL, NULL};
     CHECK(lm_decode(ctx, &b1) == LM_OK);
     n = 0;
     for (int i = half; i < r.n_ids; i++) {
         tok[n] = r.ids[i], seq[n++] = 1;
         tok[n] = r.ids[(i * 5) % r.n_ids], seq[n++] = 0;
     }
-    lm_batch b2 = {n, tok, seq, NULL};
+    lm_batch b2 = {n, tok, seq, NULL, NULL};
     CHECK(lm_decode(ctx, &b2) == LM_OK);
     bool same = true;
     for (int i = 0; i < n; i += 2)
@@ -176,7 +205,7 @@ static void check_fixture(const char *name) {
     lm_seq_clear(ctx, 0);
     seq[0] = 0;
     for (int i = 0; i < r.n_prompt; i++) seq[i] = 0;
-    lm_batch bp = {r.n_prompt, r.prompt, seq, NULL};
+    lm_batch bp = {r.n_prompt, r.prompt, seq, NULL, NULL};
     CHECK(lm_decode(ctx, &bp) == LM_OK);
     const float *lg = lm_get_logits(ctx, r.n_prompt - 1);
     lm_sampler *s;
@@ -185,7 +214,7 @@ static void check_fixture(const char *name) {
     int32_t got[64];
     for (int i = 0; i < r.n_greedy; i++) {
         got[i] = lm_sampler_sample(s, lg);
-        lm_batch bs = {1, &got[i], seq, NULL};
+        lm_batch bs = {1, &got[i], seq, NULL, NULL};
         if (lm_decode(ctx, &bs) != LM_OK) break;
         lg = lm_get_logits(ctx, 0);
     }
@@ -216,7 +245,117 @@ static void test_all_fixtures(void) {
     CHECK_MSG(n >= 5, "expected at least 5 fixtures, found %d", n);
 }
 
+// Two contexts of two models sharing one runtime, decoding on two threads at
+// once: each gets exactly the logits it gets alone.
+typedef struct {
+    lm_model *m;
+    const int32_t *ids;
+    int n;
+    float *out;
+    int vocab;
+    lm_status st;
+} job_t;
+
+static void *decode_job(void *arg) {
+    job_t *j = arg;
+    lm_context_params cp = lm_context_default_params();
+    cp.n_ctx = j->n;
+    cp.n_batch = 8;
+    lm_context *ctx;
+    if ((j->st = lm_context_init(j->m, &cp, &ctx))) return NULL;
+    int32_t seq[8] = {0};
+    for (int round = 0; round < 20 && !j->st; round++) {  // many regions, to overlap with the other thread
+        lm_seq_clear(ctx, 0);
+        for (int i = 0; i < j->n && !j->st; i += 8) {
+            int n = j->n - i < 8 ? j->n - i : 8;
+            lm_batch b = {n, j->ids + i, seq, NULL, NULL};
+            if (!(j->st = lm_decode(ctx, &b))) memcpy(j->out, lm_get_logits(ctx, n - 1), (size_t)j->vocab * sizeof(float));
+        }
+    }
+    lm_context_free(ctx);
+    return NULL;
+}
+
+static void test_shared_runtime_two_threads(void) {
+    lm_runtime *rt;
+    lm_runtime_params rp = lm_runtime_default_params();
+    rp.n_threads = 2;
+    CHECK(lm_runtime_init(&rp, &rt) == LM_OK);
+    lm_model_params mp = lm_model_default_params();
+    mp.runtime = rt;
+    lm_model *a = NULL, *b = NULL;
+    CHECK(lm_model_load("tests/fixtures/mixtral", &mp, &a) == LM_OK);
+    CHECK(lm_model_load("tests/fixtures/qwen3_moe", &mp, &b) == LM_OK);
+    if (!a || !b) goto out;
+    ref_t ra = {0}, rb = {0};
+    CHECK(load_ref("tests/fixtures/mixtral", &ra) && load_ref("tests/fixtures/qwen3_moe", &rb));
+    job_t ja = {a, ra.ids, ra.n_ids, malloc((size_t)ra.vocab * sizeof(float)), ra.vocab, LM_OK};
+    job_t jb = {b, rb.ids, rb.n_ids, malloc((size_t)rb.vocab * sizeof(float)), rb.vocab, LM_OK};
+    job_t sa = ja, sb = jb;
+    sa.out = malloc((size_t)ra.vocab * sizeof(float));
+    sb.out = malloc((size_t)rb.vocab * sizeof(float));
+    decode_job(&sa);  // alone
+    decode_job(&sb);
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, decode_job, &ja);
+    pthread_create(&tb, NULL, decode_job, &jb);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    CHECK(!ja.st && !jb.st && !sa.st && !sb.st);
+    CHECK_MSG(!memcmp(ja.out, sa.out, (size_t)ra.vocab * sizeof(float)) &&
+                  !memcmp(jb.out, sb.out, (size_t)rb.vocab * sizeof(float)),
+              "two contexts on two threads changed each other's logits");
+    free(ja.out), free(jb.out), free(sa.out), free(sb.out);
+    free(ra.logits), free(rb.logits);
+out:
+    lm_model_free(a);
+    lm_model_free(b);
+    lm_runtime_free(rt);
+}
+
+// Explicit positions: a sequence cut back and continued differently gives
+// the logits a fresh run of the new tokens gives, bit for bit; pages beyond
+// the cut are freed.
+static void test_positions_rewrite(void) {
+    lm_model *m = NULL;
+    lm_model_params mp = lm_model_default_params();
+    mp.n_threads = 2;
+    CHECK(lm_model_load("tests/fixtures/mixtral", &mp, &m) == LM_OK);
+    if (!m) return;
+    lm_context_params cp = lm_context_default_params();
+    cp.n_ctx = 64;
+    cp.n_seq = 2;
+    lm_context *ctx;
+    CHECK(lm_context_init(m, &cp, &ctx) == LM_OK);
+    int32_t a[40], b2[40], seq[40] = {0}, pos[40];
+    for (int i = 0; i < 40; i++) a[i] = (i * 7 + 3) % 263, b2[i] = i < 20 ? a[i] : (i * 11 + 5) % 263, pos[i] = i;
+    int free0 = lm_kv_pages_free(ctx);
+    lm_batch ba = {40, a, seq, NULL, NULL};
+    CHECK(lm_decode(ctx, &ba) == LM_OK);
+    CHECK(lm_kv_pages_free(ctx) == free0 - lm_kv_pages_for(40));
+    // rewrite positions 20..24 (b2 differs from a there): the sequence is cut to 20 first
+    lm_batch bb = {5, b2 + 20, seq, NULL, pos + 20};
+    CHECK(lm_decode(ctx, &bb) == LM_OK);
+    CHECK(lm_seq_len(ctx, 0) == 25 && lm_kv_pages_free(ctx) == free0 - lm_kv_pages_for(25));
+    float *got = malloc(263 * sizeof(float));
+    memcpy(got, lm_get_logits(ctx, 4), 263 * sizeof(float));
+    lm_seq_clear(ctx, 0);
+    CHECK(lm_kv_pages_free(ctx) == free0);
+    lm_batch bf = {25, b2, seq, NULL, NULL};
+    CHECK(lm_decode(ctx, &bf) == LM_OK);
+    CHECK_MSG(!memcmp(got, lm_get_logits(ctx, 24), 263 * sizeof(float)), "a rewritten sequence differs from a fresh one");
+    // positions that skip ahead are refused and change nothing
+    int32_t bad_pos = 30;
+    lm_batch bs = {1, b2, seq, NULL, &bad_pos};
+    CHECK(lm_decode(ctx, &bs) == LM_ERR_RANGE && lm_seq_len(ctx, 0) == 25);
+    free(got);
+    lm_context_free(ctx);
+    lm_model_free(m);
+}
+
 int main(void) {
     RUN(test_all_fixtures);
+    RUN(test_shared_runtime_two_threads);
+    RUN(test_positions_rewrite);
     return tl_finish();
 }

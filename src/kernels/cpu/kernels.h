@@ -46,6 +46,28 @@ double lm_exp_sum(float *y, const float *x, int n, float mx, float scale);
 // h[i] = silu(g[i]) * u[i]
 void lm_swiglu(float *h, const float *g, const float *u, int n);
 
+// Paged causal attention of one (sequence, KV head) for the n_q query tokens
+// of a block and every query head of the GQA group (src/kernels/cpu/attention.c).
+typedef struct lm_attn_task {
+    const float *q;        // head kv_head * group of the block's first token; token t at q + t * q_stride
+    int q_stride;
+    float *out;            // same layout as q
+    int out_stride;
+    const int32_t *pos;    // [n_q] positions: token t sees cache positions 0..pos[t]
+    int n_q;
+    const void *kv;        // the layer's pages [page][K|V][kv_head][page_size][head_dim]
+    lm_dtype kv_dt;        // BF16 or F32
+    const int32_t *pages;  // the sequence's block-table row
+    int page_size, n_kv_heads, kv_head, head_dim, group;
+    float *scratch;        // lm_attn_scratch_floats() floats
+} lm_attn_task;
+
+static inline size_t lm_attn_scratch_floats(int n_q, int group, int head_dim, int page_size) {
+    return (size_t)n_q * group * (2 + (size_t)head_dim) + 2 * (size_t)page_size * head_dim + (size_t)page_size;
+}
+
+void lm_attn_paged(const lm_attn_task *a);
+
 // float <-> bf16/f16 scalar helpers (round to nearest even)
 float lm_bf16_to_f32(uint16_t v);
 uint16_t lm_f32_to_bf16(float f);
