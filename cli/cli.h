@@ -61,7 +61,9 @@ typedef struct cli_out {
     FILE *f;
     const char *path;  // as given; NULL or "-" for standard output
     char *tmp;         // the temporary file, renamed to path on commit
-    char *real;        // path resolved when it is a symbolic link (the link stays)
+    char *real;        // path resolved through symbolic links (a link stays a link)
+    int fd_trunc;      // written in place: truncated by cli_out_begin, -1 otherwise
+    bool created;      // written in place and made by this run: removed on abort
 } cli_out;
 
 // Refuses an output that is one of the inputs (would replace a checkpoint
@@ -69,6 +71,9 @@ typedef struct cli_out {
 // whose every entry counts. 0, or 1 after printing.
 int cli_out_check(const char *cmd, const char *path, const char *dir, const char *const *inputs, int n_inputs);
 int cli_out_open(const char *cmd, const char *path, cli_out *o);  // 0, or 1 after printing
+// Call right before writing the results (only on success): an output written
+// in place is truncated here, not when it was opened.
+int cli_out_begin(const char *cmd, cli_out *o);
 // Flushes, checks for write errors (disk full, /dev/full) and renames into
 // place; 0, or 1 after printing the error. cli_out_abort after a failure.
 int cli_out_commit(const char *cmd, cli_out *o);

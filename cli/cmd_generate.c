@@ -115,6 +115,8 @@ int cmd_generate(int argc, char **argv) {
             const char **t = v ? realloc(stops, (size_t)(n_stops + 1) * sizeof *t) : NULL;
             if (v && !*v) arg_fail(&a, "--stop needs a non-empty string");
             else if (v && strlen(v) > LM_MAX_STOP_LEN) arg_fail(&a, "--stop: at most %d bytes", LM_MAX_STOP_LEN);
+            else if (v && lm_utf8_invalid_at(v, strlen(v)) != strlen(v))
+                arg_fail(&a, "--stop: not valid UTF-8 (generated text is UTF-8, so it could cut a character)");
             else if (v && n_stops == LM_MAX_STOPS) arg_fail(&a, "at most %d --stop strings", LM_MAX_STOPS);
             else if (v && !t) arg_fail(&a, "out of memory");
             else if (v) stops = t, stops[n_stops++] = v;
@@ -229,10 +231,14 @@ int cmd_generate(int argc, char **argv) {
     long n_prompt = 0, n_gen = 0;
     for (int i = 0; i < prompts.n; i++) n_prompt += res[i].n_prompt_tokens, n_gen += res[i].n_gen_tokens;
     if (prompts_file) {
+        if (cli_out_begin("generate", &out)) {
+            rc = 1;
+            goto done;
+        }
         write_results(out.f, &prompts, res);
     } else {
         fputc('\n', stdout);
-        out = (cli_out){stdout, NULL, NULL, NULL};
+        out = (cli_out){stdout, NULL, NULL, NULL, -1, false};
     }
     // Flushing reports write errors (a full disk, /dev/full) with the path.
     if (cli_out_commit("generate", &out)) {

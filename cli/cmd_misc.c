@@ -26,6 +26,7 @@ static int parse_ids(const char *s, int32_t **ids, int *n) {
     while (*p) {
         char *end;
         errno = 0;
+        if (*p < '0' || *p > '9') return -1;  // no blanks, signs: as every other number
         long v = strtol(p, &end, 10);
         if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',')) return -1;
         if (*n == cap) {
@@ -94,6 +95,10 @@ int cmd_logits(int argc, char **argv) {
     free(seq);
     if (st) {
         rc = cli_error("logits", st);
+        goto done;
+    }
+    if (cli_out_begin("logits", &out)) {
+        rc = 1;
         goto done;
     }
     for (int i = 0; i < n; i++)
@@ -193,6 +198,11 @@ int cmd_info(int argc, char **argv) {
     lm_model_info mi;
     lm_model_get_info(model, &mi);
     if (!n_ctx) n_ctx = mi.max_positions;
+    if (n_ctx > mi.max_positions) {
+        fprintf(stderr, "lightmoe info: --ctx %d exceeds the model's %d positions\n", n_ctx, mi.max_positions);
+        lm_model_free(model);
+        return 1;
+    }
     char b1[32], b2[32], b3[32], b4[32], b5[32], b6[32];
     printf("architecture      %s\n", mi.architecture);
     printf("layers            %d (%d MoE, %d dense)\n", mi.n_layers, mi.n_moe_layers, mi.n_layers - mi.n_moe_layers);

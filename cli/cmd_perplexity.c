@@ -19,14 +19,14 @@ static const char *help =
     "\n"
     "  -m, --model DIR       checkpoint directory (default: the model shipped in models/)\n"
     "  -f, --file PATH       UTF-8 text to score\n"
-    "      --ctx N           window length in tokens (default 512)\n"
+    "      --ctx N           window length in tokens (default 512, or the model's maximum if smaller)\n"
     "      --max-windows N   score only the first N windows\n"
     "      --expert-stats    print, per MoE layer, the share of routed tokens each expert got\n" CLI_MODEL_OPTS_HELP;
 
 int cmd_perplexity(int argc, char **argv) {
     args a = {argc, 1, argv, "perplexity", false};
     const char *dir = NULL, *file = NULL;
-    int ctx_len = 512, max_windows = 0;
+    int ctx_len = 0, max_windows = 0;  // ctx_len 0: 512, or the model's positions if fewer
     cli_model_opts mo = {0};
     bool stats = false;
     for (; a.i < argc && !a.failed; a.i++) {
@@ -96,6 +96,7 @@ int cmd_perplexity(int argc, char **argv) {
     }
     lm_model_info mi;
     lm_model_get_info(model, &mi);
+    if (!ctx_len) ctx_len = mi.max_positions < 512 ? (mi.max_positions < 2 ? 2 : mi.max_positions) : 512;
     if (ctx_len > mi.max_positions) {
         fprintf(stderr, "lightmoe perplexity: --ctx %d exceeds the model's %d positions\n", ctx_len, mi.max_positions);
         rc = 1;

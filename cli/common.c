@@ -92,7 +92,8 @@ int cli_load_model(const char *cmd, const char *dir, const char *synthetic, bool
             return 1;
         }
         memcpy(cfg, synthetic, len + 1);
-        char *colon = strrchr(cfg, ':');
+        // CONFIG:LAYERS, unless a file has exactly this name (a path with a ':')
+        char *colon = lm_file_exists(synthetic) ? NULL : strrchr(cfg, ':');
         if (colon) {
             char *end;
             errno = 0;
@@ -132,14 +133,31 @@ static bool same_file(const struct stat *a, const char *path) {
     return stat(path, &b) == 0 && a->st_dev == b.st_dev && a->st_ino == b.st_ino;
 }
 
+// Names a checkpoint directory's loader reads (or might read: a new
+// model.safetensors would take precedence over an index).
+static bool model_file_name(const char *name) {
+    size_t n = strlen(name);
+    return !strcmp(name, "config.json") || !strcmp(name, "generation_config.json") ||
+           !strcmp(name, "tokenizer.json") || !strcmp(name, "tokenizer_config.json") ||
+           (n > 12 && !strcmp(name + n - 12, ".safetensors")) || (n > 11 && !strcmp(name + n - 11, ".index.json"));
+}
+
 int cli_out_check(const char *cmd, const char *path, const char *dir, const char *const *inputs, int n_inputs) {
-    struct stat out;
-    if (!path || !strcmp(path, "-") || stat(path, &out) != 0 || !S_ISREG(out.st_mode)) return 0;
+    if (!path || !strcmp(path, "-")) return 0;
+    struct stat out, d_st, o_dir;
+    bool exists = stat(path, &out) == 0 && S_ISREG(out.st_mode);
     const char *hit = NULL;
-    for (int i = 0; i < n_inputs && !hit; i++)
-        if (inputs[i] && strcmp(inputs[i], "-") && same_file(&out, inputs[i])) hit = inputs[i];
-    DIR *d = dir ? opendir(dir) : NULL;
     char *p = NULL;
+    for (int i = 0; exists && i < n_inputs && !hit; i++) {
+        if (!inputs[i]) continue;
+        if (!strcmp(inputs[i], "-")) {  // standard input redirected from the file
+            struct stat in;
+            if (fstat(0, &in) == 0 && in.st_dev == out.st_dev && in.st_ino == out.st_ino) hit = "standard input";
+        } else if (same_file(&out, inputs[i])) {
+            hit = inputs[i];
+        }
+    }
+    DIR *d = dir && exists ? opendir(dir) : NULL;
     for (struct dirent *e; d && !hit && (e = readdir(d));) {
         free(p);
         size_t n = strlen(dir) + strlen(e->d_name) + 2;
@@ -148,9 +166,27 @@ int cli_out_check(const char *cmd, const char *path, const char *dir, const char
         if (same_file(&out, p)) hit = p;
     }
     if (d) closedir(d);
-    if (hit) fprintf(stderr, "lightmoe %s: --out %s is one of the inputs (%s): refusing to overwrite it\n", cmd, path, hit);
+    if (hit) {
+        fprintf(stderr, "lightmoe %s: --out %s is one of the inputs (%s): refusing to overwrite it\n", cmd, path, hit);
+        free(p);
+        return 1;
+    }
     free(p);
-    return hit ? 1 : 0;
+    // A new file in the model directory under a name the loader reads would
+    // change the checkpoint (a model.safetensors beside an index wins over it).
+    char *slash = strrchr(path, '/'), *pdir = strdup(path);
+    if (!pdir) return 0;
+    if (slash) pdir[slash - path ? slash - path : 1] = 0;
+    else strcpy(pdir, ".");
+    bool inside = dir && stat(dir, &d_st) == 0 && stat(pdir, &o_dir) == 0 && d_st.st_dev == o_dir.st_dev &&
+                  d_st.st_ino == o_dir.st_ino && model_file_name(slash ? slash + 1 : path);
+    free(pdir);
+    if (inside) {
+        fprintf(stderr, "lightmoe %s: --out %s would be a file of the checkpoint directory %s: refusing to write it\n",
+                cmd, path, dir);
+        return 1;
+    }
+    return 0;
 }
 
 // The temporary output being written, removed if the run is interrupted.
@@ -163,87 +199,123 @@ static void on_interrupt(int sig) {
     raise(sig);
 }
 
+static void watch_signals(void) {
+    // Signals that end the process by default: remove the temporary file first.
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGXCPU, SIGALRM, SIGVTALRM, SIGPROF};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], on_interrupt);
+    // A file size limit (ulimit -f) makes the write fail with EFBIG, reported
+    // like any write error, instead of killing the process.
+    signal(SIGXFSZ, SIG_IGN);
+}
+
+static bool same_inode(const struct stat *a, int fd) {
+    struct stat b;
+    return fstat(fd, &b) == 0 && a->st_dev == b.st_dev && a->st_ino == b.st_ino;
+}
+
+static int out_fail(const char *cmd, cli_out *o, const char *what, int e) {
+    fprintf(stderr, "lightmoe %s: --out %s: %s%s%s\n", cmd, o->path, what, e ? ": " : "", e ? strerror(e) : "");
+    cli_out_abort(o);
+    return 1;
+}
+
 int cli_out_open(const char *cmd, const char *path, cli_out *o) {
-    *o = (cli_out){stdout, path, NULL, NULL};
+    *o = (cli_out){stdout, path, NULL, NULL, -1, false};
     if (!path || !strcmp(path, "-")) return 0;
+    watch_signals();
     struct stat sb, lsb;
     bool exists = stat(path, &sb) == 0;
-    if (lstat(path, &lsb) == 0 && S_ISLNK(lsb.st_mode)) {
-        // Replace the file the link points at, not the link.
-        char *real = exists ? realpath(path, NULL) : NULL;
-        if (!real) {
-            fprintf(stderr, "lightmoe %s: --out %s is a symbolic link to a file that does not exist\n", cmd, path);
-            return 1;
-        }
-        o->real = real;
-        path = real;
-    }
-    if (exists && S_ISDIR(sb.st_mode)) {
-        fprintf(stderr, "lightmoe %s: --out %s is a directory\n", cmd, o->path);
-        cli_out_abort(o);
-        return 1;
+    if (!exists && lstat(path, &lsb) == 0 && S_ISLNK(lsb.st_mode))
+        return out_fail(cmd, o, "is a symbolic link to a file that does not exist", 0);
+    if (exists && S_ISDIR(sb.st_mode)) return out_fail(cmd, o, "is a directory", 0);
+    // Already open as our standard output or error (/dev/stdout, /proc/self/fd/1):
+    // write there, as a shell redirection would, not over the file behind it.
+    if (exists && (same_inode(&sb, 1) || same_inode(&sb, 2))) {
+        o->f = same_inode(&sb, 1) ? stdout : stderr;
+        return 0;
     }
     if (exists && !S_ISREG(sb.st_mode)) {  // a device or a FIFO: write to it directly
         // Without blocking: a FIFO nobody reads would hang in open().
         int fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
         if (fd >= 0) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
         if (fd < 0 || !(o->f = fdopen(fd, "w"))) {
-            fprintf(stderr, "lightmoe %s: %s: cannot open for writing: %s\n", cmd, o->path,
-                    errno == ENXIO ? "a FIFO that nobody reads" : strerror(errno));
+            int e = errno;
             if (fd >= 0) close(fd);
-            cli_out_abort(o);
-            return 1;
+            return out_fail(cmd, o, e == ENXIO ? "a FIFO that nobody reads" : "cannot open for writing", e == ENXIO ? 0 : e);
         }
         return 0;
     }
-    size_t n = strlen(path) + sizeof ".tmp-XXXXXX";
-    if (!(o->tmp = malloc(n))) {
-        fprintf(stderr, "lightmoe %s: out of memory\n", cmd);
-        return 1;
+    if (exists && access(path, W_OK) != 0) return out_fail(cmd, o, "cannot write to it", errno);
+    const char *target = path;
+    if (exists && (o->real = realpath(path, NULL))) target = o->real;  // through symlinks: replace the file, keep the link
+    // A temporary file beside the target, renamed over it on success: a failed
+    // or interrupted run leaves the old file. Only where the rename changes
+    // nothing else: our own file with no other hard link, in a directory we
+    // may write. Otherwise the file is written in place, truncated only when
+    // the results are written (cli_out_begin).
+    char *dir = strdup(target);
+    if (!dir) return out_fail(cmd, o, "out of memory", 0);
+    char *slash = strrchr(dir, '/');
+    if (slash) slash[slash == dir ? 1 : 0] = 0;
+    else strcpy(dir, ".");
+    bool renamable = access(dir, W_OK | X_OK) == 0 && (!exists || (sb.st_nlink == 1 && sb.st_uid == geteuid()));
+    if (renamable) {
+        size_t n = strlen(dir) + sizeof "/.lightmoe-out-XXXXXX";
+        if ((o->tmp = malloc(n))) snprintf(o->tmp, n, "%s/.lightmoe-out-XXXXXX", dir);
     }
-    snprintf(o->tmp, n, "%s.tmp-XXXXXX", path);
-    int fd = mkstemp(o->tmp);
-    if (fd < 0) {
-        fprintf(stderr, "lightmoe %s: %s: cannot open for writing: %s\n", cmd, o->path, strerror(errno));
+    free(dir);
+    int fd = o->tmp ? mkstemp(o->tmp) : -1;
+    if (fd >= 0) {
+        // mkstemp makes it 0600 with our group: give it what the file has, or a new file would get.
+        mode_t um = umask(0);
+        umask(um);
+        fchmod(fd, exists ? sb.st_mode & 07777 : 0666 & ~um);
+        if (exists && fchown(fd, (uid_t)-1, sb.st_gid) != 0) {}  // best effort
+        g_tmp_path = o->tmp;
+    } else {
         free(o->tmp);
         o->tmp = NULL;
-        cli_out_abort(o);
-        return 1;
+        fd = open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
+        if (fd < 0) return out_fail(cmd, o, "cannot open for writing", errno);
+        o->created = !exists;
+        o->fd_trunc = fd;
     }
-    // mkstemp makes it 0600: give it the mode the file has, or a new file would get.
-    mode_t um = umask(0);
-    umask(um);
-    fchmod(fd, exists ? sb.st_mode & 07777 : 0666 & ~um);
-    g_tmp_path = o->tmp;
-    signal(SIGINT, on_interrupt);
-    signal(SIGTERM, on_interrupt);
-    signal(SIGHUP, on_interrupt);
     if (!(o->f = fdopen(fd, "w"))) {
-        fprintf(stderr, "lightmoe %s: %s: %s\n", cmd, path, strerror(errno));
+        int e = errno;
         close(fd);
-        cli_out_abort(o);
-        return 1;
+        return out_fail(cmd, o, "cannot open for writing", e);
     }
     return 0;
 }
 
+int cli_out_begin(const char *cmd, cli_out *o) {
+    if (o->fd_trunc >= 0 && ftruncate(o->fd_trunc, 0) != 0) {
+        fprintf(stderr, "lightmoe %s: --out %s: cannot truncate: %s\n", cmd, o->path, strerror(errno));
+        return 1;
+    }
+    o->fd_trunc = -1;
+    return 0;
+}
+
 void cli_out_abort(cli_out *o) {
-    if (o->f && o->f != stdout) fclose(o->f);
+    if (o->f && o->f != stdout && o->f != stderr) fclose(o->f);
     if (o->tmp) unlink(o->tmp);
+    if (o->created) unlink(o->real ? o->real : o->path);  // a file this failed run made
     if (g_tmp_path == o->tmp) g_tmp_path = NULL;
     free(o->tmp);
     free(o->real);
-    *o = (cli_out){0};
+    *o = (cli_out){.fd_trunc = -1};
 }
 
 int cli_out_commit(const char *cmd, cli_out *o) {
     if (!o->f) return 0;
     bool bad = fflush(o->f) != 0 || ferror(o->f);
     int e = errno;
-    if (o->f != stdout) {
+    if (o->f != stdout && o->f != stderr) {
         if (fclose(o->f) != 0 && !bad) bad = true, e = errno;
-        o->f = NULL;
     }
+    o->f = NULL;
+    o->created = false;  // written: keep it
     const char *name = o->path && strcmp(o->path, "-") ? o->path : "standard output";
     if (!bad && o->tmp && rename(o->tmp, o->real ? o->real : o->path) != 0) bad = true, e = errno;
     if (bad) {
@@ -254,6 +326,6 @@ int cli_out_commit(const char *cmd, cli_out *o) {
     if (g_tmp_path == o->tmp) g_tmp_path = NULL;
     free(o->tmp);
     free(o->real);
-    *o = (cli_out){0};
+    *o = (cli_out){.fd_trunc = -1};
     return 0;
 }

@@ -21,11 +21,25 @@ static bool json_ws(char c) { return c == ' ' || c == '\t' || c == '\r' || c == 
 // What cJSON cannot tell: the escape \u0000 becomes a NUL that silently ends
 // the C string, and nesting beyond its limit is reported as a syntax error.
 // Scans the raw text (strings, outside other escapes).
-static void scan_json(const char *s, size_t n, bool *nul_escape, int *max_depth) {
+static int hex4(const char *s) {
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+// Also finds an escaped UTF-16 surrogate without its pair (Python's json
+// writes them; they are not text): *lone is its code, else -1.
+static void scan_json(const char *s, size_t n, bool *nul_escape, int *max_depth, int *lone) {
     bool in_str = false;
     int depth = 0;
     *nul_escape = false;
     *max_depth = 0;
+    *lone = -1;
     for (size_t i = 0; i < n; i++) {
         if (!in_str) {
             if (s[i] == '"') in_str = true;
@@ -35,8 +49,16 @@ static void scan_json(const char *s, size_t n, bool *nul_escape, int *max_depth)
         }
         if (s[i] == '"') in_str = false;
         else if (s[i] == '\\' && i + 1 < n) {
-            if (s[i + 1] == 'u' && i + 5 < n && !memcmp(s + i + 2, "0000", 4)) *nul_escape = true;
-            i++;  // the escaped character
+            int u = s[i + 1] == 'u' && i + 5 < n ? hex4(s + i + 2) : -1;
+            if (u == 0) *nul_escape = true;
+            if (u >= 0xD800 && u <= 0xDBFF) {  // a high surrogate must be followed by a low one
+                int lo = i + 11 < n && s[i + 6] == '\\' && s[i + 7] == 'u' ? hex4(s + i + 8) : -1;
+                if (lo >= 0xDC00 && lo <= 0xDFFF) i += 6;
+                else if (*lone < 0) *lone = u;
+            } else if (u >= 0xDC00 && u <= 0xDFFF && *lone < 0) {
+                *lone = u;
+            }
+            i += u >= 0 ? 5 : 1;  // the escape
         }
     }
 }
@@ -50,10 +72,13 @@ int cli_prompt_parse_line(const char *line, size_t len, char **prompt, char *err
     size_t bad = lm_utf8_invalid_at(line, len);
     if (bad != len) return snprintf(err, errcap, "not valid UTF-8 (byte offset %zu of the line)", bad), -1;
     bool nul_escape;
-    int depth;
-    scan_json(line, len, &nul_escape, &depth);
-    if (depth > CJSON_NESTING_LIMIT)
-        return snprintf(err, errcap, "JSON nested %d levels deep (at most %d)", depth, CJSON_NESTING_LIMIT), -1;
+    int depth, lone;
+    scan_json(line, len, &nul_escape, &depth, &lone);
+    if (depth > LM_JSON_MAX_DEPTH)
+        return snprintf(err, errcap, "JSON nested %d levels deep (at most %d)", depth, LM_JSON_MAX_DEPTH), -1;
+    if (lone >= 0)
+        return snprintf(err, errcap, "the escape \\u%04x is half of a UTF-16 surrogate pair without the other half "
+                        "(no character; not valid in UTF-8 text)", lone), -1;
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithLengthOpts(line, len, &end, 0);
     int rc = -1;

@@ -164,7 +164,7 @@ expect "JSONL: not UTF-8" 1 "utf.jsonl:2: not valid UTF-8" -- $BIN generate --pr
 printf '{"prompt": "a", "prompt": "b"}\n' > $T/dup.jsonl
 expect "JSONL: prompt twice" 1 "dup.jsonl:1: key \"prompt\" appears twice" -- $BIN generate --prompts $T/dup.jsonl -n 1
 printf '{"prompt": "a", "x": %s1%s}\n' "$(printf '[%.0s' $(seq 1100))" "$(printf ']%.0s' $(seq 1100))" > $T/deep.jsonl
-expect "JSONL: nested too deep" 1 "deep.jsonl:1: JSON nested 1101 levels deep" -- $BIN generate --prompts $T/deep.jsonl -n 1
+expect "JSONL: nested too deep" 1 "deep.jsonl:1: JSON nested 1101 levels deep (at most 64)" -- $BIN generate --prompts $T/deep.jsonl -n 1
 printf '{"prompt": ""}\n' > $T/empty.jsonl
 expect "JSONL: empty prompt without BOS" 1 "empty.jsonl:1: the prompt gives no tokens" -- $BIN generate --prompts $T/empty.jsonl -n 1
 printf '{"prompt": "hi"}\n' > $T/ok.jsonl
@@ -222,6 +222,42 @@ expect "--out through a symbolic link" 0 "" -- $BIN generate --prompts $T/ok.jso
 mkfifo $T/ofifo
 expect "--out a FIFO nobody reads" 1 "a FIFO that nobody reads" -- $BIN generate --prompts $T/ok.jsonl -n 1 --out $T/ofifo
 expect "seed out of range" 2 "out of range" -- $BIN generate -p hi --seed 18446744073709551616
+
+# ---- fourth round (a tester's findings)
+mkdir -p $T/many_added && cp models/sotu-moe/* $T/many_added/
+{ printf '{"added_tokens": ['; for i in $(seq 0 19999); do printf '%s{"id": %d, "content": "<t%05d>", "normalized": false}' "$([ $i -gt 0 ] && echo ,)" $((1 + i % 4000)) $i; done
+  printf '], '; tail -c +2 models/sotu-moe/tokenizer.json | sed 's/"added_tokens":/"shipped_added_tokens":/'; } > $T/many_added/tokenizer.json
+head -c 1000000 /dev/zero | tr '\0' '<' > $T/lt.txt
+t0=$(date +%s)
+expect "20k added tokens sharing a first byte, 1 MB of text" 0 "" -- $BIN perplexity -m $T/many_added --file $T/lt.txt --max-windows 1
+[ $(( $(date +%s) - t0 )) -le 10 ] || { echo "FAIL added-token matching took more than 10 s"; fails=$((fails + 1)); }
+{ echo header; $BIN generate --prompts $T/ok.jsonl -n 2 --out /dev/stdout 2>/dev/null; echo footer; } > $T/grp.txt
+[ "$(head -1 $T/grp.txt)" = header ] && [ "$(tail -1 $T/grp.txt)" = footer ] && grep -q '"index":0' $T/grp.txt &&
+    echo "ok   --out /dev/stdout writes to standard output" || { echo "FAIL --out /dev/stdout replaced the file behind it"; fails=$((fails + 1)); }
+yes '{"prompt": "The old man"}' | head -50 > $T/p50.jsonl; echo old > $T/keep2.jsonl
+expect "file size limit on --out" 1 "File too large" -- sh -c "ulimit -f 1; $BIN generate --prompts $T/p50.jsonl -n 20 --out $T/keep2.jsonl"
+[ "$(cat $T/keep2.jsonl)" = old ] && ! ls -a $T | grep -q lightmoe-out && echo "ok   the old --out stays, no temporary file left" ||
+    { echo "FAIL file size limit: output changed or a temporary file left"; fails=$((fails + 1)); }
+if [ "$(id -u)" -ne 0 ]; then
+    echo precious > $T/ro.jsonl && chmod 444 $T/ro.jsonl
+    expect "read-only --out is not replaced" 1 "cannot write to it" -- $BIN generate --prompts $T/ok.jsonl -n 1 --out $T/ro.jsonl
+fi
+expect "--stop that is not UTF-8" 2 "--stop: not valid UTF-8" -- $BIN generate -p hi --stop "$(printf '\xa9')"
+printf '{"prompt": "lone \\ud800 x"}\n' > $T/sur.jsonl
+expect "JSONL: unpaired surrogate escape" 1 "sur.jsonl:1: the escape \\ud800 is half of a UTF-16 surrogate pair" -- $BIN generate --prompts $T/sur.jsonl -n 1
+cp configs/mixtral-8x7b.json "$T/x:2"
+expect "--synthetic path with a ':'" 0 "" -- $BIN info --synthetic "$T/x:2"
+expect "out-of-memory message names the parts" 1 "logits of" -- $BIN generate --prompts $T/many.jsonl -n 2000
+expect "weights that cannot be copied are mmap'ed (auto)" 0 "" -- sh -c "ulimit -v 300000; $BIN generate -p 'The old man' -n 4"
+mkdir -p $T/short && cp models/sotu-moe/* $T/short/ && sed -i 's/"max_position_embeddings": 2048/"max_position_embeddings": 256/' $T/short/config.json
+expect "perplexity window defaults to the model's positions" 0 "" -- $BIN perplexity -m $T/short --file models/sotu-moe/heldout.txt --max-windows 1
+expect "info --ctx beyond the model" 1 "exceeds the model's 2048 positions" -- $BIN info --ctx 2049
+mkdir -p $T/shd && cp tests/fixtures/mixtral_f16_sharded/* $T/shd/
+expect "--out a new checkpoint file of the model directory" 1 "would be a file of the checkpoint directory" -- $BIN logits -m $T/shd --ids $ids --out $T/shd/model.safetensors
+expect "--prompts - reading the --out file" 1 "is one of the inputs (standard input)" -- sh -c "$BIN generate --prompts - --out $T/ok.jsonl -n 1 < $T/ok.jsonl"
+expect "--ids with a blank" 2 "--ids" -- $BIN logits --ids " 1" --out $T/l.bin
+{ printf '{"x": '; printf '[%.0s' $(seq 999); printf '1'; printf ']%.0s' $(seq 999); printf ', '; tail -c +2 models/sotu-moe/tokenizer.json; } > $T/deep.json
+expect "deeply nested tokenizer.json" 1 "nested 1000 levels deep (at most 64)" -- $BIN tokenize --tokenizer $T/deep.json hi
 
 # ---- late failures: outputs are opened before the work
 t0=$(date +%s)

@@ -80,20 +80,26 @@ static lm_status alloc_tensors(lm_context *ctx) {
     return LM_OK;
 }
 
-// Bytes a context of these limits asks for, for the check before allocating.
-static double context_bytes(const lm_config *c, const lm_context_params *p, int max_pages, const lm_kv_layout *kv,
-                            int block) {
+// Bytes a context of these limits asks for, for the check before allocating:
+// the KV cache, the logits buffer, and everything else.
+typedef struct {
+    double kv, logits, other;
+} ctx_bytes;
+
+static ctx_bytes context_bytes(const lm_config *c, const lm_context_params *p, int max_pages, const lm_kv_layout *kv,
+                               int block) {
     double nb = p->n_batch, H = c->hidden, qd = (double)c->n_heads * c->head_dim;
     double kvd = (double)c->n_kv_heads * c->head_dim, k = c->top_k, E = c->n_experts;
     double dense = c->n_moe_layers < c->n_layers ? c->dense_inter : 0;
     double inter = dense > c->shared_inter ? dense : c->shared_inter;
     double rmax = nb * k + E * (block - 1);
-    double act = 4.0 * nb * (6 * H + 2 * qd + 2 * kvd + inter + E + 2 * k) + 4.0 * p->n_out * (2 * H + c->vocab) +
+    double act = 4.0 * nb * (6 * H + 2 * qd + 2 * kvd + inter + E + 2 * k) + 4.0 * p->n_out * 2 * H +
                  4.0 * rmax * (c->moe_inter + H + 1);
     double meta = 4.0 * ((double)p->n_seq * (max_pages + 8) + 12.0 * nb) + 8.0 * c->n_layers * E;
     double rope = 4.0 * p->n_ctx * (double)c->head_dim;  // cos and sin tables of the CPU executor
     double moe_scratch = 4.0 * rmax * (H + inter + c->moe_inter);  // its gathered expert inputs and up projections
-    return (double)c->n_layers * p->n_pages * (double)lm_kv_page_bytes(kv) + act + meta + rope + moe_scratch;
+    return (ctx_bytes){(double)c->n_layers * p->n_pages * (double)lm_kv_page_bytes(kv), 4.0 * p->n_out * c->vocab,
+                       act + meta + rope + moe_scratch};
 }
 
 lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_context **out) {
@@ -131,10 +137,12 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     }
     // Everything below is checked against the memory there is before it is
     // allocated (an over-committed allocation is killed later, not refused).
-    double need = context_bytes(c, &p, max_pages, &kv, ctx->ex->ops->moe_block);
-    char what[200], kvs[32];
-    snprintf(what, sizeof what, "a context of %d sequences x %d tokens (KV cache %s)", p.n_seq, p.n_ctx,
-             lm_format_bytes((double)c->n_layers * p.n_pages * (double)lm_kv_page_bytes(&kv), kvs, sizeof kvs));
+    ctx_bytes cb = context_bytes(c, &p, max_pages, &kv, ctx->ex->ops->moe_block);
+    double need = cb.kv + cb.logits + cb.other;
+    char what[300], b1[32], b2[32], b3[32];
+    snprintf(what, sizeof what, "a context of %d sequences x %d tokens (KV cache %s, logits of %d rows %s, "
+             "activations and scratch %s)", p.n_seq, p.n_ctx, lm_format_bytes(cb.kv, b1, sizeof b1), p.n_out,
+             lm_format_bytes(cb.logits, b2, sizeof b2), lm_format_bytes(cb.other, b3, sizeof b3));
     st = need > 1e18 ? lm_err(LM_ERR_OOM, "%s is too large", what) : lm_mem_check((uint64_t)need, 0.05, what);
     if (st) lm_err_append(st, " (use fewer sequences at once or a shorter context)");
     else if (model->shapes_only)
@@ -360,7 +368,8 @@ lm_status lm_decode(lm_context *ctx, const lm_batch *b) {
         int g = ctx->h_out[j], i = ctx->order[g];
         char why[512];
         if (lm_model_weights_finite(ctx->model, why, sizeof why))
-            snprintf(why, sizeof why, "every weight is finite, so an activation overflowed");
+            snprintf(why, sizeof why, "every weight is finite, so the computation made it (an overflow, or 0/0 in a "
+                     "norm of zeros when rms_norm_eps is 0)");
         st = lm_err(LM_ERR_NUMERIC, "non-finite logits (NaN or Inf) for the token at batch index %d "
                     "(sequence %d, position %d): %s", i, b->seq[i], ctx->h_pos[g], why);
     }

@@ -140,6 +140,8 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
         if (!p.stop[s] || !p.stop[s][0]) return lm_err(LM_ERR_INVALID_ARG, "stop strings must not be empty");
         // Held-back text is matched against every prefix of every stop string
         // per token: bound the cost.
+        if (lm_utf8_invalid_at(p.stop[s], strlen(p.stop[s])) != strlen(p.stop[s]))
+            return lm_err(LM_ERR_INVALID_ARG, "stop string %d is not valid UTF-8", s + 1);
         if (strlen(p.stop[s]) > LM_MAX_STOP_LEN)
             return lm_err(LM_ERR_INVALID_ARG, "stop string %d is %zu bytes long (at most %d)", s + 1, strlen(p.stop[s]),
                           LM_MAX_STOP_LEN);

@@ -9,14 +9,20 @@
 #include "util/file.h"
 #include "util/json.h"
 
+// Each architecture's transformers defaults for the keys a config.json may
+// leave out (its *Config class): a missing key must mean what it means there.
+// kv_heads 0: as many as attention heads; bos/eos -1: none.
 static const struct {
     const char *arch, *model_type;
     lm_arch id;
+    double rope_theta, rms_eps;
+    int max_pos, kv_heads, bos, eos, shared_inter, moe_inter;  // moe_inter 0: intermediate_size
+    bool norm_topk;
 } k_archs[] = {
-    {"MixtralForCausalLM", "mixtral", LM_ARCH_MIXTRAL},
-    {"Qwen2MoeForCausalLM", "qwen2_moe", LM_ARCH_QWEN2_MOE},
-    {"Qwen3MoeForCausalLM", "qwen3_moe", LM_ARCH_QWEN3_MOE},
-    {"OlmoeForCausalLM", "olmoe", LM_ARCH_OLMOE},
+    {"MixtralForCausalLM", "mixtral", LM_ARCH_MIXTRAL, 1e6, 1e-5, 4096 * 32, 8, 1, 2, 0, 0, true},
+    {"Qwen2MoeForCausalLM", "qwen2_moe", LM_ARCH_QWEN2_MOE, 1e4, 1e-6, 32768, 16, -1, -1, 5632, 1408, false},
+    {"Qwen3MoeForCausalLM", "qwen3_moe", LM_ARCH_QWEN3_MOE, 1e4, 1e-6, 32768, 4, -1, -1, 0, 768, false},
+    {"OlmoeForCausalLM", "olmoe", LM_ARCH_OLMOE, 1e4, 1e-5, 4096, 0, -1, 50279, 0, 0, false},
 };
 #define N_ARCHS (sizeof k_archs / sizeof k_archs[0])
 
@@ -82,14 +88,14 @@ static lm_status jbool(const jctx *j, const char *key, bool def, bool *out) {
 
 // rope_theta lives at the top level (4.x) or in rope_parameters (5.x); any
 // scaling other than "default" changes the maths, so it is refused.
-static lm_status parse_rope(const jctx *j, lm_config *c) {
+static lm_status parse_rope(const jctx *j, lm_config *c, double default_theta) {
     const cJSON *params = jget(j, "rope_parameters");
     const cJSON *scaling = jget(j, "rope_scaling");
     const cJSON *theta = jget(j, "rope_theta");
     if (params && !cJSON_IsObject(params))
         return lm_err(LM_ERR_FORMAT, "%s: \"rope_parameters\" must be an object", j->fname);
     if (params && !theta) theta = cJSON_GetObjectItemCaseSensitive(params, "rope_theta");
-    c->rope_theta = 10000.0;
+    c->rope_theta = default_theta;
     if (theta && !cJSON_IsNull(theta)) {
         lm_status st = jnum(j, theta, "rope_theta", 1.0, 1e12, &c->rope_theta);
         if (st) return st;
@@ -118,9 +124,12 @@ static lm_status parse_rope(const jctx *j, lm_config *c) {
     return LM_OK;
 }
 
-static lm_status parse_token_ids(const jctx *j, lm_config *c) {
-    c->bos = -1;
+static lm_status parse_token_ids(const jctx *j, lm_config *c, int def_bos, int def_eos) {
+    c->bos = def_bos < c->vocab ? def_bos : -1;
     c->n_eos = 0;
+    if (!cJSON_GetObjectItemCaseSensitive(j->root, "eos_token_id") && def_eos >= 0 && def_eos < c->vocab)
+        c->eos[c->n_eos++] = def_eos;
+    if (cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j->root, "bos_token_id"))) c->bos = -1;
     const cJSON *b = jget(j, "bos_token_id");
     if (b) {
         if (!cJSON_IsNumber(b) || b->valuedouble < 0 || b->valuedouble != floor(b->valuedouble))
@@ -145,6 +154,9 @@ static lm_status parse_token_ids(const jctx *j, lm_config *c) {
 lm_status lm_config_parse(const char *json, size_t len, const char *fname, lm_config *c) {
     memset(c, 0, sizeof *c);
     lm_status st = LM_OK;
+    int depth = lm_json_depth(json, len);
+    if (depth > LM_JSON_MAX_DEPTH)
+        return lm_err(LM_ERR_FORMAT, "%s: JSON nested %d levels deep (at most %d)", fname, depth, LM_JSON_MAX_DEPTH);
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root) {
         const char *where = cJSON_GetErrorPtr();
@@ -193,8 +205,12 @@ lm_status lm_config_parse(const char *json, size_t len, const char *fname, lm_co
     TRY(jint(&j, "hidden_size", 1, 1 << 16, -1, &c->hidden));
     TRY(jint(&j, "num_hidden_layers", 1, 1024, -1, &c->n_layers));
     TRY(jint(&j, "num_attention_heads", 1, 1024, -1, &c->n_heads));
-    TRY(jint(&j, "num_key_value_heads", 1, 1024, c->n_heads, &c->n_kv_heads));
-    TRY(jint(&j, "max_position_embeddings", 1, 1 << 24, 4096, &c->max_pos));
+    // An explicit null means "as many as attention heads", a missing key the class default.
+    int kv_def = cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "num_key_value_heads")) || !k_archs[found].kv_heads
+                     ? c->n_heads
+                     : k_archs[found].kv_heads;
+    TRY(jint(&j, "num_key_value_heads", 1, 1024, kv_def, &c->n_kv_heads));
+    TRY(jint(&j, "max_position_embeddings", 1, 1 << 24, k_archs[found].max_pos, &c->max_pos));
     if (!jget(&j, "head_dim") && c->hidden % c->n_heads) {
         st = lm_err(LM_ERR_FORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d "
                     "and no head_dim is given", fname, c->hidden, c->n_heads);
@@ -223,13 +239,14 @@ lm_status lm_config_parse(const char *json, size_t len, const char *fname, lm_co
     }
     TRY(jint(&j, "num_experts_per_tok", 1, c->n_experts, -1, &c->top_k));
     TRY(jint(&j, "intermediate_size", 1, 1 << 20, -1, &c->dense_inter));
-    TRY(jint(&j, "moe_intermediate_size", 1, 1 << 20, c->dense_inter, &c->moe_inter));
+    TRY(jint(&j, "moe_intermediate_size", 1, 1 << 20, k_archs[found].moe_inter ? k_archs[found].moe_inter : c->dense_inter,
+             &c->moe_inter));
 
     const cJSON *v = jget(&j, "rms_norm_eps");
-    double eps = 1e-6;
+    double eps = k_archs[found].rms_eps;
     if (v) TRY(jnum(&j, v, "rms_norm_eps", 0.0, 1.0, &eps));
     c->rms_eps = (float)eps;
-    TRY(parse_rope(&j, c));
+    TRY(parse_rope(&j, c, k_archs[found].rope_theta));
 
     v = jget(&j, "hidden_act");
     if (v && (!cJSON_IsString(v) || strcmp(v->valuestring, "silu") != 0)) {
@@ -267,12 +284,12 @@ lm_status lm_config_parse(const char *json, size_t len, const char *fname, lm_co
             st = lm_err(LM_ERR_UNSUPPORTED, "%s: sliding-window attention is not supported", fname);
             goto fail;
         }
-        TRY(jbool(&j, "norm_topk_prob", c->arch == LM_ARCH_QWEN3_MOE, &c->norm_topk));
+        TRY(jbool(&j, "norm_topk_prob", k_archs[found].norm_topk, &c->norm_topk));
         TRY(jint(&j, "decoder_sparse_step", 1, 1024, 1, &sparse_step));
         if (c->arch == LM_ARCH_QWEN2_MOE) {
             // 4.x Qwen2-MoE always had q/k/v biases; 5.x writes "qkv_bias".
             TRY(jbool(&j, "qkv_bias", true, &c->qkv_bias));
-            TRY(jint(&j, "shared_expert_intermediate_size", 0, 1 << 20, 0, &c->shared_inter));
+            TRY(jint(&j, "shared_expert_intermediate_size", 0, 1 << 20, k_archs[found].shared_inter, &c->shared_inter));
         } else {
             c->qk_norm = LM_QK_NORM_HEAD;
             c->qkv_bias = attn_bias;
@@ -297,7 +314,7 @@ lm_status lm_config_parse(const char *json, size_t len, const char *fname, lm_co
         break;
     }
     case LM_ARCH_OLMOE: {
-        TRY(jbool(&j, "norm_topk_prob", false, &c->norm_topk));
+        TRY(jbool(&j, "norm_topk_prob", k_archs[found].norm_topk, &c->norm_topk));
         c->qk_norm = LM_QK_NORM_FULL;
         c->qkv_bias = attn_bias;
         const cJSON *clip = jget(&j, "clip_qkv");
@@ -315,7 +332,7 @@ lm_status lm_config_parse(const char *json, size_t len, const char *fname, lm_co
         goto fail;
     }
     for (int l = 0; l < c->n_layers; l++) c->n_moe_layers += c->layer_moe[l];
-    TRY(parse_token_ids(&j, c));
+    TRY(parse_token_ids(&j, c, k_archs[found].bos, k_archs[found].eos));
     cJSON_Delete(root);
     return LM_OK;
 
@@ -341,7 +358,7 @@ lm_status lm_config_load_generation(const char *path, lm_config *c) {
     size_t len;
     lm_status st = lm_read_file(path, 16u << 20, &buf, &len);
     if (st) return st;
-    cJSON *root = cJSON_ParseWithLength(buf, len);
+    cJSON *root = lm_json_depth(buf, len) > LM_JSON_MAX_DEPTH ? NULL : cJSON_ParseWithLength(buf, len);
     free(buf);
     const char *dup = root ? lm_json_duplicate_key(root) : NULL;
     if (!root || !cJSON_IsObject(root)) st = lm_err(LM_ERR_FORMAT, "%s: not a JSON object", path);

@@ -374,8 +374,13 @@ lm_status lm_model_load(const char *dir, const lm_model_params *params, lm_model
         return lm_err_append(st, " (use mmap: --mmap)");
     }
     if (mode == LM_WEIGHTS_COPY && (st = copy_weights(md, dir))) {
-        lm_model_free(md);
-        return st;
+        // auto: "copy when it fits"; it did not after all, so run from the files
+        bool fallback = (params ? params->weights : LM_WEIGHTS_AUTO) == LM_WEIGHTS_AUTO && st == LM_ERR_OOM && md->st;
+        if (!fallback) {
+            lm_model_free(md);
+            return st;
+        }
+        lm_err_clear();
     }
     *out = md;
     return LM_OK;

@@ -261,8 +261,13 @@ lm_status lm_st_parse(const uint8_t *buf, size_t size, const char *fname, lm_st_
     memcpy(text, hdr, hlen);
     text[hlen] = 0;
     const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, hlen, &end, 0);
+    int depth = lm_json_depth(text, hlen);
+    cJSON *root = depth > LM_JSON_MAX_DEPTH ? NULL : cJSON_ParseWithLengthOpts(text, hlen, &end, 0);
     lm_status st;
+    if (depth > LM_JSON_MAX_DEPTH) {
+        st = lm_err(LM_ERR_FORMAT, "%s: header JSON nested %d levels deep (at most %d)", fname, depth, LM_JSON_MAX_DEPTH);
+        goto out;
+    }
     if (!root) {
         size_t pos = end ? (size_t)(end - text) : 0;
         st = lm_err(LM_ERR_FORMAT, "%s: header is not valid JSON (error near byte %zu of %llu)",
@@ -440,7 +445,7 @@ static lm_status open_index(const char *dir, const char *ipath, lm_st_set **out)
     lm_status st = lm_read_file(ipath, ST_MAX_INDEX, &text, &len);
     if (st != LM_OK) return st;
 
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    cJSON *root = lm_json_depth(text, len) > LM_JSON_MAX_DEPTH ? NULL : cJSON_ParseWithLength(text, len);
     const char *dup = root ? lm_json_duplicate_key(root) : NULL;
     const char **names = NULL;  // distinct shard names, sorted; index = file number
     size_t n_names = 0;

@@ -107,6 +107,8 @@ void tk_budget_begin(size_t bytes) {
 
 void tk_budget_end(void) { tk_deadline = 0; }
 
+bool tk_budget_exceeded(void) { return tk_deadline > 0 && lm_now() > tk_deadline; }
+
 static bool segs_add(tk_segs *o, size_t s, size_t e, bool match) {
     if (o->n == o->cap) {
         size_t cap = o->cap ? o->cap * 2 : 16;

@@ -62,6 +62,9 @@ static lm_status parse_json(const char *path, const char *data, size_t len, cJSO
     *out = NULL;
     lm_status st = check_utf8(path, data, len);
     if (st) return st;
+    int depth = lm_json_depth(data, len);
+    if (depth > LM_JSON_MAX_DEPTH)
+        return lm_err(LM_ERR_FORMAT, "%s: JSON nested %d levels deep (at most %d)", path, depth, LM_JSON_MAX_DEPTH);
     *out = cJSON_ParseWithLength(data, len);
     if (!*out) {
         const char *at = cJSON_GetErrorPtr();
@@ -477,59 +480,69 @@ static lm_status parse_bpe(lm_tokenizer *t, const cJSON *model) {
     return st;
 }
 
-// Builds a first-byte index over the added tokens selected by `normalized`.
-static lm_status build_trie(lm_tokenizer *t, tk_trie *tr, bool normalized) {
-    int n = 0;
-    for (int i = 0; i < t->n_added; i++) n += t->added[i].normalized == normalized;
-    tr->pat = calloc(n ? n : 1, sizeof *tr->pat);
-    tr->len = calloc(n ? n : 1, sizeof *tr->len);
-    tr->tok = calloc(n ? n : 1, sizeof *tr->tok);
-    if (!tr->pat || !tr->len || !tr->tok) return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
-    // counting sort by first byte
-    int count[257] = {0};
-    const char **pat = calloc(t->n_added ? t->n_added : 1, sizeof *pat);
-    size_t *len = calloc(t->n_added ? t->n_added : 1, sizeof *len);
-    if (!pat || !len) {
-        free(pat);
-        free(len);
-        return lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
+static int32_t trie_node(tk_trie *tr, uint8_t byte) {
+    if (tr->n_nodes == tr->cap) {
+        int cap = tr->cap ? tr->cap * 2 : 256;
+        int32_t *c = realloc(tr->child, (size_t)cap * sizeof *c);
+        if (c) tr->child = c;
+        int32_t *nx = realloc(tr->next, (size_t)cap * sizeof *nx);
+        if (nx) tr->next = nx;
+        int32_t *tk = realloc(tr->tok, (size_t)cap * sizeof *tk);
+        if (tk) tr->tok = tk;
+        uint8_t *by = realloc(tr->byte, (size_t)cap);
+        if (by) tr->byte = by;
+        if (!c || !nx || !tk || !by) return -1;
+        tr->cap = cap;
     }
+    int32_t k = tr->n_nodes++;
+    tr->child[k] = tr->next[k] = tr->tok[k] = -1;
+    tr->byte[k] = byte;
+    return k;
+}
+
+// Adds pattern p (n bytes) for added token `tok`; a repeated pattern keeps
+// the first token, as the bucket scan it replaces did.
+static bool trie_add(tk_trie *tr, const char *p, size_t n, int tok) {
+    int32_t *slot = &tr->root[(uint8_t)p[0]], node = -1;
+    for (size_t i = 0; i < n; i++) {
+        int32_t k = *slot;
+        while (k >= 0 && tr->byte[k] != (uint8_t)p[i]) k = tr->next[k];
+        if (k < 0) {
+            if ((k = trie_node(tr, (uint8_t)p[i])) < 0) return false;
+            if (i == 0) tr->root[(uint8_t)p[0]] = k;
+            else {
+                tr->next[k] = tr->child[node];
+                tr->child[node] = k;
+            }
+        }
+        node = k;
+        if (i + 1 < n) slot = &tr->child[node];
+    }
+    if (tr->tok[node] < 0) {
+        tr->tok[node] = tok;
+        tr->n++;
+    }
+    return true;
+}
+
+// The trie of the added tokens selected by `normalized` (those matched in
+// normalized text are normalized too).
+static lm_status build_trie(lm_tokenizer *t, tk_trie *tr, bool normalized) {
+    for (int c = 0; c < 256; c++) tr->root[c] = -1;
     lm_status st = LM_OK;
     lm_buf tmp = {0};
     for (int i = 0; i < t->n_added && st == LM_OK; i++) {
         const tk_added *a = &t->added[i];
         if (a->normalized != normalized) continue;
-        pat[i] = a->content;
-        len[i] = a->len;
-        if (normalized && t->n_norm) {  // matched against normalized text: normalize it too
+        const char *pat = a->content;
+        size_t len = a->len;
+        if (normalized && t->n_norm) {
             if ((st = tk_normalize(t, a->content, a->len, &tmp))) break;
-            char *p = lm_arena_dup(&t->arena, tmp.p ? tmp.p : "", tmp.n);
-            if (!p) {
-                st = LM_ERR_OOM;
-                break;
-            }
-            pat[i] = p;
-            len[i] = tmp.n;
+            pat = tmp.p, len = tmp.n;
         }
-        if (len[i]) count[(unsigned char)pat[i][0] + 1]++;
+        if (len && !trie_add(tr, pat, len, i)) st = lm_err(LM_ERR_OOM, "%s: out of memory", t->path);
     }
     lm_buf_free(&tmp);
-    if (st == LM_OK) {
-        for (int c = 0; c < 256; c++) count[c + 1] += count[c];
-        memcpy(tr->first, count, sizeof tr->first);
-        int fill[256];
-        memcpy(fill, count, sizeof fill);
-        for (int i = 0; i < t->n_added; i++) {
-            if (t->added[i].normalized != normalized || !len[i]) continue;
-            int k = fill[(unsigned char)pat[i][0]]++;
-            tr->pat[k] = pat[i];
-            tr->len[k] = len[i];
-            tr->tok[k] = i;
-        }
-        tr->n = count[256];
-    }
-    free(pat);
-    free(len);
     return st;
 }
 
@@ -708,9 +721,10 @@ void lm_tokenizer_free(lm_tokenizer *t) {
     free(t->dec);
     tk_trie *tries[2] = {&t->trie_raw, &t->trie_norm};
     for (int i = 0; i < 2; i++) {
-        free(tries[i]->pat);
-        free(tries[i]->len);
+        free(tries[i]->child);
+        free(tries[i]->next);
         free(tries[i]->tok);
+        free(tries[i]->byte);
     }
     free(t->added);
     free(t->post_prefix.v);
@@ -749,16 +763,18 @@ static size_t prev_char(const char *s, size_t i) {  // start of the character be
     return i;
 }
 
-// Longest added token of the trie that starts at s[i], or -1.
-static int match_at(const tk_trie *tr, const char *s, size_t n, size_t i) {
-    unsigned c = (unsigned char)s[i];
+// Longest added token of the trie that starts at s[i] (index into added), or
+// -1; its length in *len.
+static int match_at(const tk_trie *tr, const char *s, size_t n, size_t i, size_t *len) {
     int best = -1;
-    size_t best_len = 0;
-    for (int k = tr->first[c]; k < tr->first[c + 1]; k++)
-        if (tr->len[k] > best_len && tr->len[k] <= n - i && !memcmp(s + i, tr->pat[k], tr->len[k])) {
-            best = k;
-            best_len = tr->len[k];
-        }
+    int32_t k = tr->root[(uint8_t)s[i]];
+    for (size_t j = i; k >= 0;) {
+        if (tr->tok[k] >= 0) best = tr->tok[k], *len = j + 1 - i;
+        if (++j == n) break;
+        int32_t c = tr->child[k];
+        while (c >= 0 && tr->byte[c] != (uint8_t)s[j]) c = tr->next[c];
+        k = c;
+    }
     return best;
 }
 
@@ -769,14 +785,18 @@ static lm_status split_added(const lm_tokenizer *t, const tk_trie *tr, const cha
                              bool at_start, tk_splits *out) {
     size_t start_off = 0, i = 0;
     uint32_t cp;
-    while (tr->n && i < n) {
-        int k = match_at(tr, s, n, i);
+    for (unsigned iter = 1; tr->n && i < n; iter++) {
+        if (iter % 4096 == 0 && tk_budget_exceeded())
+            return lm_err(LM_ERR_INVALID_ARG, "%s: matching the added tokens in this text takes more than the time "
+                          "budget (tokens that are long repetitions of one another?)", t->path);
+        size_t mlen = 0;
+        int k = match_at(tr, s, n, i, &mlen);
         if (k < 0) {
             i++;
             continue;
         }
-        const tk_added *a = &t->added[tr->tok[k]];
-        size_t ms = i, me = i + tr->len[k];
+        const tk_added *a = &t->added[k];
+        size_t ms = i, me = i + mlen;
         i = me;  // scanning resumes after the match, kept or not
         if (a->single_word) {
             bool word_before = ms > 0 && lm_utf8_next(s + prev_char(s, ms), ms - prev_char(s, ms), &cp) &&

@@ -34,6 +34,7 @@ typedef struct tk_regex {
 void tk_budget_begin(size_t bytes);
 void tk_budget_end(void);
 void tk_budget_base(double seconds);  // the fixed part (5 s); tests lower it
+bool tk_budget_exceeded(void);       // for loops other than the regex's
 
 // Growth limit of the text through normalizers, pre-tokenizers and decoders
 // (a Replace repeated in a Sequence multiplies it): at most this factor of
@@ -121,13 +122,16 @@ typedef struct tk_added {
 } tk_added;
 
 // Literal matcher over a subset of the added tokens (leftmost-longest, as
-// tokenizers' Aho-Corasick set): tokens bucketed by first byte.
+// tokenizers' Aho-Corasick set): a byte trie, so finding the longest token
+// at a position costs its length, whatever the number of tokens.
 typedef struct tk_trie {
-    const char **pat;   // pattern per entry (the normalized content for the normalized set)
-    size_t *len;
-    int *tok;           // index into lm_tokenizer.added
-    int n;
-    int first[257];     // entries sorted by first byte: [first[c], first[c+1])
+    int32_t root[256];  // node of each first byte, -1: none
+    int32_t *child;     // [nodes] first child, -1: none
+    int32_t *next;      // [nodes] next sibling, -1: none
+    int32_t *tok;       // [nodes] added token ending here (index into lm_tokenizer.added), -1: none
+    uint8_t *byte;      // [nodes]
+    int n_nodes, cap;
+    int n;              // tokens in the trie
 } tk_trie;
 
 struct lm_tokenizer {

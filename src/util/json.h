@@ -10,4 +10,10 @@
 // loaders refuse such files.
 const char *lm_json_duplicate_key(const cJSON *root);
 
+// Deepest nesting of [ and { in JSON text (outside strings). Parsing is
+// recursive: loaders refuse texts deeper than LM_JSON_MAX_DEPTH before
+// parsing, so a hostile file cannot exhaust a small stack.
+#define LM_JSON_MAX_DEPTH 64
+int lm_json_depth(const char *s, size_t n);
+
 #endif

@@ -5,8 +5,9 @@
 
 static lm_status parse(const char *json, lm_config *c) { return lm_config_parse(json, strlen(json), "config.json", c); }
 
-#define BASE "\"vocab_size\": 100, \"hidden_size\": 64, \"num_hidden_layers\": 4, \"num_attention_heads\": 4, " \
-             "\"intermediate_size\": 32, \"num_experts_per_tok\": 2"
+#define BASE_NOKV "\"vocab_size\": 100, \"hidden_size\": 64, \"num_hidden_layers\": 4, \"num_attention_heads\": 4, " \
+                  "\"intermediate_size\": 32, \"num_experts_per_tok\": 2"
+#define BASE BASE_NOKV ", \"num_key_value_heads\": 4"
 
 static void test_spellings(void) {
     lm_config a, b;
@@ -19,16 +20,24 @@ static void test_spellings(void) {
                 "\"moe_intermediate_size\": 12}", &b) == LM_OK);
     CHECK(a.n_experts == 6 && b.n_experts == 6);
     CHECK(a.rope_theta == 5000.0 && b.rope_theta == 5000.0);
-    CHECK(a.head_dim == 32 && a.moe_inter == 12 && a.qk_norm == LM_QK_NORM_HEAD && a.norm_topk);
+    // Qwen3MoeConfig's defaults: norm_topk_prob false, 4 KV heads, rms_norm_eps 1e-6, 32768 positions
+    CHECK(a.head_dim == 32 && a.moe_inter == 12 && a.qk_norm == LM_QK_NORM_HEAD && !a.norm_topk);
+    CHECK(a.n_kv_heads == 4 && a.rms_eps == 1e-6f && a.max_pos == 32768);
     lm_config_free(&a);
     lm_config_free(&b);
 }
 
 static void test_arch_defaults(void) {
     lm_config c;
-    CHECK(parse("{\"model_type\": \"mixtral\", " BASE ", \"num_local_experts\": 8, \"head_dim\": null}", &c) == LM_OK);
+    // MixtralConfig's defaults: rope_theta 1e6, rms_norm_eps 1e-5, bos 1, eos 2, 8 KV heads (null: one per head)
+    CHECK(parse("{\"model_type\": \"mixtral\", " BASE_NOKV ", \"num_local_experts\": 8, \"head_dim\": null, "
+                "\"num_key_value_heads\": null}", &c) == LM_OK);
     CHECK(c.arch == LM_ARCH_MIXTRAL && c.head_dim == 16 && c.n_kv_heads == 4 && c.norm_topk && c.n_moe_layers == 4);
-    CHECK(c.moe_inter == 32 && c.bos == -1 && c.n_eos == 0);
+    CHECK(c.moe_inter == 32 && c.bos == 1 && c.n_eos == 1 && c.eos[0] == 2);
+    CHECK(c.rope_theta == 1e6 && c.rms_eps == 1e-5f && c.max_pos == 131072);
+    lm_config_free(&c);
+    CHECK(parse("{\"model_type\": \"mixtral\", " BASE_NOKV ", \"num_local_experts\": 8}", &c) == LM_ERR_FORMAT);
+    CHECK(strstr(lm_last_error(), "num_key_value_heads 8"));  // the class default: 4 heads cannot share 8
     lm_config_free(&c);
     // Qwen2-MoE: qkv bias by default (4.x), sparse step 2 and mlp_only_layers
     CHECK(parse("{\"architectures\": [\"Qwen2MoeForCausalLM\"], " BASE ", \"num_experts\": 4, \"decoder_sparse_step\": 2, "
@@ -41,6 +50,7 @@ static void test_arch_defaults(void) {
     lm_config_free(&c);
     CHECK(parse("{\"architectures\": [\"OlmoeForCausalLM\"], " BASE ", \"num_experts\": 9, \"clip_qkv\": null}", &c) == LM_OK);
     CHECK(c.qk_norm == LM_QK_NORM_FULL && !c.norm_topk);
+    CHECK(c.n_kv_heads == 4 && c.rope_theta == 1e4 && c.max_pos == 4096 && c.n_eos == 0);  // eos 50279 >= vocab: none
     lm_config_free(&c);
 }
 
