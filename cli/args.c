@@ -117,3 +117,27 @@ void arg_unknown(args *a, const char *positional_hint) {
     else if (positional_hint) arg_fail(a, "unexpected argument '%s': %s", s, positional_hint);
     else arg_fail(a, "unexpected argument '%s'", s);
 }
+
+bool arg_size(args *a, const char *flag, const char *alt, double *out) {
+    const char *v;
+    if (!arg_val(a, flag, alt, &v)) return false;
+    if (!v) return true;
+    char *end;
+    errno = 0;
+    double x = starts_number(v, false) ? strtod(v, &end) : -1;
+    double mult = 1;
+    if (x >= 0 && *end) {
+        switch (*end) {
+        case 'k': case 'K': mult = 1e3; break;
+        case 'm': case 'M': mult = 1e6; break;
+        case 'g': case 'G': mult = 1e9; break;
+        case 't': case 'T': mult = 1e12; break;
+        default: mult = 0;
+        }
+        if (mult && end[1] && !((end[1] == 'B' || end[1] == 'b') && !end[2])) mult = 0;
+    }
+    if (x < 0 || errno || !isfinite(x) || !mult || x * mult < 1)
+        arg_fail(a, "%s: '%s' is not a size (a number of bytes, or with a suffix: 512M, 2G)", flag, v);
+    else *out = x * mult;
+    return true;
+}

@@ -22,6 +22,8 @@ bool arg_flag(args *a, const char *flag, const char *alt);
 bool arg_int(args *a, const char *flag, const char *alt, long lo, long hi, int *out);
 bool arg_u64(args *a, const char *flag, const char *alt, uint64_t *out);
 bool arg_float(args *a, const char *flag, const char *alt, double lo, double hi, float *out);
+// A size in bytes with an optional decimal suffix: 512M, 2G, 1.5T (or k).
+bool arg_size(args *a, const char *flag, const char *alt, double *out);
 void arg_fail(args *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 // argv[i] matched no option: "unknown option", or for a bare word the hint
 // (e.g. how to pass a prompt) when one is given.

@@ -3,17 +3,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "prompts.h"
+#include "util/file.h"
 
 static const char *help =
     "usage: lightmoe generate [-m DIR] (-p TEXT | --prompts FILE.jsonl) [options]\n"
     "\n"
     "Generates a continuation of TEXT, streamed to stdout, or of every prompt of a\n"
-    "JSONL file ({\"prompt\": \"...\"} per line; other fields are ignored), processed\n"
-    "together as one batch; the results are written as JSONL in input order.\n"
-    "Statistics go to stderr.\n"
+    "JSONL file ({\"prompt\": \"...\"} per line; other fields are ignored), any\n"
+    "number of them: they run many at a time as room frees up, and the results are\n"
+    "written as JSONL in input order (a prompt that cannot run gets an \"error\" in\n"
+    "its line; the exit status is then 1). Progress and statistics go to stderr.\n"
     "\n"
     "  -m, --model DIR       Hugging Face checkpoint directory (config.json, tokenizer.json,\n"
     "                        *.safetensors); default: the small model shipped in models/\n"
@@ -30,25 +33,19 @@ static const char *help =
     "      --ignore-eos      keep going after the end-of-sequence token\n"
     "      --no-special      do not add BOS/special tokens to the prompt\n"
     "      --max-batch-tokens N\n"
-    "                        most tokens one forward pass processes, prompts being\n"
-    "                        prefilled in chunks of it (default 512)\n" CLI_MODEL_OPTS_HELP
+    "                        token budget of one step (one forward pass): a decode\n"
+    "                        token per running prompt, prompts prefilled in chunks\n"
+    "                        in what is left (default 512)\n"
+    "      --parallel N      prompts run at once (default 256, at most the budget);\n"
+    "                        the others wait in a queue\n"
+    "      --kv-mem SIZE     KV cache budget, e.g. 2G (default: enough for every running\n"
+    "                        prompt at the model's full context, or a quarter of the\n"
+    "                        free memory if less; when it runs out the newest prompt\n"
+    "                        is set back and recomputed later)\n" CLI_MODEL_OPTS_HELP
     "\n"
     "Options take their value as the next argument or after '=' (--prompt=TEXT).\n";
 
-typedef struct {
-    FILE *out;
-    int err;  // errno of a failed write; generation stops at the first
-} stream_ctx;
 
-static int stream_cb(void *user, int idx, const char *piece, size_t len) {
-    stream_ctx *s = user;
-    (void)idx;
-    if (fwrite(piece, 1, len, s->out) != len || fflush(s->out) != 0) {
-        s->err = errno ? errno : EIO;
-        return 1;
-    }
-    return 0;
-}
 
 static const char *finish_name(lm_finish f) {
     return f == LM_FINISH_EOS ? "eos" : f == LM_FINISH_STOP ? "stop" : "length";
@@ -77,22 +74,87 @@ static void json_string(FILE *f, const char *s, size_t n) {
     fputc('"', f);
 }
 
-static void write_results(FILE *out, const cli_prompts *prompts, const lm_gen_result *res) {
-    for (int i = 0; i < prompts->n; i++) {
-        fprintf(out, "{\"index\":%d,\"prompt\":", i);
-        json_string(out, prompts->text[i], strlen(prompts->text[i]));
-        fputs(",\"text\":", out);
-        json_string(out, res[i].text, res[i].text_len);
-        fprintf(out, ",\"prompt_tokens\":%d,\"generated_tokens\":%d,\"finish_reason\":\"%s\"}\n",
-                res[i].n_prompt_tokens, res[i].n_gen_tokens, finish_name(res[i].finish));
+static void write_result(FILE *out, int i, const char *prompt, const lm_gen_result *r) {
+    fprintf(out, "{\"index\":%d,\"prompt\":", i);
+    json_string(out, prompt, strlen(prompt));
+    fputs(",\"text\":", out);
+    json_string(out, r->text ? r->text : "", r->text ? r->text_len : 0);
+    fprintf(out, ",\"prompt_tokens\":%d,\"generated_tokens\":%d,\"finish_reason\":\"%s\"", r->n_prompt_tokens,
+            r->n_gen_tokens, finish_name(r->finish));
+    if (r->error) {
+        fputs(",\"error\":", out);
+        json_string(out, r->error, strlen(r->error));
     }
+    fputs("}\n", out);
+}
+
+// State of one run: results are written in input order as soon as every
+// earlier one is complete (and freed), progress goes to stderr.
+typedef struct {
+    cli_out *out;             // JSONL output, NULL when streaming one prompt
+    const char *name;         // the prompts file, for messages
+    const cli_prompts *prompts;
+    lm_gen_result *res;
+    char *ready;              // [n] result complete
+    int next;                 // first result not written yet
+    long n_prompt, n_gen;
+    int n_failed;
+    bool begun, tty, progress_shown;
+    double t_last;
+    int err;                  // errno of a failed write
+    FILE *stream;
+} run_ctx;
+
+static void on_done(void *user, int idx, const lm_gen_result *r) {
+    run_ctx *c = user;
+    c->n_prompt += r->n_prompt_tokens;
+    c->n_gen += r->n_gen_tokens;
+    c->n_failed += r->finish == LM_FINISH_ERROR;
+    if (r->finish == LM_FINISH_ERROR && c->out)  // said at once, with where the prompt is; also in its result line
+        fprintf(stderr, "%slightmoe generate: %s:%d: %s\n", c->progress_shown && c->tty ? "\n" : "", c->name,
+                c->prompts->line[idx], r->error);
+    if (!c->out) return;
+    if (!c->ready && !(c->ready = calloc((size_t)c->prompts->n, 1))) return;  // written at the end instead
+    c->ready[idx] = 1;
+    while (c->next < c->prompts->n && c->ready[c->next]) {
+        if (!c->begun && cli_out_begin("generate", c->out) != 0) c->err = EIO;
+        c->begun = true;
+        lm_gen_result *w = &c->res[c->next];
+        write_result(c->out->f, c->next, c->prompts->text[c->next], w);
+        if (ferror(c->out->f) && !c->err) c->err = errno ? errno : EIO;
+        lm_gen_results_free(w, 1);  // written: its text is not needed any more
+        c->next++;
+    }
+}
+
+static int stream_cb(void *user, int idx, const char *piece, size_t len) {
+    run_ctx *c = user;
+    (void)idx;
+    if (fwrite(piece, 1, len, c->stream) != len || fflush(c->stream) != 0) {
+        c->err = errno ? errno : EIO;
+        return 1;  // generation stops at the first failed write
+    }
+    return 0;
+}
+
+static void on_progress(void *user, const lm_gen_progress *p) {
+    run_ctx *c = user;
+    double now = cli_now();
+    if (now - c->t_last < (c->tty ? 0.5 : 10.0) && p->done < p->total) return;
+    c->t_last = now;
+    double tps = p->seconds > 0 ? (double)(p->prompt_tokens + p->gen_tokens) / p->seconds : 0;
+    double rate = p->seconds > 0 ? p->done / p->seconds : 0, eta = rate > 0 ? (p->total - p->done) / rate : 0;
+    fprintf(stderr, "%s[%d/%d done, %d running, %d waiting] %.0f tok/s, ETA %.0f s%s", c->tty ? "\r" : "", p->done,
+            p->total, p->running, p->waiting, tps, eta, c->tty ? "   " : "\n");
+    c->progress_shown = true;
 }
 
 int cmd_generate(int argc, char **argv) {
     args a = {argc, 1, argv, "generate", false};
     const char *model_dir = NULL, *prompt = NULL, *prompts_file = NULL, *out_path = NULL, *v;
     lm_gen_params gp = lm_gen_default_params();
-    int batch = 512;
+    int batch = 512, parallel = 256;
+    double kv_mem = 0;
     cli_model_opts mo = {0};
     const char **stops = NULL;
     int n_stops = 0;
@@ -109,16 +171,17 @@ int cmd_generate(int argc, char **argv) {
             arg_int(&a, "--top-k", NULL, 0, 1 << 24, &gp.sampler.top_k) ||
             arg_float(&a, "--top-p", NULL, 1e-6, 1, &gp.sampler.top_p) ||
             arg_u64(&a, "--seed", NULL, &gp.sampler.seed) || cli_model_opt(&a, &mo) ||
-            arg_int(&a, "--max-batch-tokens", NULL, 1, 65536, &batch))
+            arg_int(&a, "--max-batch-tokens", NULL, 1, 65536, &batch) ||
+            arg_int(&a, "--parallel", NULL, 1, 65536, &parallel) || arg_size(&a, "--kv-mem", NULL, &kv_mem))
             continue;
         if (arg_val(&a, "--stop", NULL, &v)) {
-            const char **t = v ? realloc(stops, (size_t)(n_stops + 1) * sizeof *t) : NULL;
+            const char **t = NULL;
             if (v && !*v) arg_fail(&a, "--stop needs a non-empty string");
             else if (v && strlen(v) > LM_MAX_STOP_LEN) arg_fail(&a, "--stop: at most %d bytes", LM_MAX_STOP_LEN);
             else if (v && lm_utf8_invalid_at(v, strlen(v)) != strlen(v))
                 arg_fail(&a, "--stop: not valid UTF-8 (generated text is UTF-8, so it could cut a character)");
             else if (v && n_stops == LM_MAX_STOPS) arg_fail(&a, "at most %d --stop strings", LM_MAX_STOPS);
-            else if (v && !t) arg_fail(&a, "out of memory");
+            else if (v && !(t = realloc(stops, (size_t)(n_stops + 1) * sizeof *t))) arg_fail(&a, "out of memory");
             else if (v) stops = t, stops[n_stops++] = v;
             continue;
         }
@@ -169,39 +232,24 @@ int cmd_generate(int argc, char **argv) {
     if (mo.verbose && lm_tokenizer_vocab_size(tok) < mi.vocab)
         fprintf(stderr, "the tokenizer has %d ids, the model %d: the other %d are never sampled\n",
                 lm_tokenizer_vocab_size(tok), mi.vocab, mi.vocab - lm_tokenizer_vocab_size(tok));
-    // Size the KV cache for what these prompts need, not the model's maximum.
-    size_t longest = 0;
-    for (int i = 0; i < prompts.n; i++) {
-        int32_t *ids;
-        size_t n;
-        const char *where = prompts_file ? (strcmp(prompts_file, "-") ? prompts_file : "(standard input)") : "-p";
-        char at[32] = "";
-        if (prompts_file) snprintf(at, sizeof at, ":%d", prompts.line[i]);
-        if ((st = lm_tokenize(tok, prompts.text[i], strlen(prompts.text[i]), gp.add_special, &ids, &n))) {
-            fprintf(stderr, "lightmoe generate: %s%s: %s\n", where, at, lm_last_error());
-            rc = 1;
-            goto done;
-        }
-        free(ids);
-        if (n == 0) {
-            fprintf(stderr, "lightmoe generate: %s%s: the prompt gives no tokens (it is empty, or the tokenizer drops "
-                    "every character of it) and the tokenizer adds no BOS token\n", where, at);
-            rc = 1;
-            goto done;
-        }
-        if (n + (size_t)gp.max_tokens > (size_t)mi.max_positions) {
-            fprintf(stderr, "lightmoe generate: %s%s: the prompt (%zu tokens) + %d new tokens exceeds the model's %d "
-                    "positions\n", where, at, n, gp.max_tokens, mi.max_positions);
-            rc = 1;
-            goto done;
-        }
-        if (n > longest) longest = n;
-    }
+    // Sequences at once (each decodes one token per step, so at most the step's
+    // token budget), the model's full context, and a KV cache budget: enough
+    // for every running sequence at full length, or a quarter of the free
+    // memory if less (the scheduler preempts when it runs out). Pages are
+    // touched only when used, so memory grows with the work, not the budget.
     lm_context_params cp = lm_context_default_params();
     cp.kv_type = mo.kv_type;
-    cp.n_seq = prompts.n;
-    cp.n_ctx = (int)longest + gp.max_tokens;
+    cp.n_seq = parallel < prompts.n ? parallel : prompts.n;
+    if (cp.n_seq > batch) cp.n_seq = batch;
+    cp.n_ctx = mi.max_positions;
     cp.n_batch = batch;
+    cp.n_out = cp.n_seq;
+    double page_bytes = 2.0 * LM_KV_PAGE * mi.n_kv_heads * mi.head_dim * (mo.kv_type == LM_KV_F32 ? 4 : 2) * mi.n_layers;
+    double full = (double)cp.n_seq * lm_kv_pages_for(cp.n_ctx);
+    uint64_t avail = lm_mem_available();
+    double budget = kv_mem > 0 ? kv_mem : avail ? avail / 4.0 : 1e9;
+    cp.n_pages = (int)(full * page_bytes <= budget ? full : budget / page_bytes);
+    if (cp.n_pages < lm_kv_pages_for(cp.n_ctx < 4096 ? cp.n_ctx : 4096)) cp.n_pages = lm_kv_pages_for(cp.n_ctx < 4096 ? cp.n_ctx : 4096);
     if ((st = lm_context_init(model, &cp, &ctx))) {
         rc = cli_error("generate", st);
         goto done;
@@ -212,14 +260,26 @@ int cmd_generate(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    if (prompts_file) fprintf(stderr, "generating %d prompts together, up to %d tokens each ...\n", prompts.n, gp.max_tokens);
-    stream_ctx sc = {stdout, 0};
+    if (prompts_file) {
+        char kb[32];
+        fprintf(stderr, "generating %d prompts, up to %d tokens each, %d at a time (KV cache of %s) ...\n", prompts.n,
+                gp.max_tokens, cp.n_seq, lm_format_bytes(cp.n_pages * page_bytes, kb, sizeof kb));
+    }
+    run_ctx rcx = {.out = prompts_file ? &out : NULL, .name = prompts_file && strcmp(prompts_file, "-") ? prompts_file
+                                                                                                  : "(standard input)",
+                   .prompts = &prompts, .res = res, .t_last = cli_now(),
+                   .tty = isatty(2), .stream = stdout};
+    gp.on_done = on_done;
+    gp.on_progress = prompts_file ? on_progress : NULL;
+    gp.max_parallel = cp.n_seq;
     double t0 = cli_now();
     st = lm_generate(ctx, tok, (const char *const *)prompts.text, prompts.n, &gp, prompts_file ? NULL : stream_cb,
-                     &sc, res);
+                     &rcx, res);
     double dt = cli_now() - t0;
-    if (sc.err) {
-        fprintf(stderr, "lightmoe generate: writing standard output failed: %s\n", strerror(sc.err));
+    if (rcx.progress_shown && rcx.tty) fputc('\n', stderr);
+    if (rcx.err) {
+        fprintf(stderr, "lightmoe generate: writing %s failed: %s\n", prompts_file ? (out_path ? out_path : "standard output")
+                : "standard output", strerror(rcx.err));
         rc = 1;
         goto done;
     }
@@ -228,15 +288,12 @@ int cmd_generate(int argc, char **argv) {
         rc = cli_error("generate", st);
         goto done;
     }
-    long n_prompt = 0, n_gen = 0;
-    for (int i = 0; i < prompts.n; i++) n_prompt += res[i].n_prompt_tokens, n_gen += res[i].n_gen_tokens;
-    if (prompts_file) {
-        if (cli_out_begin("generate", &out)) {
+    if (!prompts_file) {
+        if (res[0].finish == LM_FINISH_ERROR) {
+            fprintf(stderr, "lightmoe generate: -p: %s\n", res[0].error);
             rc = 1;
             goto done;
         }
-        write_results(out.f, &prompts, res);
-    } else {
         fputc('\n', stdout);
         out = (cli_out){stdout, NULL, NULL, NULL, -1, false};
     }
@@ -246,7 +303,12 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     fprintf(stderr, "[%d prompt(s): %ld prompt tokens, %ld generated in %.2f s: %.1f tok/s overall]\n", prompts.n,
-            n_prompt, n_gen, dt, dt > 0 ? (double)(n_prompt + n_gen) / dt : 0.0);
+            rcx.n_prompt, rcx.n_gen, dt, dt > 0 ? (double)(rcx.n_prompt + rcx.n_gen) / dt : 0.0);
+    if (rcx.n_failed) {
+        fprintf(stderr, "lightmoe generate: %d of %d prompts could not run (see the \"error\" of their result lines)\n",
+                rcx.n_failed, prompts.n);
+        rc = 1;
+    }
 
 done:
     cli_out_abort(&out);

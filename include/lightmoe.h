@@ -256,18 +256,7 @@ void lm_sampler_free(lm_sampler *s);
 #define LM_MAX_STOP_LEN 1024  // bytes of one stop string
 #define LM_MAX_STOPS 64        // stop strings per request
 
-typedef struct lm_gen_params {
-    int max_tokens;              // new tokens per prompt
-    lm_sampler_params sampler;   // each prompt gets its own stream seeded with sampler.seed
-    const char *const *stop;     // stop strings (not included in the output); may be NULL
-    int n_stop;
-    bool ignore_eos;
-    bool add_special;            // add BOS as the tokenizer does (default true)
-} lm_gen_params;
-
-lm_gen_params lm_gen_default_params(void);
-
-typedef enum lm_finish { LM_FINISH_LENGTH = 0, LM_FINISH_EOS, LM_FINISH_STOP } lm_finish;
+typedef enum lm_finish { LM_FINISH_LENGTH = 0, LM_FINISH_EOS, LM_FINISH_STOP, LM_FINISH_ERROR } lm_finish;
 
 typedef struct lm_gen_result {
     char *text;          // generated text, NUL-terminated (malloc'ed; free with lm_gen_results_free)
@@ -275,25 +264,57 @@ typedef struct lm_gen_result {
     int n_prompt_tokens;
     int n_gen_tokens;
     lm_finish finish;
+    lm_status status;    // LM_OK, or why this request could not run (finish == LM_FINISH_ERROR)
+    char *error;         // the message of that status (malloc'ed), else NULL
 } lm_gen_result;
+
+typedef struct lm_gen_progress {
+    int done, total;       // requests finished (or refused), requests in all
+    int running, waiting;
+    long prompt_tokens;    // prompt tokens of the finished requests
+    long gen_tokens;       // tokens generated so far
+    long computed_tokens;  // tokens run through the model (recomputations after preemption included)
+    long preemptions;
+    double seconds;        // since lm_generate started
+} lm_gen_progress;
+
+typedef struct lm_gen_params {
+    int max_tokens;              // new tokens per prompt
+    lm_sampler_params sampler;   // each prompt gets its own stream seeded with sampler.seed
+    const char *const *stop;     // stop strings (not included in the output); may be NULL
+    int n_stop;
+    bool ignore_eos;
+    bool add_special;            // add BOS as the tokenizer does (default true)
+    int max_parallel;            // requests decoded at once; 0: the context's n_seq
+    // optional: each request's result as soon as it is complete (any order),
+    // and the progress after each step; `user` is lm_generate's.
+    void (*on_done)(void *user, int idx, const lm_gen_result *r);
+    void (*on_progress)(void *user, const lm_gen_progress *p);
+} lm_gen_params;
+
+lm_gen_params lm_gen_default_params(void);
 
 // Called with each newly completed piece of text of prompt `idx` (len bytes,
 // which may include NUL bytes). Return non-zero to stop that prompt early.
 typedef int (*lm_piece_cb)(void *user, int idx, const char *piece, size_t len);
 
-// Generates continuations of n prompts together: prompts are prefilled as one
-// batch, then every live sequence advances one token per step in a shared
-// batch. The context needs n_seq >= n and n_ctx >= longest prompt + max_tokens.
 // LM_OK if every id the tokenizer can produce is inside the model's
 // vocabulary; else an error saying they do not belong together. (A model with
 // more ids than its tokenizer is normal: padded embedding tables.)
 lm_status lm_tokenizer_check_model(const lm_tokenizer *tok, const lm_model *model);
 
+// Generates continuations of any number of prompts on one context: requests
+// wait in a queue and run as sequences and KV pages free up (at most
+// max_parallel at once); prefill is chunked into the decode steps; when the
+// pages run out the newest request is set back and recomputed later. A
+// request that can never run (prompt + max_tokens beyond the context, no
+// tokens at all) gets its error in its result; the others still run. The
+// return status is for failures of the whole call (memory, the model).
 lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *const *prompts, int n,
                       const lm_gen_params *params, lm_piece_cb cb, void *user,
                       lm_gen_result *results);
 
-void lm_gen_results_free(lm_gen_result *results, int n);
+void lm_gen_results_free(lm_gen_result *results, int n);  // texts and errors
 
 // ---------------------------------------------------------------- probes ---
 

@@ -1,13 +1,16 @@
-// Batched generation: all prompts are prefilled together (in chunks of the
-// context's batch size), then every live sequence advances one token per
-// step in one shared batch. Stop strings are matched on the decoded text and
-// text that could still become a stop string is held back from the stream.
+// Text generation on the scheduler (src/engine/sched.c): every prompt is a
+// request; the scheduler decides what runs in each step, this file samples
+// each request's next token and turns tokens into text. Stop strings are
+// matched on the decoded text, and text that could still become a stop
+// string is held back from the stream.
 #include <stdlib.h>
 #include <string.h>
 
-#include "lightmoe.h"
 #include "engine/sample.h"
+#include "engine/sched.h"
+#include "lightmoe.h"
 #include "util/err.h"
+#include "util/file.h"
 
 lm_gen_params lm_gen_default_params(void) {
     return (lm_gen_params){.max_tokens = 128,
@@ -15,20 +18,37 @@ lm_gen_params lm_gen_default_params(void) {
                            .stop = NULL,
                            .n_stop = 0,
                            .ignore_eos = false,
-                           .add_special = true};
+                           .add_special = true,
+                           .max_parallel = 0,
+                           .on_done = NULL,
+                           .on_progress = NULL};
 }
 
-typedef struct {
-    int32_t *prompt;
-    size_t n_prompt;
+typedef struct gen_seq {
+    int idx;           // the prompt's index
     lm_sampler *sampler;
-    lm_detok *detok;
-    char *text;        // generated text so far
+    lm_detok *detok;   // while running
+    char *text;        // generated text so far (never NULL once running)
     size_t len, cap;
     size_t emitted;    // bytes of text already passed to the callback
-    int32_t last;      // token to feed next
     bool done;
 } gen_seq;
+
+typedef struct gen {
+    const lm_gen_params *p;
+    const lm_tokenizer *tok;
+    lm_model_info mi;
+    lm_piece_cb cb;
+    void *user;
+    lm_gen_result *results;
+    gen_seq *seq;                // [requests] by scheduler id
+    lm_sample_scratch *scratch;  // one for every request: they are sampled one after another
+    const uint8_t *banned;
+    int n_valid;
+    lm_status err;               // a hard failure inside a callback
+    long gen_tokens, prompt_done;
+    int done;
+} gen;
 
 static bool append(gen_seq *g, const char *s, size_t n) {
     if (g->len + n + 1 > g->cap) {
@@ -44,7 +64,7 @@ static bool append(gen_seq *g, const char *s, size_t n) {
     return true;
 }
 
-// Longest suffix of text[from..len) that is a proper prefix of a stop string.
+// Longest suffix of text[emitted..len) that is a proper prefix of a stop string.
 static size_t held_back(const gen_seq *g, const lm_gen_params *p) {
     size_t hold = 0;
     for (int i = 0; i < p->n_stop; i++) {
@@ -59,44 +79,57 @@ static size_t held_back(const gen_seq *g, const lm_gen_params *p) {
 }
 
 // Emits text up to `upto` through the callback; returns false if it asked to stop.
-static bool emit(gen_seq *g, int idx, size_t upto, lm_piece_cb cb, void *user) {
+static bool emit(gen *G, gen_seq *g, size_t upto) {
     bool go = true;
-    if (upto > g->emitted && cb) go = cb(user, idx, g->text + g->emitted, upto - g->emitted) == 0;
+    if (upto > g->emitted && G->cb) go = G->cb(G->user, g->idx, g->text + g->emitted, upto - g->emitted) == 0;
     if (upto > g->emitted) g->emitted = upto;
     return go;
 }
 
-static void finish(gen_seq *g, lm_gen_result *r, lm_finish why, int idx, lm_piece_cb cb, void *user) {
+// The request is complete: its result is handed over and its state freed.
+static void finish(gen *G, gen_seq *g, lm_finish why) {
+    lm_gen_result *r = &G->results[g->idx];
     g->done = true;
     r->finish = why;
-    if (why != LM_FINISH_STOP || g->emitted < g->len) emit(g, idx, g->len, cb, user);
+    if (why != LM_FINISH_STOP || g->emitted < g->len) emit(G, g, g->len);
+    r->text = g->text;
+    r->text_len = g->len;
+    g->text = NULL;
+    lm_detok_free(g->detok);
+    g->detok = NULL;
+    lm_sampler_free(g->sampler);
+    g->sampler = NULL;
+    G->done++;
+    G->prompt_done += r->n_prompt_tokens;
+    if (G->p->on_done) G->p->on_done(G->user, g->idx, r);
 }
 
 // Ends a sequence at EOS or the length limit: text the detokenizer still
 // holds (an incomplete character) is appended first.
-static lm_status finish_flushed(gen_seq *g, lm_gen_result *r, lm_finish why, int idx, lm_piece_cb cb, void *user) {
+static lm_status finish_flushed(gen *G, gen_seq *g, lm_finish why) {
     const char *tail;
     size_t nt = 0;
     lm_status st = lm_detok_flush(g->detok, &tail, &nt);
     if (st) return st;
     if (nt && !append(g, tail, nt)) return lm_err(LM_ERR_OOM, "out of memory");
-    finish(g, r, why, idx, cb, user);
+    finish(G, g, why);
     return LM_OK;
 }
 
-static bool is_eos(const lm_model_info *mi, const lm_tokenizer *tok, int32_t t) {
-    for (int i = 0; i < mi->n_eos; i++)
-        if (mi->eos_token_ids[i] == t) return true;
-    return t == lm_tokenizer_eos(tok);
+static bool is_eos(const gen *G, int32_t t) {
+    for (int i = 0; i < G->mi.n_eos; i++)
+        if (G->mi.eos_token_ids[i] == t) return true;
+    return t == lm_tokenizer_eos(G->tok);
 }
 
-// Feeds a newly sampled token to sequence i; returns an error status only for
-// hard failures (allocation).
-static lm_status accept_token(gen_seq *g, int i, int32_t t, const lm_gen_params *p, const lm_model_info *mi,
-                              const lm_tokenizer *tok, lm_gen_result *r, lm_piece_cb cb, void *user) {
+// Feeds a newly sampled token to the request; sets *more when it goes on.
+static lm_status accept_token(gen *G, gen_seq *g, int32_t t, bool *more) {
+    const lm_gen_params *p = G->p;
+    lm_gen_result *r = &G->results[g->idx];
+    *more = false;
     r->n_gen_tokens++;
-    g->last = t;
-    if (!p->ignore_eos && is_eos(mi, tok, t)) return finish_flushed(g, r, LM_FINISH_EOS, i, cb, user);
+    G->gen_tokens++;
+    if (!p->ignore_eos && is_eos(G, t)) return finish_flushed(G, g, LM_FINISH_EOS);
     const char *piece;
     size_t np = 0;
     lm_status st = lm_detok_push(g->detok, t, &piece, &np);
@@ -119,16 +152,44 @@ static lm_status accept_token(gen_seq *g, int i, int32_t t, const lm_gen_params 
         g->len = (size_t)(cut - g->text);
         g->text[g->len] = 0;
         if (g->emitted > g->len) g->emitted = g->len;
-        emit(g, i, g->len, cb, user);
-        finish(g, r, LM_FINISH_STOP, i, cb, user);
+        emit(G, g, g->len);
+        finish(G, g, LM_FINISH_STOP);
         return LM_OK;
     }
-    if (r->n_gen_tokens >= p->max_tokens) return finish_flushed(g, r, LM_FINISH_LENGTH, i, cb, user);
-    if (!emit(g, i, g->len - held_back(g, p), cb, user)) {  // the caller asked to stop: say nothing more
-        g->done = true;
-        r->finish = LM_FINISH_STOP;
+    if (r->n_gen_tokens >= p->max_tokens) return finish_flushed(G, g, LM_FINISH_LENGTH);
+    if (!emit(G, g, g->len - held_back(g, p))) {  // the caller asked to stop: say nothing more
+        finish(G, g, LM_FINISH_STOP);
+        return LM_OK;
     }
+    *more = true;
     return LM_OK;
+}
+
+// The scheduler's callback: the next token of request `id`, or -1 when it ended.
+static int32_t next_token(void *user, int id, const float *logits) {
+    gen *G = user;
+    gen_seq *g = &G->seq[id];
+    if (G->err || g->done) return -1;
+    if (!g->detok) {  // the first token: the request's text state starts now
+        if ((G->err = lm_detok_init(G->tok, true, &g->detok)) || !append(g, "", 0)) {
+            if (!G->err) G->err = lm_err(LM_ERR_OOM, "out of memory");
+            return -1;
+        }
+    }
+    int32_t t = lm_sampler_sample_with(g->sampler, logits, G->scratch);
+    bool more;
+    if ((G->err = accept_token(G, g, t, &more))) return -1;
+    return more ? t : -1;
+}
+
+static void fail_request(gen *G, int idx, lm_status st, const char *msg) {
+    lm_gen_result *r = &G->results[idx];
+    r->status = st;
+    r->finish = LM_FINISH_ERROR;
+    r->error = lm_strdup(msg);
+    r->text = lm_strdup("");
+    G->done++;
+    if (G->p->on_done) G->p->on_done(G->user, idx, r);
 }
 
 lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *const *prompts, int n,
@@ -138,144 +199,115 @@ lm_status lm_generate(lm_context *ctx, const lm_tokenizer *tok, const char *cons
     if (p.max_tokens < 0) return lm_err(LM_ERR_INVALID_ARG, "max tokens %d must be >= 0", p.max_tokens);
     for (int s = 0; s < p.n_stop; s++) {
         if (!p.stop[s] || !p.stop[s][0]) return lm_err(LM_ERR_INVALID_ARG, "stop strings must not be empty");
-        // Held-back text is matched against every prefix of every stop string
-        // per token: bound the cost.
         if (lm_utf8_invalid_at(p.stop[s], strlen(p.stop[s])) != strlen(p.stop[s]))
             return lm_err(LM_ERR_INVALID_ARG, "stop string %d is not valid UTF-8", s + 1);
+        // Held-back text is matched against every prefix of every stop string
+        // per token: bound the cost.
         if (strlen(p.stop[s]) > LM_MAX_STOP_LEN)
             return lm_err(LM_ERR_INVALID_ARG, "stop string %d is %zu bytes long (at most %d)", s + 1, strlen(p.stop[s]),
                           LM_MAX_STOP_LEN);
     }
     if (p.n_stop > LM_MAX_STOPS) return lm_err(LM_ERR_INVALID_ARG, "%d stop strings (at most %d)", p.n_stop, LM_MAX_STOPS);
-    memset(results, 0, (size_t)n * sizeof *results);
-    lm_model_info mi;
-    lm_model_get_info(lm_context_model(ctx), &mi);
-    lm_context_params cp = lm_context_get_params(ctx);
-    if (n > cp.n_seq)
-        return lm_err(LM_ERR_INVALID_ARG, "%d prompts but the context holds %d sequences", n, cp.n_seq);
-
     lm_status st = lm_tokenizer_check_model(tok, lm_context_model(ctx));
     if (st) return st;
+    memset(results, 0, (size_t)n * sizeof *results);
+
+    gen G = {.p = &p, .tok = tok, .cb = cb, .user = user, .results = results};
+    lm_model_get_info(lm_context_model(ctx), &G.mi);
     // The model may have more ids than the tokenizer (padded embedding
     // tables): those, and ids the tokenizer leaves unused, are never sampled,
     // so every sampled id can be decoded.
-    int n_valid = lm_tokenizer_vocab_size(tok) < mi.vocab ? lm_tokenizer_vocab_size(tok) : mi.vocab;
+    G.n_valid = lm_tokenizer_vocab_size(tok) < G.mi.vocab ? lm_tokenizer_vocab_size(tok) : G.mi.vocab;
     uint8_t *banned = NULL;
-    lm_sample_scratch *scratch = NULL;  // one for every sequence: they are sampled one after another
-    for (int id = 0; id < n_valid; id++)
+    for (int id = 0; id < G.n_valid; id++)
         if (!lm_tokenizer_id_valid(tok, id)) {
-            if (!banned && !(banned = lm_calloc((size_t)n_valid, 1))) return LM_ERR_OOM;
+            if (!banned && !(banned = lm_calloc((size_t)G.n_valid, 1))) return LM_ERR_OOM;
             banned[id] = 1;
         }
+    G.banned = banned;
+    lm_sched_params sp = {.max_running = p.max_parallel, .step_tokens = 0};
+    lm_sched *S = NULL;
+    G.seq = lm_calloc((size_t)n, sizeof *G.seq);
+    if (!G.seq) st = LM_ERR_OOM;
+    if (!st) st = lm_sched_init(ctx, &sp, next_token, &G, &S);
+    if (!st && p.sampler.temperature > 0) st = lm_sample_scratch_init(G.n_valid, &G.scratch);
+    double t0 = lm_now();
 
-    // A decode step holds one token per live sequence, which may exceed n_batch.
-    size_t cap = (size_t)(cp.n_batch > n ? cp.n_batch : n);
-    gen_seq *g = lm_calloc((size_t)n, sizeof *g);
-    int32_t *btok = lm_malloc(cap * sizeof(int32_t));
-    int32_t *bseq = lm_malloc(cap * sizeof(int32_t));
-    uint8_t *bwant = lm_malloc(cap);
-    int *brow = lm_malloc(cap * sizeof(int));
-    st = (g && btok && bseq && bwant && brow) ? LM_OK : LM_ERR_OOM;
-
+    // Every prompt becomes a request, or gets its error now.
     for (int i = 0; i < n && !st; i++) {
-        lm_seq_clear(ctx, i);
-        st = lm_tokenize(tok, prompts[i], strlen(prompts[i]), p.add_special, &g[i].prompt, &g[i].n_prompt);
-        if (st) break;
-        if (g[i].n_prompt == 0) {
-            st = lm_err(LM_ERR_INVALID_ARG, "prompt %d gives no tokens (it is empty, or the tokenizer drops every "
-                        "character of it) and the tokenizer adds no BOS token", i);
-            break;
+        int32_t *ids = NULL;
+        size_t n_ids = 0;
+        lm_status rs = lm_tokenize(tok, prompts[i], strlen(prompts[i]), p.add_special, &ids, &n_ids);
+        if (rs == LM_ERR_OOM) st = rs;
+        if (rs) {
+            if (!st) fail_request(&G, i, rs, lm_last_error());
+            free(ids);
+            continue;
         }
-        if (g[i].n_prompt + (size_t)p.max_tokens > (size_t)cp.n_ctx) {
-            st = lm_err(LM_ERR_RANGE, "prompt %d has %zu tokens; with %d new tokens it exceeds the context of %d",
-                        i, g[i].n_prompt, p.max_tokens, cp.n_ctx);
-            break;
+        results[i].n_prompt_tokens = (int)n_ids;
+        for (size_t t = 0; t < n_ids && !rs; t++)
+            if (ids[t] >= G.mi.vocab)
+                rs = lm_err(LM_ERR_RANGE, "token id %d is outside the model's vocabulary of %d", ids[t], G.mi.vocab);
+        if (!rs && n_ids == 0)
+            rs = lm_err(LM_ERR_INVALID_ARG, "the prompt gives no tokens (it is empty, or the tokenizer drops every "
+                        "character of it) and the tokenizer adds no BOS token");
+        if (!rs && p.max_tokens == 0) {  // nothing to generate: no need to run the prompt
+            free(ids);
+            results[i].text = lm_strdup("");
+            results[i].finish = LM_FINISH_LENGTH;
+            G.done++;
+            G.prompt_done += (long)n_ids;
+            if (p.on_done) p.on_done(user, i, &results[i]);
+            continue;
         }
-        for (size_t t = 0; t < g[i].n_prompt && !st; t++)
-            if (g[i].prompt[t] >= mi.vocab)
-                st = lm_err(LM_ERR_RANGE, "prompt %d: token id %d is outside the model's vocabulary of %d "
-                            "(tokenizer and model do not match)", i, g[i].prompt[t], mi.vocab);
-        if (!st) st = lm_sampler_init(&p.sampler, n_valid, &g[i].sampler);
-        if (!st) lm_sampler_ban(g[i].sampler, banned);
-        if (!st && !scratch && p.sampler.temperature > 0) st = lm_sample_scratch_init(n_valid, &scratch);
-        if (!st) st = lm_detok_init(tok, true, &g[i].detok);
-        // text is never NULL: stop matching and hold-back read it from the first token on
-        if (!st && !append(&g[i], "", 0)) st = lm_err(LM_ERR_OOM, "out of memory");
-        results[i].n_prompt_tokens = (int)g[i].n_prompt;
-        if (p.max_tokens == 0) g[i].done = true;
+        int id = -1;
+        if (!rs) rs = lm_sched_add(S, ids, (int)n_ids, p.max_tokens, &id);
+        free(ids);
+        if (rs == LM_ERR_OOM) st = rs;
+        if (rs) {
+            if (!st) fail_request(&G, i, rs, lm_last_error());
+            continue;
+        }
+        gen_seq *g = &G.seq[id];
+        g->idx = i;
+        if ((st = lm_sampler_init(&p.sampler, G.n_valid, &g->sampler))) break;
+        lm_sampler_ban(g->sampler, banned);
     }
 
-    // Prefill: prompts packed back to back; logits only for each prompt's last token.
-    int i_seq = 0;
-    size_t i_tok = 0;
-    while (!st && i_seq < n) {
-        int nb = 0;
-        while (nb < cp.n_batch && i_seq < n) {
-            btok[nb] = g[i_seq].prompt[i_tok];
-            bseq[nb] = i_seq;
-            bwant[nb] = i_tok + 1 == g[i_seq].n_prompt && !g[i_seq].done;
-            nb++;
-            if (++i_tok == g[i_seq].n_prompt) i_seq++, i_tok = 0;
-        }
-        lm_batch b = {nb, btok, bseq, bwant, NULL};
-        st = lm_decode(ctx, &b);
-        int j = 0;
-        for (int k = 0; k < nb && !st; k++) {
-            if (!bwant[k]) continue;
-            int s = bseq[k];
-            int32_t t = lm_sampler_sample_with(g[s].sampler, lm_get_logits(ctx, j++), scratch);
-            st = accept_token(&g[s], s, t, &p, &mi, tok, &results[s], cb, user);
-        }
-    }
-
-    // Decode: one token per live sequence per step.
-    while (!st) {
-        int nb = 0;
-        for (int i = 0; i < n; i++)
-            if (!g[i].done) {
-                btok[nb] = g[i].last;
-                bseq[nb] = i;
-                brow[nb] = i;
-                nb++;
-            }
-        if (nb == 0) break;
-        for (int off = 0; off < nb && !st; off += cp.n_batch) {
-            int m = nb - off < cp.n_batch ? nb - off : cp.n_batch;
-            lm_batch b = {m, btok + off, bseq + off, NULL, NULL};
-            st = lm_decode(ctx, &b);
-            for (int k = 0; k < m && !st; k++) {
-                int s = brow[off + k];
-                int32_t t = lm_sampler_sample_with(g[s].sampler, lm_get_logits(ctx, k), scratch);
-                st = accept_token(&g[s], s, t, &p, &mi, tok, &results[s], cb, user);
-            }
+    // Steps until every request has finished.
+    bool active = !st;
+    while (!st && active) {
+        st = lm_sched_step(S, &active);
+        if (!st && G.err) st = G.err;
+        if (p.on_progress) {
+            lm_sched_stats ss;
+            lm_sched_get_stats(S, &ss);
+            lm_gen_progress pr = {G.done,      n,          ss.running,         ss.waiting,      G.prompt_done,
+                                  G.gen_tokens, ss.tokens_computed, ss.preemptions, lm_now() - t0};
+            p.on_progress(user, &pr);
         }
     }
 
-    for (int i = 0; g && i < n; i++) {
-        if (!st) {
-            results[i].text = g[i].text ? g[i].text : lm_strdup("");
-            results[i].text_len = g[i].text ? g[i].len : 0;
-            g[i].text = NULL;
-        }
-        free(g[i].text);
-        free(g[i].prompt);
-        lm_sampler_free(g[i].sampler);
-        lm_detok_free(g[i].detok);
+    for (int i = 0; G.seq && i < n; i++) {
+        gen_seq *g = &G.seq[i];
+        free(g->text);
+        lm_sampler_free(g->sampler);
+        lm_detok_free(g->detok);
     }
-    free(g);
+    if (st) lm_gen_results_free(results, n);
+    free(G.seq);
+    lm_sched_free(S);
     free(banned);
-    lm_sample_scratch_free(scratch);
-    free(btok);
-    free(bseq);
-    free(bwant);
-    free(brow);
+    lm_sample_scratch_free(G.scratch);
     return st;
 }
 
 void lm_gen_results_free(lm_gen_result *results, int n) {
     for (int i = 0; results && i < n; i++) {
         free(results[i].text);
+        free(results[i].error);
         results[i].text = NULL;
+        results[i].error = NULL;
     }
 }
 

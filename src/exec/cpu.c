@@ -29,6 +29,7 @@ typedef struct cpu_exec {
     float *up;              // [rows_max][max_inter] up projection (gate goes to the caller's h)
     float *attn_scratch;    // [n_threads][attn floats]
     size_t attn_floats;
+    bool no_zero;           // allocating the KV pool: left untouched, so pages cost memory only once used
 } cpu_exec;
 
 #define ATTN_QBLOCK 32  // query tokens per attention task (prefill)
@@ -54,7 +55,7 @@ static lm_status cpu_alloc(lm_exec *ex, lm_dtype dt, int rows, int cols, lm_tens
         return lm_err(LM_ERR_INVALID_ARG, "cpu executor: bad tensor shape [%d][%d]", rows, cols);
     void *p = n >= ((size_t)4 << 20) ? lm_huge_alloc(n) : lm_aligned_alloc(64, n ? n : 64);
     if (!p) return LM_ERR_OOM;
-    memset(p, 0, n);
+    if (!c->no_zero) memset(p, 0, n);
     lm_status st = track(c, p);
     if (st) {
         free(p);
@@ -86,13 +87,16 @@ static lm_status cpu_kv_alloc(lm_exec *ex, const lm_kv_layout *k) {
     c->kv_layer = lm_calloc((size_t)k->n_layers, sizeof *c->kv_layer);
     if (!c->kv_layer) return LM_ERR_OOM;
     int elems = (int)(lm_kv_page_bytes(k) / lm_dtype_size(k->dt));
-    for (int l = 0; l < k->n_layers; l++) {
+    // Never read before written (attention reads positions below kv_len
+    // only), so not zeroed: untouched pages cost no memory.
+    c->no_zero = true;
+    lm_status st = LM_OK;
+    for (int l = 0; l < k->n_layers && !st; l++) {
         lm_tensor t;
-        lm_status st = cpu_alloc(ex, k->dt, k->n_pages, elems, &t);
-        if (st) return st;
-        c->kv_layer[l] = t.data;
+        if (!(st = cpu_alloc(ex, k->dt, k->n_pages, elems, &t))) c->kv_layer[l] = t.data;
     }
-    return LM_OK;
+    c->no_zero = false;
+    return st;
 }
 
 static lm_status cpu_expert_stats(lm_exec *ex, uint64_t *out, bool reset) {

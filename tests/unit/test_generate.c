@@ -362,10 +362,83 @@ static void test_limits(void) {
     lm_context *ctx;
     CHECK(lm_context_init(model, &cp, &ctx) == LM_OK);
     gp.max_tokens = 15;
-    CHECK(lm_generate(ctx, tok, prompts, 1, &gp, NULL, NULL, &r) == LM_ERR_RANGE);
+    lm_gen_result two[2];
+    const char *pair[2] = {prompts[0], "Hi"};  // 10 + 15 > 16 tokens; 2 + 15 > 16 too, so use 10 new
+    gp.max_tokens = 10;
+    CHECK(lm_generate(ctx, tok, pair, 2, &gp, NULL, NULL, two) == LM_OK);  // per-request error, the other runs
+    CHECK_MSG(two[0].finish == LM_FINISH_ERROR && two[0].status == LM_ERR_RANGE && two[0].error &&
+                  strstr(two[0].error, "exceeds the context of 16"),
+              "%s", two[0].error ? two[0].error : "(no error)");
+    CHECK(two[1].finish == LM_FINISH_LENGTH && two[1].n_gen_tokens == 10 && !two[1].error);
+    lm_gen_results_free(two, 2);
     gp.max_tokens = -1;
     CHECK(lm_generate(ctx, tok, prompts, 1, &gp, NULL, NULL, &r) == LM_ERR_INVALID_ARG);
     lm_context_free(ctx);
+}
+
+// Many prompts through a context that holds two sequences and a small KV
+// cache: requests queue, the newest is preempted when pages run out and
+// recomputed later; every text equals the text of that prompt run alone,
+// greedy and sampled, results come in input order, on_done fires once each.
+typedef struct {
+    int done_calls[64];
+    int progress_calls, max_running;
+    long preemptions;
+} watch_t;
+
+static void on_done(void *user, int idx, const lm_gen_result *r) { ((watch_t *)user)->done_calls[idx]++; }
+static void on_progress(void *user, const lm_gen_progress *p) {
+    watch_t *w = user;
+    w->progress_calls++;
+    if (p->running > w->max_running) w->max_running = p->running;
+    w->preemptions = p->preemptions;
+}
+
+static void test_scheduler_preemption(void) {
+    enum { N = 24 };
+    const char *many[N];
+    static char bufs[N][64];
+    for (int i = 0; i < N; i++) {
+        snprintf(bufs[i], sizeof bufs[i], "%s number %d", prompts[i % 3], i);
+        many[i] = bufs[i];
+    }
+    for (int sampled = 0; sampled < 2; sampled++) {
+        lm_gen_params gp = lm_gen_default_params();
+        gp.max_tokens = 20;
+        gp.ignore_eos = true;
+        if (sampled) gp.sampler.temperature = 0.8f, gp.sampler.seed = 11;
+        gp.on_done = on_done;
+        gp.on_progress = on_progress;
+        lm_context_params cp = lm_context_default_params();
+        cp.n_seq = 3;
+        cp.n_ctx = 64;
+        cp.n_batch = 16;     // prefill in chunks, mixed with decodes
+        cp.n_pages = 6;      // 96 tokens: not enough for three sequences of ~35: preemption
+        lm_context *ctx;
+        CHECK(lm_context_init(model, &cp, &ctx) == LM_OK);
+        lm_gen_result res[N];
+        watch_t w = {0};
+        CHECK(lm_generate(ctx, tok, many, N, &gp, NULL, &w, res) == LM_OK);
+        lm_context_free(ctx);
+        int bad = 0, calls = 0;
+        for (int i = 0; i < N; i++) {
+            lm_gen_result one;
+            gp.on_done = NULL;
+            gp.on_progress = NULL;
+            gen(&many[i], 1, &gp, &one, NULL);
+            bad += strcmp(one.text, res[i].text) != 0 || res[i].n_gen_tokens != 20;
+            calls += w.done_calls[i] == 1;
+            lm_gen_results_free(&one, 1);
+            gp.on_done = on_done;
+            gp.on_progress = on_progress;
+        }
+        CHECK_MSG(bad == 0, "%s: %d of %d texts differ from the prompt run alone", sampled ? "sampled" : "greedy", bad, N);
+        CHECK(calls == N && w.progress_calls > N && w.max_running <= 3 && w.max_running >= 2);
+        CHECK_MSG(w.preemptions > 0, "no preemption happened: the test does not reach its case");
+        printf("  %s: %d prompts through 3 sequences and 6 KV pages, %ld preemptions\n", sampled ? "sampled" : "greedy", N,
+               w.preemptions);
+        lm_gen_results_free(res, N);
+    }
 }
 
 int main(void) {
@@ -383,6 +456,7 @@ int main(void) {
     RUN(test_seed);
     RUN(test_stop_strings);
     RUN(test_limits);
+    RUN(test_scheduler_preemption);
     RUN(test_stop_with_partial_first_token);
     RUN(test_tokenizer_must_fit_model);
     lm_tokenizer_free(tok);
