@@ -276,6 +276,7 @@ int cmd_generate(int argc, char **argv) {
     st = lm_generate(ctx, tok, (const char *const *)prompts.text, prompts.n, &gp, prompts_file ? NULL : stream_cb,
                      &rcx, res);
     double dt = cli_now() - t0;
+    free(rcx.ready);  // on_done's bookkeeping; lm_generate has returned
     if (rcx.progress_shown && rcx.tty) fputc('\n', stderr);
     if (rcx.err) {
         fprintf(stderr, "lightmoe generate: writing %s failed: %s\n", prompts_file ? (out_path ? out_path : "standard output")
