@@ -379,6 +379,99 @@ static void test_lazy_init(void) {
     printf("best ISA: %s\n", lm_isa_name(best));
 }
 
+// Paged attention on awkward shapes: every ISA against a double-precision
+// softmax, pages scattered through a pool whose unused slots hold NaN (an
+// over-read poisons the result), outputs with sentinel padding, and each
+// token of a block bit-identical to the same token computed alone.
+static void attn_case(lm_isa isa, lm_dtype dt, int hd, int G, int ps, int L, int nq) {
+    int nkv = 2, kh = 1, npages = (L + ps - 1) / ps, pool = 2 * npages + 1;
+    size_t es = esize(dt), head = (size_t)ps * hd, page = 2 * (size_t)nkv * head;
+    char *kv = malloc(pool * page * es);
+    for (size_t i = 0; i < pool * page; i++) store_w(kv, dt, i, NAN);
+    int32_t *pages = malloc(sizeof(int32_t) * npages);
+    for (int p = 0; p < npages; p++) pages[p] = (p * 2 + 1) % pool;  // scattered and distinct (pool is odd)
+    for (int p = 0; p < npages; p++)
+        for (int j = 0; j < ps && p * ps + j < L; j++)
+            for (int h = 0; h < nkv; h++)
+                for (int d = 0; d < hd; d++)
+                    for (int w = 0; w < 2; w++)
+                        store_w(kv, dt, (size_t)pages[p] * page + ((size_t)w * nkv + h) * head + (size_t)j * hd + d,
+                                2 * rndf());
+    int qs = nkv * G * hd + 3;  // row stride of q/out: all heads plus padding
+    float *q = malloc(sizeof(float) * nq * qs), *out = malloc(sizeof(float) * nq * qs);
+    float *one = malloc(sizeof(float) * qs);
+    for (int i = 0; i < nq * qs; i++) q[i] = 2 * rndf(), out[i] = 12345.0f;
+    int32_t *pos = malloc(sizeof(int32_t) * nq);
+    for (int t = 0; t < nq; t++) pos[t] = L - nq + t;
+    size_t nf = lm_attn_scratch_floats(nq, G, hd, ps);
+    float *scratch = aligned_alloc(64, nf * sizeof(float));
+    lm_attn_task a = {.q = q + (size_t)kh * G * hd, .q_stride = qs, .out = out + (size_t)kh * G * hd,
+                      .out_stride = qs, .pos = pos, .n_q = nq, .kv = kv, .kv_dt = dt, .pages = pages,
+                      .page_size = ps, .n_kv_heads = nkv, .kv_head = kh, .head_dim = hd, .group = G,
+                      .scratch = scratch};
+    lm_cpu_kernels_init(isa);
+    lm_attn_paged(&a);
+    double err = 0, ref_max = 0;
+    int bad_pad = 0, diff_alone = 0;
+    double *sc = malloc(sizeof(double) * L);
+    for (int t = 0; t < nq; t++)
+        for (int g = 0; g < G; g++) {
+            const float *qr = a.q + (size_t)t * qs + (size_t)g * hd;
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j <= pos[t]; j++) {
+                double dot = 0;
+                size_t k0 = (size_t)pages[j / ps] * page + (size_t)kh * head + (size_t)(j % ps) * hd;
+                for (int d = 0; d < hd; d++) dot += (double)qr[d] * load_w(kv, dt, k0 + d);
+                sc[j] = dot / sqrt((double)hd);
+                mx = sc[j] > mx ? sc[j] : mx;
+            }
+            for (int j = 0; j <= pos[t]; j++) sum += sc[j] = exp(sc[j] - mx);
+            for (int d = 0; d < hd; d++) {
+                double o = 0;
+                for (int j = 0; j <= pos[t]; j++)
+                    o += sc[j] * load_w(kv, dt, (size_t)pages[j / ps] * page + ((size_t)nkv + kh) * head +
+                                                    (size_t)(j % ps) * hd + d);
+                o /= sum;
+                double e = fabs(o - a.out[(size_t)t * qs + (size_t)g * hd + d]);
+                err = e > err || e != e ? e : err;
+                ref_max = fabs(o) > ref_max ? fabs(o) : ref_max;
+            }
+        }
+    for (int t = 0; t < nq; t++)
+        for (int i = 0; i < qs; i++)
+            if ((i < kh * G * hd || i >= (kh + 1) * G * hd) && out[(size_t)t * qs + i] != 12345.0f) bad_pad++;
+    for (int t = 0; t < nq && nq > 1; t++) {  // the same token alone
+        lm_attn_task b = a;
+        b.q = a.q + (size_t)t * qs, b.out = one, b.pos = pos + t, b.n_q = 1;
+        lm_attn_paged(&b);
+        if (memcmp(one, a.out + (size_t)t * qs, sizeof(float) * G * hd)) diff_alone++;
+    }
+    CHECK_MSG(err <= 3e-6 * (ref_max > 1 ? ref_max : 1), "attention %s %s hd %d G %d ps %d L %d nq %d: max err %.3g",
+              lm_isa_name(isa), dt_name(dt), hd, G, ps, L, nq, err);
+    CHECK_MSG(bad_pad == 0, "attention %s hd %d G %d: %d writes outside the group's heads", lm_isa_name(isa), hd, G,
+              bad_pad);
+    CHECK_MSG(diff_alone == 0, "attention %s %s hd %d G %d ps %d L %d nq %d: %d tokens differ from alone",
+              lm_isa_name(isa), dt_name(dt), hd, G, ps, L, nq, diff_alone);
+    free(sc), free(scratch), free(pos), free(one), free(out), free(q), free(pages), free(kv);
+}
+
+static void test_attention(void) {
+    static const int hds[] = {24, 64, 128, 20}, Gs[] = {1, 3, 4, 8}, Ls[] = {1, 16, 37, 70};
+    for (int k = 0; k < 3; k++) {
+        if (!isa_ok[k]) continue;
+        for (int dti = 0; dti < 2; dti++)
+            for (int h = 0; h < 4; h++)
+                for (int g = 0; g < 4; g++)
+                    for (int l = 0; l < 4; l++)
+                        for (int ps = 5; ps <= 16; ps += 11) {
+                            int L = Ls[l], nq = (h + g + l) % 3 == 0 ? 1 : (h + l) % 2 ? 7 : L < 32 ? L : 32;
+                            if (nq > L) nq = L;
+                            attn_case(all_isas[k], dti ? LM_DT_BF16 : LM_DT_F32, hds[h], Gs[g], ps, L, nq);
+                        }
+    }
+    lm_cpu_kernels_init(-1);
+}
+
 int main(void) {
     RUN(test_lazy_init);
     for (int k = 0; k < 3; k++) {
@@ -392,5 +485,6 @@ int main(void) {
     RUN(test_matmul_vs_double);
     RUN(test_matmul_blocked);
     RUN(test_matmul_batch_invariance);
+    RUN(test_attention);
     return tl_finish();
 }

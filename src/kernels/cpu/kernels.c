@@ -151,14 +151,15 @@ typedef struct ktab {
     void (*axpy)(float *, float, const float *, int);
     float (*max)(const float *, int);
     double (*exp_sum)(float *, const float *, int, float, float);
+    void (*attn)(const lm_attn_task *);
 } ktab;
 
 static const ktab tab_scalar = {LM_ISA_SCALAR,  lm_matmul_rows_ref, lm_to_f32_ref,  lm_rmsnorm_ref,
-                                lm_dot_f32_ref, lm_axpy_f32_ref,    lm_max_f32_ref, lm_exp_sum_ref};
+                                lm_dot_f32_ref, lm_axpy_f32_ref,    lm_max_f32_ref, lm_exp_sum_ref, lm_attn_paged_ref};
 static const ktab tab_avx2 = {LM_ISA_AVX2,     lm_matmul_rows_avx2, lm_to_f32_avx2,  lm_rmsnorm_avx2,
-                              lm_dot_f32_avx2, lm_axpy_f32_avx2,    lm_max_f32_avx2, lm_exp_sum_avx2};
+                              lm_dot_f32_avx2, lm_axpy_f32_avx2,    lm_max_f32_avx2, lm_exp_sum_avx2, lm_attn_paged_avx2};
 static const ktab tab_avx512 = {LM_ISA_AVX512,     lm_matmul_rows_avx512, lm_to_f32_avx512,  lm_rmsnorm_avx512,
-                                lm_dot_f32_avx512, lm_axpy_f32_avx512,    lm_max_f32_avx512, lm_exp_sum_avx512};
+                                lm_dot_f32_avx512, lm_axpy_f32_avx512,    lm_max_f32_avx512, lm_exp_sum_avx512, lm_attn_paged_avx2};
 
 // Published with release/acquire so that a thread that sees the pointer sees
 // a complete table; re-initialising swaps the whole table atomically.
@@ -252,3 +253,5 @@ void lm_axpy_f32(float *y, float a, const float *x, int n) { tab()->axpy(y, a, x
 float lm_max_f32(const float *x, int n) { return tab()->max(x, n); }
 
 double lm_exp_sum(float *y, const float *x, int n, float mx, float scale) { return tab()->exp_sum(y, x, n, mx, scale); }
+
+void lm_attn_paged(const lm_attn_task *a) { tab()->attn(a); }

@@ -59,11 +59,57 @@ typedef struct lm_attn_task {
     lm_dtype kv_dt;        // BF16 or F32
     const int32_t *pages;  // the sequence's block-table row
     int page_size, n_kv_heads, kv_head, head_dim, group;
-    float *scratch;        // lm_attn_scratch_floats() floats
+    float *scratch;        // lm_attn_scratch_floats() floats, 32-byte aligned
 } lm_attn_task;
 
+// Positions the SIMD path takes together between two online-softmax updates
+// (a span of pages; see attention_avx2.c).
+#define LM_ATTN_CHUNK 64
+
+// The task's working set, carved out of `scratch` (32-byte aligned; every
+// part starts on a multiple of 8 floats): running max and sum per query head
+// (8 floats for each group of 4 heads of a token: the SIMD path keeps them
+// in pairs, the reference uses the first n_q * group), accumulators and a
+// zero-padded copy of q in rows of hdp floats (row = token * group + head;
+// hdp is head_dim rounded up to 16), the scores of one chunk (or one page,
+// for the reference) and 8 rescale factors.
+typedef struct lm_attn_ws {
+    float *m, *l, *acc, *q, *s, *corr;
+    int hdp;
+} lm_attn_ws;
+
+static inline size_t lm_attn_round8(size_t n) { return (n + 7) / 8 * 8; }
+
+static inline void lm_attn_ws_sizes(int n_q, int group, int head_dim, int page_size, size_t *state, size_t *rows,
+                                    size_t *hdp, size_t *scores) {
+    *state = (size_t)n_q * ((size_t)group + 3) / 4 * 8;
+    *rows = (size_t)n_q * group;
+    *hdp = ((size_t)head_dim + 15) / 16 * 16;
+    *scores = lm_attn_round8((size_t)page_size) > 4 * LM_ATTN_CHUNK ? lm_attn_round8((size_t)page_size)
+                                                                    : 4 * LM_ATTN_CHUNK;
+}
+
+static inline lm_attn_ws lm_attn_ws_at(float *scratch, int n_q, int group, int head_dim, int page_size) {
+    size_t state, rows, hdp, scores;
+    lm_attn_ws_sizes(n_q, group, head_dim, page_size, &state, &rows, &hdp, &scores);
+    lm_attn_ws w;
+    w.hdp = (int)hdp;
+    w.m = scratch;
+    w.l = w.m + state;
+    w.acc = w.l + state;
+    w.q = w.acc + rows * hdp;
+    w.s = w.q + rows * hdp;
+    w.corr = w.s + scores;
+    return w;
+}
+
+// Floats of scratch one task needs; a multiple of 16, so per-thread slices of
+// a 64-byte aligned buffer stay 64-byte aligned.
 static inline size_t lm_attn_scratch_floats(int n_q, int group, int head_dim, int page_size) {
-    return (size_t)n_q * group * (2 + (size_t)head_dim) + 2 * (size_t)page_size * head_dim + (size_t)page_size;
+    size_t state, rows, hdp, scores;
+    lm_attn_ws_sizes(n_q, group, head_dim, page_size, &state, &rows, &hdp, &scores);
+    size_t n = 2 * state + 2 * rows * hdp + scores + 8;
+    return (n + 15) / 16 * 16;
 }
 
 void lm_attn_paged(const lm_attn_task *a);
@@ -110,6 +156,12 @@ float lm_max_f32_avx512(const float *x, int n);
 double lm_exp_sum_ref(float *y, const float *x, int n, float mx, float scale);
 double lm_exp_sum_avx2(float *y, const float *x, int n, float mx, float scale);
 double lm_exp_sum_avx512(float *y, const float *x, int n, float mx, float scale);
+
+// Paged attention: the scalar reference and the AVX2 path (which the AVX-512
+// table uses too: on the hosts we measured, the kernel is bound by DRAM with
+// 8-lane FMAs already; see dev/kernels/README.md).
+void lm_attn_paged_ref(const lm_attn_task *a);
+void lm_attn_paged_avx2(const lm_attn_task *a);
 
 // True if this CPU (and OS) can run `isa`.
 int lm_cpu_isa_supported(lm_isa isa);
