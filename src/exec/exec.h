@@ -21,6 +21,7 @@
 
 #include "model/model.h"
 #include "util/dtype.h"
+#include "util/err.h"
 
 typedef struct lm_exec lm_exec;
 
@@ -95,6 +96,21 @@ static inline int lm_moe_rows_max(int n, int k, int n_experts, int block) {
     return n * k + n_experts * (block - 1);
 }
 
+// Streams and events an executor provides (indices 0 .. n - 1).
+#define LM_EXEC_STREAMS 4
+#define LM_EXEC_EVENTS 64
+
+static inline lm_status lm_exec_check_stream(const char *op, int stream) {
+    return stream >= 0 && stream < LM_EXEC_STREAMS
+               ? LM_OK
+               : lm_err(LM_ERR_INVALID_ARG, "%s: stream %d out of range [0, %d)", op, stream, LM_EXEC_STREAMS);
+}
+static inline lm_status lm_exec_check_event(const char *op, int event) {
+    return event >= 0 && event < LM_EXEC_EVENTS
+               ? LM_OK
+               : lm_err(LM_ERR_INVALID_ARG, "%s: event %d out of range [0, %d)", op, event, LM_EXEC_EVENTS);
+}
+
 typedef struct lm_exec_ops {
     const char *name;
     int moe_block;  // rows per MoE tile (lm_moe_plan.block) this executor's GEMMs use
@@ -115,10 +131,26 @@ typedef struct lm_exec_ops {
     // Tokens routed to each expert by align since the last reset: [n_layers][E].
     lm_status (*expert_stats)(lm_exec *ex, uint64_t *out, bool reset);
 
+    // Host memory for the staging side of async copies (pinned on a device
+    // executor, so copies overlap compute), freed with the executor.
+    lm_status (*host_alloc)(lm_exec *ex, size_t bytes, void **out);
+
     // --- step bracket: a device executor may capture everything between
     // them as one graph; step_end waits for the step and returns its status.
     lm_status (*step_begin)(lm_exec *ex);
     lm_status (*step_end)(lm_exec *ex);
+
+    // --- streams and events. Ops run in order on stream 0; copies may run on
+    // streams 1 .. LM_EXEC_STREAMS - 1 and are ordered against compute by
+    // events (the pipeline overlaps weight and KV transfers with compute this
+    // way). Host memory of an async copy must stay untouched until an event
+    // recorded after it has completed. On the CPU an op has finished when it
+    // returns, so these only validate their arguments.
+    lm_status (*upload_async)(lm_exec *ex, lm_tensor dst, const void *src, int stream);
+    lm_status (*download_async)(lm_exec *ex, lm_tensor src, void *dst, int stream);
+    lm_status (*event_record)(lm_exec *ex, int event, int stream);  // event = all work queued on stream so far
+    lm_status (*event_wait)(lm_exec *ex, int event, int stream);    // later work on stream waits for event
+    lm_status (*event_sync)(lm_exec *ex, int event);                // the host waits for event
 
     // --- ops (shapes in rows x cols; x and y may be the same tensor where noted)
     // x[t] = E[ids[t]]                            ids I32 [1][n], x [n][hidden]
@@ -172,6 +204,15 @@ struct lm_exec {
 // loops, no SIMD — the oracle of the op tests.
 lm_status lm_exec_cpu_init(const lm_config *cfg, lm_pool *pool, lm_exec **out);
 lm_status lm_exec_ref_init(const lm_config *cfg, lm_exec **out);
+
+// The streams, events and staging memory of executors whose ops complete
+// before they return (src/exec/sync.c), shared by cpu and ref.
+lm_status lm_exec_sync_upload_async(lm_exec *ex, lm_tensor dst, const void *src, int stream);
+lm_status lm_exec_sync_download_async(lm_exec *ex, lm_tensor src, void *dst, int stream);
+lm_status lm_exec_sync_event_record(lm_exec *ex, int event, int stream);
+lm_status lm_exec_sync_event_wait(lm_exec *ex, int event, int stream);
+lm_status lm_exec_sync_event_sync(lm_exec *ex, int event);
+lm_status lm_exec_sync_host_alloc(lm_exec *ex, size_t bytes, void **out);
 
 // By name ("cpu", "ref"), for tests and the command line.
 lm_status lm_exec_init(const char *name, const lm_config *cfg, lm_pool *pool, lm_exec **out);
