@@ -125,7 +125,7 @@ int cmd_bench(int argc, char **argv) {
             want[nb] = (done_tok % plen) == plen - 1;
             nb++, done_tok++;
         }
-        lm_batch b = {nb, tok, seq, want, NULL};
+        lm_batch b = {nb, tok, seq, want, NULL, NULL};
         st = lm_decode(ctx, &b);
         for (int k = 0, j = 0; k < nb && !st; k++)
             if (want[k]) last[seq[k]] = argmax(lm_get_logits(ctx, j++), mi.vocab);
@@ -136,7 +136,7 @@ int cmd_bench(int argc, char **argv) {
     t0 = cli_now();
     for (int s = 0; s < glen && !st; s++) {
         for (int i = 0; i < batch; i++) tok[i] = last[i], seq[i] = i;
-        lm_batch b = {batch, tok, seq, NULL, NULL};
+        lm_batch b = {batch, tok, seq, NULL, NULL, NULL};
         st = lm_decode(ctx, &b);
         for (int i = 0; i < batch && !st; i++) last[i] = argmax(lm_get_logits(ctx, i), mi.vocab);
     }

@@ -89,7 +89,7 @@ int cmd_logits(int argc, char **argv) {
         goto done;
     }
     if (!st) {
-        lm_batch b = {n, ids, seq, NULL, NULL};
+        lm_batch b = {n, ids, seq, NULL, NULL, NULL};
         st = lm_decode(ctx, &b);
     }
     free(seq);

@@ -136,7 +136,7 @@ int cmd_perplexity(int argc, char **argv) {
         lm_seq_clear(ctx, 0);
         for (size_t c0 = 0; c0 < wn && !st; c0 += (size_t)chunk) {
             int n = (int)(wn - c0 < (size_t)chunk ? wn - c0 : (size_t)chunk);
-            lm_batch b = {n, ids + w0 + c0, seq, NULL, NULL};
+            lm_batch b = {n, ids + w0 + c0, seq, NULL, NULL, NULL};
             if ((st = lm_decode(ctx, &b))) break;
             for (int i = 0; i < n; i++) {
                 size_t p = c0 + (size_t)i;  // position in the window; predicts p + 1

@@ -203,12 +203,17 @@ void lm_context_free(lm_context *ctx);
 // prefix is reused, the rest recomputed). Tokens of many sequences, prefill
 // chunks and single decode tokens, mix freely. Logits are produced for
 // tokens with want_logits[i] != 0 (NULL: all tokens), at most n_out.
+// With samplers, the j-th of those tokens is also sampled by samplers[j]
+// (a NULL entry: not sampled) and the id is read with lm_get_token, so a
+// device executor need not hand the logits to the caller.
+typedef struct lm_sampler lm_sampler;
 typedef struct lm_batch {
     int n_tokens;
     const int32_t *tokens;
     const int32_t *seq;
-    const uint8_t *want_logits;  // may be NULL
-    const int32_t *pos;          // may be NULL
+    const uint8_t *want_logits;   // may be NULL
+    const int32_t *pos;           // may be NULL
+    lm_sampler *const *samplers;  // may be NULL; [number of tokens with logits]
 } lm_batch;
 
 // Runs the batch. A sequence's length advances only if the whole step
@@ -219,6 +224,10 @@ lm_status lm_decode(lm_context *ctx, const lm_batch *batch);
 // Logits of the batch's j-th token that asked for logits ([vocab] floats);
 // valid until the next lm_decode.
 const float *lm_get_logits(lm_context *ctx, int j);
+
+// The id drawn for the j-th logits row by the batch's samplers[j]; -1 when it
+// had none. Valid until the next lm_decode.
+int32_t lm_get_token(const lm_context *ctx, int j);
 
 int lm_seq_len(const lm_context *ctx, int seq);  // -1 for an invalid id
 void lm_seq_clear(lm_context *ctx, int seq);     // length 0; its KV pages are freed
@@ -244,8 +253,6 @@ typedef struct lm_sampler_params {
 } lm_sampler_params;
 
 lm_sampler_params lm_sampler_default_params(void);
-
-typedef struct lm_sampler lm_sampler;
 
 lm_status lm_sampler_init(const lm_sampler_params *params, int vocab, lm_sampler **out);
 int32_t lm_sampler_sample(lm_sampler *s, const float *logits);

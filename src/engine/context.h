@@ -67,6 +67,7 @@ struct lm_context {
     lm_step_tensors t;
     int n_logits;
     const float *logits;  // [n_logits][vocab] on the host
+    int32_t *sampled;     // [n_out] ids drawn by the batch's samplers (-1: none)
     float *logits_buf;    // download target when the executor's memory is not host memory
     uint64_t *counts;     // [n_layers][n_experts] host copy of the routing statistics
 };

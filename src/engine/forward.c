@@ -23,7 +23,7 @@ void lm_context_free(lm_context *ctx) {
     void *bufs[] = {ctx->inv_freq, ctx->seq_len, ctx->seq_pages, ctx->table, ctx->free_pages, ctx->h_ids,
                     ctx->h_pos, ctx->h_slot, ctx->h_seq_start, ctx->h_kv_len, ctx->h_pages, ctx->h_out,
                     ctx->order, ctx->step_seq, ctx->seq_slot, ctx->seq_cnt, ctx->seq_p0,
-                    ctx->logits_buf, ctx->counts};
+                    ctx->logits_buf, ctx->counts, ctx->sampled};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(ctx);
 }
@@ -167,6 +167,7 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     ctx->h_kv_len = lm_malloc(ns * sizeof(int32_t));
     ctx->h_pages = lm_calloc(ns * mp, sizeof(int32_t));
     ctx->h_out = lm_malloc((size_t)p.n_out * sizeof(int32_t));
+    ctx->sampled = lm_malloc((size_t)p.n_out * sizeof(int32_t));
     ctx->order = lm_malloc(nb * sizeof(int));
     ctx->step_seq = lm_malloc(ns * sizeof(int));
     ctx->seq_slot = lm_malloc(ns * sizeof(int));
@@ -174,7 +175,7 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     ctx->seq_p0 = lm_malloc(ns * sizeof(int));
     ctx->counts = lm_calloc((size_t)model->cfg.n_layers * (size_t)model->cfg.n_experts, sizeof(uint64_t));
     if (!ctx->seq_len || !ctx->seq_pages || !ctx->table || !ctx->free_pages || !ctx->h_ids || !ctx->h_pos ||
-        !ctx->h_slot || !ctx->h_seq_start || !ctx->h_kv_len || !ctx->h_pages || !ctx->h_out || !ctx->order ||
+        !ctx->h_slot || !ctx->h_seq_start || !ctx->h_kv_len || !ctx->h_pages || !ctx->h_out || !ctx->sampled || !ctx->order ||
         !ctx->step_seq || !ctx->seq_slot || !ctx->seq_cnt || !ctx->seq_p0 || !ctx->counts) {
         lm_context_free(ctx);
         return lm_err(LM_ERR_OOM, "cannot allocate %s", what);
@@ -227,6 +228,10 @@ void lm_seq_clear(lm_context *ctx, int seq) {
 const float *lm_get_logits(lm_context *ctx, int j) {
     if (j < 0 || j >= ctx->n_logits || !ctx->logits) return NULL;
     return ctx->logits + (size_t)j * (size_t)ctx->model->cfg.vocab;
+}
+
+int32_t lm_get_token(const lm_context *ctx, int j) {
+    return j >= 0 && j < ctx->n_logits ? ctx->sampled[j] : -1;
 }
 
 // Checks the batch and groups it by sequence: the step's sequences in order of
@@ -373,6 +378,10 @@ lm_status lm_decode(lm_context *ctx, const lm_batch *b) {
         st = lm_err(LM_ERR_NUMERIC, "non-finite logits (NaN or Inf) for the token at batch index %d "
                     "(sequence %d, position %d): %s", i, b->seq[i], ctx->h_pos[g], why);
     }
+    for (int j = 0; j < n_out && !st; j++)
+        ctx->sampled[j] = b->samplers && b->samplers[j]
+                              ? lm_sampler_sample(b->samplers[j], ctx->logits + (size_t)j * (size_t)c->vocab)
+                              : -1;
     // Commit: a sequence's length advances only now; the pages beyond what
     // it holds go back. On failure it keeps its length, except that what the
     // step overwrote (positions from p0 on, when they were given) is gone.

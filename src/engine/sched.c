@@ -234,7 +234,7 @@ lm_status lm_sched_step(lm_sched *s, bool *active) {
         return lm_err(LM_ERR_INVALID_ARG, "scheduler: no request can make progress (%d running, %d waiting, %d pages free)",
                       s->n_running, s->wq_len, lm_kv_pages_free(s->ctx));
     }
-    lm_batch b = {nb, s->b_tok, s->b_seq, s->b_want, s->b_pos};
+    lm_batch b = {nb, s->b_tok, s->b_seq, s->b_want, s->b_pos, NULL};
     lm_status st = lm_decode(s->ctx, &b);
     if (st) return st;
     s->stats.tokens_computed += nb;

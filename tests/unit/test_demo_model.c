@@ -38,7 +38,7 @@ static void greedy_run(lm_kv_type kv) {
         CHECK(lm_context_init(model, &cp, &ctx) == LM_OK);
         int32_t seq[64] = {0}, all[64];
         for (size_t i = 0; i < n_ids; i++) all[i] = ids[i];
-        lm_batch b = {(int)n_ids, ids, seq, NULL, NULL};
+        lm_batch b = {(int)n_ids, ids, seq, NULL, NULL, NULL};
         CHECK(lm_decode(ctx, &b) == LM_OK);
         const float *lg = lm_get_logits(ctx, (int)n_ids - 1);
         int len = (int)n_ids, diverged = -1;
@@ -60,7 +60,7 @@ static void greedy_run(lm_kv_type kv) {
             }
             all[len++] = ref_id;
             if (len == n_want) break;
-            lm_batch s = {1, &all[len - 1], seq, NULL, NULL};
+            lm_batch s = {1, &all[len - 1], seq, NULL, NULL, NULL};
             CHECK(lm_decode(ctx, &s) == LM_OK);
             lg = lm_get_logits(ctx, 0);
         }
@@ -105,7 +105,7 @@ static double perplexity_run(lm_kv_type kv, bool routing) {
     long n = 0;
     for (int w = 0; w < 8; w++) {
         lm_seq_clear(ctx, 0);
-        lm_batch b = {512, ids + (size_t)w * 512, seq, NULL, NULL};
+        lm_batch b = {512, ids + (size_t)w * 512, seq, NULL, NULL, NULL};
         CHECK(lm_decode(ctx, &b) == LM_OK);
         for (int i = 0; i + 1 < 512; i++) {
             const float *lg = lm_get_logits(ctx, i);

@@ -441,6 +441,37 @@ static void test_scheduler_preemption(void) {
     }
 }
 
+// lm_decode with samplers draws exactly what the same sampler draws from the
+// logits it returns; rows without a sampler give -1.
+static void test_decode_samples(void) {
+    lm_context_params cp = lm_context_default_params();
+    cp.n_seq = 2;
+    cp.n_ctx = 64;
+    lm_context *ctx;
+    CHECK(lm_context_init(model, &cp, &ctx) == LM_OK);
+    lm_sampler_params sp = lm_sampler_default_params();
+    sp.temperature = 0.9f;
+    sp.seed = 7;
+    lm_sampler *a, *twin;
+    lm_model_info mi;
+    lm_model_get_info(model, &mi);
+    CHECK(lm_sampler_init(&sp, mi.vocab, &a) == LM_OK);
+    CHECK(lm_sampler_init(&sp, mi.vocab, &twin) == LM_OK);
+    int32_t tok3[3] = {5, 6, 7}, seq[3] = {0, 1, 1};
+    uint8_t want[3] = {1, 0, 1};
+    for (int step = 0; step < 4; step++) {
+        lm_sampler *smp[2] = {a, NULL};
+        lm_batch b = {3, tok3, seq, want, NULL, smp};
+        CHECK(lm_decode(ctx, &b) == LM_OK);
+        CHECK(lm_get_token(ctx, 0) == lm_sampler_sample(twin, lm_get_logits(ctx, 0)));
+        CHECK(lm_get_token(ctx, 1) == -1);
+        CHECK(lm_get_token(ctx, 2) == -1);
+    }
+    lm_sampler_free(a);
+    lm_sampler_free(twin);
+    lm_context_free(ctx);
+}
+
 int main(void) {
     lm_model_params mp = lm_model_default_params();
     mp.n_threads = 2;
@@ -459,6 +490,7 @@ int main(void) {
     RUN(test_scheduler_preemption);
     RUN(test_stop_with_partial_first_token);
     RUN(test_tokenizer_must_fit_model);
+    RUN(test_decode_samples);
     lm_tokenizer_free(tok);
     lm_model_free(model);
     return tl_finish();

@@ -123,7 +123,7 @@ static void check_fixture(const char *name) {
     CHECK((st = lm_context_init(m, &cp, &ctx)) == LM_OK);
     if (st) goto out;
     int32_t seq[768] = {0};
-    lm_batch b = {r.n_ids, r.ids, seq, NULL, NULL};
+    lm_batch b = {r.n_ids, r.ids, seq, NULL, NULL, NULL};
     CHECK(lm_decode(ctx, &b) == LM_OK);
     float *ours = malloc((size_t)r.n_ids * r.vocab * sizeof(float));
     for (int i = 0; i < r.n_ids; i++) memcpy(ours + (size_t)i * r.vocab, lm_get_logits(ctx, i), r.vocab * sizeof(float));
@@ -186,14 +186,14 @@ static void check_fixture(const char *name) {
         tok[n] = r.ids[i], seq[n++] = 1;
         tok[n] = r.ids[(i * 3 + 1) % r.n_ids], seq[n++] = 2;
     }
-    lm_batch b1 = {n, tok, seq, NULL, NULL};
+    lm_batch b1 = {n, tok, seq, NULL, NULL, NULL};
     CHECK(lm_decode(ctx, &b1) == LM_OK);
     n = 0;
     for (int i = half; i < r.n_ids; i++) {
         tok[n] = r.ids[i], seq[n++] = 1;
         tok[n] = r.ids[(i * 5) % r.n_ids], seq[n++] = 0;
     }
-    lm_batch b2 = {n, tok, seq, NULL, NULL};
+    lm_batch b2 = {n, tok, seq, NULL, NULL, NULL};
     CHECK(lm_decode(ctx, &b2) == LM_OK);
     bool same = true;
     for (int i = 0; i < n; i += 2)
@@ -205,7 +205,7 @@ static void check_fixture(const char *name) {
     lm_seq_clear(ctx, 0);
     seq[0] = 0;
     for (int i = 0; i < r.n_prompt; i++) seq[i] = 0;
-    lm_batch bp = {r.n_prompt, r.prompt, seq, NULL, NULL};
+    lm_batch bp = {r.n_prompt, r.prompt, seq, NULL, NULL, NULL};
     CHECK(lm_decode(ctx, &bp) == LM_OK);
     const float *lg = lm_get_logits(ctx, r.n_prompt - 1);
     lm_sampler *s;
@@ -214,7 +214,7 @@ static void check_fixture(const char *name) {
     int32_t got[64];
     for (int i = 0; i < r.n_greedy; i++) {
         got[i] = lm_sampler_sample(s, lg);
-        lm_batch bs = {1, &got[i], seq, NULL, NULL};
+        lm_batch bs = {1, &got[i], seq, NULL, NULL, NULL};
         if (lm_decode(ctx, &bs) != LM_OK) break;
         lg = lm_get_logits(ctx, 0);
     }
@@ -268,7 +268,7 @@ static void *decode_job(void *arg) {
         lm_seq_clear(ctx, 0);
         for (int i = 0; i < j->n && !j->st; i += 8) {
             int n = j->n - i < 8 ? j->n - i : 8;
-            lm_batch b = {n, j->ids + i, seq, NULL, NULL};
+            lm_batch b = {n, j->ids + i, seq, NULL, NULL, NULL};
             if (!(j->st = lm_decode(ctx, &b))) memcpy(j->out, lm_get_logits(ctx, n - 1), (size_t)j->vocab * sizeof(float));
         }
     }
@@ -330,23 +330,23 @@ static void test_positions_rewrite(void) {
     int32_t a[40], b2[40], seq[40] = {0}, pos[40];
     for (int i = 0; i < 40; i++) a[i] = (i * 7 + 3) % 263, b2[i] = i < 20 ? a[i] : (i * 11 + 5) % 263, pos[i] = i;
     int free0 = lm_kv_pages_free(ctx);
-    lm_batch ba = {40, a, seq, NULL, NULL};
+    lm_batch ba = {40, a, seq, NULL, NULL, NULL};
     CHECK(lm_decode(ctx, &ba) == LM_OK);
     CHECK(lm_kv_pages_free(ctx) == free0 - lm_kv_pages_for(40));
     // rewrite positions 20..24 (b2 differs from a there): the sequence is cut to 20 first
-    lm_batch bb = {5, b2 + 20, seq, NULL, pos + 20};
+    lm_batch bb = {5, b2 + 20, seq, NULL, pos + 20, NULL};
     CHECK(lm_decode(ctx, &bb) == LM_OK);
     CHECK(lm_seq_len(ctx, 0) == 25 && lm_kv_pages_free(ctx) == free0 - lm_kv_pages_for(25));
     float *got = malloc(263 * sizeof(float));
     memcpy(got, lm_get_logits(ctx, 4), 263 * sizeof(float));
     lm_seq_clear(ctx, 0);
     CHECK(lm_kv_pages_free(ctx) == free0);
-    lm_batch bf = {25, b2, seq, NULL, NULL};
+    lm_batch bf = {25, b2, seq, NULL, NULL, NULL};
     CHECK(lm_decode(ctx, &bf) == LM_OK);
     CHECK_MSG(!memcmp(got, lm_get_logits(ctx, 24), 263 * sizeof(float)), "a rewritten sequence differs from a fresh one");
     // positions that skip ahead are refused and change nothing
     int32_t bad_pos = 30;
-    lm_batch bs = {1, b2, seq, NULL, &bad_pos};
+    lm_batch bs = {1, b2, seq, NULL, &bad_pos, NULL};
     CHECK(lm_decode(ctx, &bs) == LM_ERR_RANGE && lm_seq_len(ctx, 0) == 25);
     free(got);
     lm_context_free(ctx);

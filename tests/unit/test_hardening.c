@@ -83,7 +83,7 @@ static void test_nan_weights(void) {
     lm_context *ctx = NULL;
     CHECK(lm_context_init(m, &cp, &ctx) == LM_OK);
     int32_t ids[8] = {1, 5, 9, 30, 31, 32, 100, 200}, seq[8] = {0};
-    lm_batch b = {8, ids, seq, NULL, NULL};
+    lm_batch b = {8, ids, seq, NULL, NULL, NULL};
     lm_status st = ctx ? lm_decode(ctx, &b) : LM_OK;
     CHECK_MSG(st == LM_ERR_NUMERIC, "status %s", lm_status_str(st));
     CHECK_MSG(strstr(lm_last_error(), victim) && strstr(lm_last_error(), "element 17"), "%s", lm_last_error());
