@@ -31,11 +31,9 @@ void lm_context_free(lm_context *ctx) {
 // Inverse RoPE frequencies in fp32 exactly as transformers computes them.
 static lm_status rope_init(lm_context *ctx) {
     const lm_config *c = &ctx->model->cfg;
-    int half = c->head_dim / 2;
-    ctx->inv_freq = lm_malloc((size_t)half * sizeof(float));
+    ctx->inv_freq = lm_malloc((size_t)(c->head_dim / 2) * sizeof(float));
     if (!ctx->inv_freq) return LM_ERR_OOM;
-    for (int i = 0; i < half; i++)
-        ctx->inv_freq[i] = (float)(1.0 / pow(c->rope_theta, (double)(2 * i) / (double)c->head_dim));
+    lm_rope_inv_freq(c->rope_theta, c->head_dim, ctx->inv_freq);
     ctx->rope = (lm_rope){c->head_dim, ctx->inv_freq};
     return LM_OK;
 }

@@ -25,6 +25,8 @@ typedef struct cpu_exec {
     // scratch sized by reserve()
     int max_tokens, max_ctx;
     float *rope_cos, *rope_sin;  // [max_ctx][head_dim / 2]
+    float *rope_inv_buf;         // [head_dim / 2] the frequencies the tables hold
+    const float *rope_inv;       // rope_inv_buf once the tables are filled
     float *xg;              // [rows_max][hidden] expert inputs, gathered
     float *up;              // [rows_max][max_inter] up projection (gate goes to the caller's h)
     float *attn_scratch;    // [n_threads][attn floats]
@@ -117,20 +119,12 @@ static lm_status cpu_reserve(lm_exec *ex, int max_tokens, int max_ctx) {
     c->attn_floats = lm_attn_scratch_floats(ATTN_QBLOCK, group, cfg->head_dim, LM_KV_PAGE);
     c->rope_cos = lm_malloc((size_t)max_ctx * half * sizeof(float));
     c->rope_sin = lm_malloc((size_t)max_ctx * half * sizeof(float));
+    c->rope_inv_buf = lm_malloc((size_t)half * sizeof(float));
     c->xg = lm_aligned_alloc(64, rows * (size_t)cfg->hidden * sizeof(float));
     c->up = lm_aligned_alloc(64, rows * (size_t)c->max_inter * sizeof(float));
     c->attn_scratch = lm_aligned_alloc(64, (size_t)c->n_threads * c->attn_floats * sizeof(float));
-    if (!c->rope_cos || !c->rope_sin || !c->xg || !c->up || !c->attn_scratch) return LM_ERR_OOM;
-    // cos/sin exactly as transformers computes them: the angle position *
-    // inv_freq in fp32 (its reference does this even in fp64), then cos/sin.
-    for (int i = 0; i < half; i++) {
-        float inv = (float)(1.0 / pow(cfg->rope_theta, (double)(2 * i) / (double)cfg->head_dim));
-        for (int p = 0; p < max_ctx; p++) {
-            float ang = (float)p * inv;
-            c->rope_cos[(size_t)p * half + i] = (float)cos((double)ang);
-            c->rope_sin[(size_t)p * half + i] = (float)sin((double)ang);
-        }
-    }
+    if (!c->rope_cos || !c->rope_sin || !c->rope_inv_buf || !c->xg || !c->up || !c->attn_scratch) return LM_ERR_OOM;
+    c->rope_inv = NULL;  // the tables are filled for the first lm_rope seen
     return LM_OK;
 }
 
@@ -269,26 +263,15 @@ typedef struct {
     int layer;
 } rope_job;
 
-// Rotate-half RoPE (HF Llama convention) of n_heads heads of one row.
-static void rope_row(float *x, int n_heads, int hd, const float *cs, const float *sn) {
-    int half = hd / 2;
-    for (int h = 0; h < n_heads; h++, x += hd)
-        for (int i = 0; i < half; i++) {
-            float a = x[i], b = x[i + half];
-            x[i] = a * cs[i] - b * sn[i];
-            x[i + half] = b * cs[i] + a * sn[i];
-        }
-}
-
 static void rope_task(void *ctx, int t, int thread) {
     const rope_job *j = ctx;
     const cpu_exec *c = j->c;
     const lm_kv_layout *kv = &c->kv;
     int hd = kv->head_dim, half = hd / 2, p = i32_at(j->pos, t, 0), s = i32_at(j->slot, t, 0);
     const float *cs = c->rope_cos + (size_t)p * half, *sn = c->rope_sin + (size_t)p * half;
-    rope_row(f32_row(j->q, t), j->q.cols / hd, hd, cs, sn);
+    lm_rope_rotate(f32_row(j->q, t), j->q.cols / hd, hd, cs, sn);
     float *k = f32_row(j->k, t);
-    rope_row(k, kv->n_kv_heads, hd, cs, sn);
+    lm_rope_rotate(k, kv->n_kv_heads, hd, cs, sn);
     const float *v = f32_row(j->v, t);
     size_t es = lm_dtype_size(kv->dt), hs = (size_t)kv->page_size * hd;
     char *page = (char *)c->kv_layer[j->layer] + (size_t)(s / kv->page_size) * (lm_kv_page_bytes(kv));
@@ -315,6 +298,17 @@ static lm_status cpu_rope_kv(lm_exec *ex, const lm_rope *rope, lm_tensor q, lm_t
         if (i32_at(pos, t, 0) < 0 || i32_at(pos, t, 0) >= c->max_ctx)
             return lm_err(LM_ERR_RANGE, "position %d is outside the reserved context of %d", i32_at(pos, t, 0),
                           c->max_ctx);
+    // cos/sin tables of every reserved position, (re)made when the
+    // frequencies change (one model per executor: once)
+    int half = rope->head_dim / 2;
+    if (rope->head_dim != c->kv.head_dim)
+        return lm_err(LM_ERR_INVALID_ARG, "rope_kv: head_dim %d, the cache's %d", rope->head_dim, c->kv.head_dim);
+    if (!c->rope_inv || memcmp(c->rope_inv, rope->inv_freq, (size_t)half * sizeof(float))) {
+        memcpy(c->rope_inv_buf, rope->inv_freq, (size_t)half * sizeof(float));
+        c->rope_inv = c->rope_inv_buf;
+        for (int p = 0; p < c->max_ctx; p++)
+            lm_rope_cos_sin(c->rope_inv, half, p, c->rope_cos + (size_t)p * half, c->rope_sin + (size_t)p * half);
+    }
     rope_job j = {c, q, k, v, pos, slot, layer};
     if (q.rows < 4) {
         for (int t = 0; t < q.rows; t++) rope_task(&j, t, 0);
@@ -600,7 +594,8 @@ static void cpu_free(lm_exec *ex) {
     cpu_exec *c = (cpu_exec *)ex;
     if (!c) return;
     for (int i = 0; i < c->n_allocs; i++) free(c->allocs[i]);
-    void *bufs[] = {c->allocs, c->kv_layer, c->stats, c->rope_cos, c->rope_sin, c->xg, c->up, c->attn_scratch};
+    void *bufs[] = {c->allocs, c->kv_layer,     c->stats, c->rope_cos,     c->rope_sin,
+                    c->rope_inv_buf, c->xg, c->up, c->attn_scratch};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(c);
 }

@@ -114,6 +114,13 @@ static inline size_t lm_attn_scratch_floats(int n_q, int group, int head_dim, in
 
 void lm_attn_paged(const lm_attn_task *a);
 
+// RoPE (rotate-half, as transformers computes it; rope.c). Inverse
+// frequencies [head_dim / 2] for a base theta; cos and sin [half] of one
+// position; rotation in place of n_heads consecutive heads of one row.
+void lm_rope_inv_freq(double theta, int head_dim, float *inv);
+void lm_rope_cos_sin(const float *inv, int half, int pos, float *cs, float *sn);
+void lm_rope_rotate(float *x, int n_heads, int head_dim, const float *cs, const float *sn);
+
 // float <-> bf16/f16 scalar helpers (round to nearest even)
 float lm_bf16_to_f32(uint16_t v);
 uint16_t lm_f32_to_bf16(float f);
