@@ -107,7 +107,7 @@ typedef struct {
 
 static void on_done(void *user, int idx, const lm_gen_result *r) {
     run_ctx *c = user;
-    c->n_prompt += r->n_prompt_tokens;
+    if (r->finish != LM_FINISH_ERROR) c->n_prompt += r->n_prompt_tokens;  // a refused prompt was not computed
     c->n_gen += r->n_gen_tokens;
     c->n_failed += r->finish == LM_FINISH_ERROR;
     if (r->finish == LM_FINISH_ERROR && c->out)  // said at once, with where the prompt is; also in its result line

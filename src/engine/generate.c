@@ -100,7 +100,7 @@ static void finish(gen *G, gen_seq *g, lm_finish why) {
     lm_sampler_free(g->sampler);
     g->sampler = NULL;
     G->done++;
-    G->prompt_done += r->n_prompt_tokens;
+    if (why != LM_FINISH_ERROR) G->prompt_done += r->n_prompt_tokens;  // tokens computed, for tok/s
     if (G->p->on_done) G->p->on_done(G->user, g->idx, r);
 }
 
