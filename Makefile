@@ -16,16 +16,24 @@ endif
 CFLAGS  += $(OPT) $(CFLAGS_BASE)
 LDLIBS  += -lcjson -lpcre2-8 -lutf8proc -lm -pthread $(LDSAN)
 
+# CUDA: built when nvcc is found (or NVCC=path); CUDA=0 skips it. CUDA_ARCHS
+# lists the SM targets (90a: the Hopper path with wgmma/TMA; the others run
+# the portable kernels). The runtime is linked statically, so binaries only
+# need the driver (and start without a GPU: the CPU engine never asks).
+CUDA    ?= 1
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
-CU_SRC  := $(shell find src -name '*.cu' 2>/dev/null)
+CUDA_ARCHS ?= 80;86;89;90a
+CU_SRC  := $(shell find src -name '*.cu' 2>/dev/null | sort)
+ifeq ($(CUDA),1)
 ifneq ($(strip $(NVCC)),)
 ifneq ($(strip $(CU_SRC)),)
   HAVE_CUDA = 1
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-  NVFLAGS = -O2 -std=c++17 -Iinclude -Isrc -gencode arch=compute_90a,code=sm_90a \
-            -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall,-Wextra
-  CFLAGS += -DLM_HAVE_CUDA=1
-  LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+  NVGENCODE := $(foreach a,$(subst ;, ,$(CUDA_ARCHS)),-gencode arch=compute_$(a),code=sm_$(a))
+  NVFLAGS = -O2 -std=c++17 -Iinclude -Isrc $(NVGENCODE) -Xcompiler -Wall,-Wextra,-Wno-unused-parameter
+  CFLAGS += -DLM_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+  LDLIBS += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+endif
 endif
 endif
 

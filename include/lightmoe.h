@@ -28,6 +28,7 @@ typedef enum lm_status {
     LM_ERR_RANGE,        // value out of range (token id >= vocab, context full)
     LM_ERR_NOT_FOUND,    // a required tensor / key is missing
     LM_ERR_NUMERIC,      // the computation produced NaN or Inf
+    LM_ERR_DEVICE,       // the GPU, its driver or runtime failed (or there is none)
 } lm_status;
 
 const char *lm_status_str(lm_status st);

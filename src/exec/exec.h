@@ -204,6 +204,9 @@ struct lm_exec {
 // loops, no SIMD — the oracle of the op tests.
 lm_status lm_exec_cpu_init(const lm_config *cfg, lm_pool *pool, lm_exec **out);
 lm_status lm_exec_ref_init(const lm_config *cfg, lm_exec **out);
+// The CUDA executor on the current GPU (src/exec/cuda.c); LM_ERR_DEVICE when
+// there is none, LM_ERR_UNSUPPORTED when built without CUDA.
+lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out);
 
 // The streams, events and staging memory of executors whose ops complete
 // before they return (src/exec/sync.c), shared by cpu and ref.
@@ -214,7 +217,7 @@ lm_status lm_exec_sync_event_wait(lm_exec *ex, int event, int stream);
 lm_status lm_exec_sync_event_sync(lm_exec *ex, int event);
 lm_status lm_exec_sync_host_alloc(lm_exec *ex, size_t bytes, void **out);
 
-// By name ("cpu", "ref"), for tests and the command line.
+// By name ("cpu", "ref", "cuda"), for tests and the command line.
 lm_status lm_exec_init(const char *name, const lm_config *cfg, lm_pool *pool, lm_exec **out);
 
 #endif

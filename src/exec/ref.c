@@ -431,6 +431,7 @@ lm_status lm_exec_ref_init(const lm_config *cfg, lm_exec **out) {
 lm_status lm_exec_init(const char *name, const lm_config *cfg, lm_pool *pool, lm_exec **out) {
     if (!strcmp(name, "cpu")) return lm_exec_cpu_init(cfg, pool, out);
     if (!strcmp(name, "ref")) return lm_exec_ref_init(cfg, out);
+    if (!strcmp(name, "cuda")) return lm_exec_cuda_init(cfg, out);
     *out = NULL;
-    return lm_err(LM_ERR_INVALID_ARG, "unknown executor '%.40s' (cpu, ref)", name);
+    return lm_err(LM_ERR_INVALID_ARG, "unknown executor '%.40s' (cpu, ref, cuda)", name);
 }

@@ -59,6 +59,7 @@ const char *lm_status_str(lm_status st) {
     case LM_ERR_RANGE: return "out of range";
     case LM_ERR_NOT_FOUND: return "not found";
     case LM_ERR_NUMERIC: return "numeric error";
+    case LM_ERR_DEVICE: return "device error";
     }
     return "unknown status";
 }

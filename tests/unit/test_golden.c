@@ -176,6 +176,32 @@ static void check_fixture(const char *name) {
         lm_context_free(cb);
     }
 
+    {
+        // Other executors named in LM_GOLDEN_EXECS (e.g. "cuda" on the GPU
+        // machine) against the same reference, f32 KV.
+        const char *env = getenv("LM_GOLDEN_EXECS");
+        char list[128];
+        snprintf(list, sizeof list, "%s", env ? env : "");
+        for (char *sv = NULL, *ex = strtok_r(list, ",", &sv); ex; ex = strtok_r(NULL, ",", &sv)) {
+            lm_context *cx = NULL;
+            lm_context_params cpx = cp;
+            cpx.executor = ex;
+            lm_status sx = lm_context_init(m, &cpx, &cx);
+            CHECK_MSG(sx == LM_OK, "%s: executor %s: %s", name, ex, lm_last_error());
+            if (sx) continue;
+            sx = lm_decode(cx, &b);
+            CHECK_MSG(sx == LM_OK, "%s: executor %s: %s", name, ex, lm_last_error());
+            float *xl = malloc((size_t)r.n_ids * r.vocab * sizeof(float));
+            for (int i = 0; !sx && i < r.n_ids; i++)
+                memcpy(xl + (size_t)i * r.vocab, lm_get_logits(cx, i), r.vocab * sizeof(float));
+            double e_x = sx ? INFINITY : rel_l2(xl, r.logits, (size_t)r.n_ids * r.vocab);
+            printf("  %-22s %s executor rel L2 error %.3g\n", name, ex, e_x);
+            CHECK_MSG(e_x <= 1e-3, "%s: %s executor relative L2 error %g > 1e-3", name, ex, e_x);
+            free(xl);
+            lm_context_free(cx);
+        }
+    }
+
     // 2. the same ids as sequence 1 of a batch where two other sequences are
     // interleaved, and prefilled in two chunks: bit-identical logits.
     lm_seq_clear(ctx, 0);

@@ -1,0 +1,563 @@
+// The CUDA executor: the runtime's ops on one GPU (kernels in
+// src/kernels/cuda, each behind a C launcher).
+//
+// Memory: activations, scratch and the KV pages are cudaMalloc'ed and freed
+// with the executor; staging memory for async copies is pinned. Weights are
+// made resident on first use (host address -> device copy), so a model is
+// uploaded once and reused by every step; the op tests' ad-hoc weights work
+// the same way.
+//
+// Ops are queued on stream 0 and return at once; a launch or CUDA error is
+// kept (sticky) and returned by step_end, which waits for the step.
+#include "exec/exec.h"
+
+#if !LM_HAVE_CUDA
+
+lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
+    *out = NULL;
+    return lm_err(LM_ERR_UNSUPPORTED, "this lightmoe was built without CUDA (nvcc was not found at build time)");
+}
+
+#else
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/kernels.h"
+
+typedef struct {
+    const void *host;
+    void *dev;
+} wslot;
+
+// Device tables of one experts array: gate, up and down pointers [3][E].
+typedef struct {
+    const lm_ffn_w *host;
+    const void **dev;  // device array
+    int dt;
+} etable;
+
+typedef struct cuda_exec {
+    lm_exec base;
+    const lm_config *cfg;
+    cudaStream_t st[LM_EXEC_STREAMS];
+    cudaEvent_t ev[LM_EXEC_EVENTS];
+    void **allocs;  // device allocations
+    int n_allocs, cap_allocs;
+    void **pinned;  // cudaMallocHost'ed staging buffers
+    int n_pinned, cap_pinned;
+    lm_kv_layout kv;
+    void **kv_layer;             // [n_layers] device page pools
+    unsigned long long *stats;   // device [n_layers][n_experts]
+    wslot *w;                    // open-addressing table of resident weights
+    size_t w_cap, w_n;
+    etable *et;
+    int n_et, cap_et;
+    float *inv_freq;             // device copy of the RoPE frequencies last given
+    float *inv_host;             // their host values
+    int inv_n;
+    lm_status err;               // first failure, returned by step_end
+} cuda_exec;
+
+#define S0(c) ((c)->st[0])
+
+static lm_status cuda_fail(cuda_exec *c, cudaError_t e, const char *what) {
+    lm_status st = lm_err(LM_ERR_DEVICE, "CUDA: %s: %s", what, cudaGetErrorString(e));
+    if (c && !c->err) c->err = st;
+    return st;
+}
+
+#define CK(c, call)                                                 \
+    do {                                                            \
+        cudaError_t _e = (call);                                    \
+        if (_e != cudaSuccess) return cuda_fail((c), _e, #call);   \
+    } while (0)
+
+// A launcher's result (the launch error) as a status.
+static lm_status launched(cuda_exec *c, int e, const char *op) {
+    if (c->err) return c->err;
+    return e ? cuda_fail(c, (cudaError_t)e, op) : LM_OK;
+}
+
+static bool push_ptr(void ***arr, int *n, int *cap, void *p) {
+    if (*n == *cap) {
+        int nc = *cap ? *cap * 2 : 64;
+        void **v = realloc(*arr, (size_t)nc * sizeof *v);
+        if (!v) return false;
+        *arr = v, *cap = nc;
+    }
+    (*arr)[(*n)++] = p;
+    return true;
+}
+
+static lm_status dev_alloc(cuda_exec *c, size_t bytes, void **out) {
+    *out = NULL;
+    void *p;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&fr, &tot);
+        char a[32], b[32];
+        return lm_err(LM_ERR_OOM, "CUDA: cannot allocate %s of GPU memory (%s free): %s",
+                      lm_format_bytes((double)bytes, a, sizeof a), lm_format_bytes((double)fr, b, sizeof b),
+                      cudaGetErrorString(e));
+    }
+    if (!push_ptr(&c->allocs, &c->n_allocs, &c->cap_allocs, p)) {
+        cudaFree(p);
+        return LM_ERR_OOM;
+    }
+    *out = p;
+    return LM_OK;
+}
+
+// ---------------------------------------------------------------- memory ---
+
+static lm_status cu_alloc(lm_exec *ex, lm_dtype dt, int rows, int cols, lm_tensor *out) {
+    cuda_exec *c = (cuda_exec *)ex;
+    size_t es = lm_dtype_size(dt), n;
+    if (rows < 0 || cols < 0 || !es || !lm_mul_ok((size_t)rows, (size_t)cols, &n) || !lm_mul_ok(n, es, &n))
+        return lm_err(LM_ERR_INVALID_ARG, "cuda executor: bad tensor shape [%d][%d]", rows, cols);
+    void *p;
+    lm_status st = dev_alloc(c, n, &p);
+    if (st) return st;
+    CK(c, cudaMemsetAsync(p, 0, n ? n : 1, S0(c)));  // ordered before the ops that use it
+    *out = (lm_tensor){p, dt, rows, cols, (size_t)cols};
+    return LM_OK;
+}
+
+#define TRYW(x)                         \
+    do {                                \
+        lm_status _s = (x);             \
+        if (_s) return _s;              \
+    } while (0)
+
+static lm_status copy2d(cuda_exec *c, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                        int rows, enum cudaMemcpyKind kind, int stream, bool async) {
+    if (rows <= 0 || !width) return LM_OK;
+    (void)async;
+    CK(c, cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, (size_t)rows, kind, c->st[stream]));
+    return LM_OK;
+}
+
+// Synchronous copies: queued on stream 0 behind the work already there, then
+// waited for, so the host memory may change as soon as they return.
+static lm_status cu_upload(lm_exec *ex, lm_tensor dst, const void *src) {
+    cuda_exec *c = (cuda_exec *)ex;
+    size_t es = lm_dtype_size(dst.dt), row = (size_t)dst.cols * es;
+    TRYW(copy2d(c, dst.data, dst.ld * es, src, row, row, dst.rows, cudaMemcpyHostToDevice, 0, true));
+    CK(c, cudaStreamSynchronize(S0(c)));
+    return LM_OK;
+}
+
+static lm_status cu_download(lm_exec *ex, lm_tensor src, void *dst) {
+    cuda_exec *c = (cuda_exec *)ex;
+    size_t es = lm_dtype_size(src.dt), row = (size_t)src.cols * es;
+    TRYW(copy2d(c, dst, row, src.data, src.ld * es, row, src.rows, cudaMemcpyDeviceToHost, 0, true));
+    CK(c, cudaStreamSynchronize(S0(c)));
+    return LM_OK;
+}
+
+static const void *cu_host_ptr(lm_exec *ex, lm_tensor t) { return NULL; }
+
+static lm_status cu_host_alloc(lm_exec *ex, size_t bytes, void **out) {
+    cuda_exec *c = (cuda_exec *)ex;
+    *out = NULL;
+    void *p;
+    CK(c, cudaMallocHost(&p, bytes ? bytes : 1));
+    if (!push_ptr(&c->pinned, &c->n_pinned, &c->cap_pinned, p)) {
+        cudaFreeHost(p);
+        return LM_ERR_OOM;
+    }
+    *out = p;
+    return LM_OK;
+}
+
+static lm_status cu_upload_async(lm_exec *ex, lm_tensor dst, const void *src, int stream) {
+    cuda_exec *c = (cuda_exec *)ex;
+    lm_status st = lm_exec_check_stream("upload_async", stream);
+    if (st) return st;
+    size_t es = lm_dtype_size(dst.dt), row = (size_t)dst.cols * es;
+    return copy2d(c, dst.data, dst.ld * es, src, row, row, dst.rows, cudaMemcpyHostToDevice, stream, true);
+}
+
+static lm_status cu_download_async(lm_exec *ex, lm_tensor src, void *dst, int stream) {
+    cuda_exec *c = (cuda_exec *)ex;
+    lm_status st = lm_exec_check_stream("download_async", stream);
+    if (st) return st;
+    size_t es = lm_dtype_size(src.dt), row = (size_t)src.cols * es;
+    return copy2d(c, dst, row, src.data, src.ld * es, row, src.rows, cudaMemcpyDeviceToHost, stream, true);
+}
+
+static lm_status cu_event_record(lm_exec *ex, int event, int stream) {
+    cuda_exec *c = (cuda_exec *)ex;
+    lm_status st = lm_exec_sync_event_record(ex, event, stream);
+    if (st) return st;
+    CK(c, cudaEventRecord(c->ev[event], c->st[stream]));
+    return LM_OK;
+}
+
+static lm_status cu_event_wait(lm_exec *ex, int event, int stream) {
+    cuda_exec *c = (cuda_exec *)ex;
+    lm_status st = lm_exec_sync_event_wait(ex, event, stream);
+    if (st) return st;
+    CK(c, cudaStreamWaitEvent(c->st[stream], c->ev[event], 0));
+    return LM_OK;
+}
+
+static lm_status cu_event_sync(lm_exec *ex, int event) {
+    cuda_exec *c = (cuda_exec *)ex;
+    lm_status st = lm_exec_sync_event_sync(ex, event);
+    if (st) return st;
+    CK(c, cudaEventSynchronize(c->ev[event]));
+    return LM_OK;
+}
+
+static lm_status cu_kv_alloc(lm_exec *ex, const lm_kv_layout *k) {
+    cuda_exec *c = (cuda_exec *)ex;
+    c->kv = *k;
+    c->kv_layer = calloc((size_t)k->n_layers, sizeof *c->kv_layer);
+    if (!c->kv_layer) return LM_ERR_OOM;
+    size_t bytes = lm_kv_page_bytes(k) * (size_t)k->n_pages;
+    for (int l = 0; l < k->n_layers; l++) {
+        lm_status st = dev_alloc(c, bytes, &c->kv_layer[l]);
+        if (st) return st;
+    }
+    return LM_OK;
+}
+
+static lm_status cu_reserve(lm_exec *ex, int max_tokens, int max_ctx) { return LM_OK; }
+
+static lm_status cu_expert_stats(lm_exec *ex, uint64_t *out, bool reset) {
+    cuda_exec *c = (cuda_exec *)ex;
+    size_t n = (size_t)c->cfg->n_layers * (size_t)c->cfg->n_experts;
+    if (out && n) CK(c, cudaMemcpyAsync(out, c->stats, n * sizeof *out, cudaMemcpyDeviceToHost, S0(c)));
+    if (reset && n) CK(c, cudaMemsetAsync(c->stats, 0, n * sizeof *c->stats, S0(c)));
+    CK(c, cudaStreamSynchronize(S0(c)));
+    return LM_OK;
+}
+
+static lm_status cu_step_begin(lm_exec *ex) { return ((cuda_exec *)ex)->err; }
+
+static lm_status cu_step_end(lm_exec *ex) {
+    cuda_exec *c = (cuda_exec *)ex;
+    cudaError_t e = cudaStreamSynchronize(S0(c));
+    if (e != cudaSuccess) cuda_fail(c, e, "the step");
+    return c->err;
+}
+
+// --------------------------------------------------------------- weights ---
+
+static size_t w_hash(const void *p, size_t cap) { return (size_t)(((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ull) & (cap - 1); }
+
+// The device copy of a host weight array (uploaded on first use).
+static lm_status dev_weight(cuda_exec *c, const void *host, size_t bytes, const void **out) {
+    if (c->w_n * 2 >= c->w_cap) {  // grow the table
+        size_t nc = c->w_cap ? c->w_cap * 2 : 1024;
+        wslot *nw = calloc(nc, sizeof *nw);
+        if (!nw) return LM_ERR_OOM;
+        for (size_t i = 0; i < c->w_cap; i++)
+            if (c->w[i].host) {
+                size_t j = w_hash(c->w[i].host, nc);
+                while (nw[j].host) j = (j + 1) & (nc - 1);
+                nw[j] = c->w[i];
+            }
+        free(c->w);
+        c->w = nw, c->w_cap = nc;
+    }
+    size_t j = w_hash(host, c->w_cap);
+    while (c->w[j].host && c->w[j].host != host) j = (j + 1) & (c->w_cap - 1);
+    if (!c->w[j].host) {
+        void *d;
+        lm_status st = dev_alloc(c, bytes, &d);
+        if (st) return st;
+        CK(c, cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice, S0(c)));  // weights stay put: no wait
+        c->w[j] = (wslot){host, d};
+        c->w_n++;
+    }
+    *out = c->w[j].dev;
+    return LM_OK;
+}
+
+static lm_status mat_dev(cuda_exec *c, const lm_mat *m, const void **out) {
+    if (!m || !m->data) {
+        *out = NULL;
+        return LM_OK;
+    }
+    size_t bytes = ((size_t)(m->rows - 1) * m->stride + (size_t)m->cols) * lm_dtype_size(m->dt);
+    return dev_weight(c, m->data, bytes, out);
+}
+
+// Device pointer tables of an experts array: [gate[E] | up[E] | down[E]].
+static lm_status experts_dev(cuda_exec *c, const lm_ffn_w *ew, const void *const **g, const void *const **u,
+                             const void *const **d, int *dt) {
+    int E = c->cfg->n_experts;
+    for (int i = 0; i < c->n_et; i++)
+        if (c->et[i].host == ew) {
+            *g = c->et[i].dev, *u = c->et[i].dev + E, *d = c->et[i].dev + 2 * E, *dt = c->et[i].dt;
+            return LM_OK;
+        }
+    const void **h = malloc(3 * (size_t)E * sizeof *h);
+    if (!h) return LM_ERR_OOM;
+    lm_status st = LM_OK;
+    for (int e = 0; e < E && !st; e++) {
+        const lm_mat *m[3] = {&ew[e].gate, &ew[e].up, &ew[e].down};
+        for (int j = 0; j < 3 && !st; j++) {
+            if (m[j]->dt != ew[0].gate.dt || m[j]->stride != (j == 2 ? ew[0].down.stride : ew[0].gate.stride))
+                st = lm_err(LM_ERR_UNSUPPORTED, "cuda executor: experts of one layer differ in dtype or layout (%s)",
+                            m[j]->name ? m[j]->name : "?");
+            else st = mat_dev(c, m[j], &h[(size_t)j * E + e]);
+        }
+    }
+    void *dv = NULL;
+    if (!st) st = dev_alloc(c, 3 * (size_t)E * sizeof *h, &dv);
+    if (!st && cudaMemcpyAsync(dv, h, 3 * (size_t)E * sizeof *h, cudaMemcpyHostToDevice, S0(c)) != cudaSuccess)
+        st = cuda_fail(c, cudaGetLastError(), "expert tables");
+    if (!st && cudaStreamSynchronize(S0(c)) != cudaSuccess) st = cuda_fail(c, cudaGetLastError(), "expert tables");
+    free(h);
+    if (st) return st;
+    if (c->n_et == c->cap_et) {
+        int nc = c->cap_et ? c->cap_et * 2 : 64;
+        etable *v = realloc(c->et, (size_t)nc * sizeof *v);
+        if (!v) return LM_ERR_OOM;
+        c->et = v, c->cap_et = nc;
+    }
+    c->et[c->n_et++] = (etable){ew, dv, ew[0].gate.dt};
+    const void **t = dv;
+    *g = t, *u = t + E, *d = t + 2 * E, *dt = ew[0].gate.dt;
+    return LM_OK;
+}
+
+// ------------------------------------------------------------------- ops ---
+
+static lm_status cu_embed(lm_exec *ex, const lm_mat *E, lm_tensor ids, lm_tensor x) {
+    cuda_exec *c = (cuda_exec *)ex;
+    const void *e;
+    TRYW(mat_dev(c, E, &e));
+    return launched(c, lm_cuda_embed(e, E->dt, E->stride, ids.data, x.data, x.ld, x.rows, x.cols, S0(c)), "embed");
+}
+
+static lm_status cu_rmsnorm(lm_exec *ex, const lm_mat *w, lm_tensor x, int group, float eps, lm_tensor y) {
+    cuda_exec *c = (cuda_exec *)ex;
+    const void *wd;
+    TRYW(mat_dev(c, w, &wd));
+    return launched(c, lm_cuda_rmsnorm(x.data, x.ld, x.rows, x.cols, group, wd, w->dt, w->cols, eps, y.data, y.ld, S0(c)),
+                    "rmsnorm");
+}
+
+static lm_status cu_add_rmsnorm(lm_exec *ex, lm_tensor x, lm_tensor d, const lm_mat *w, float eps, lm_tensor y) {
+    cuda_exec *c = (cuda_exec *)ex;
+    const void *wd = NULL;
+    if (w) TRYW(mat_dev(c, w, &wd));
+    return launched(c, lm_cuda_add_rmsnorm(x.data, x.ld, d.data, d.ld, x.rows, x.cols, wd, w ? w->dt : 0, w ? w->cols : 1,
+                                           eps, y.data, y.ld, S0(c)),
+                    "add_rmsnorm");
+}
+
+static lm_status cu_matmul(lm_exec *ex, const lm_mat *W, const lm_mat *bias, lm_tensor x, lm_tensor y) {
+    cuda_exec *c = (cuda_exec *)ex;
+    const void *wd, *bd;
+    TRYW(mat_dev(c, W, &wd));
+    TRYW(mat_dev(c, bias, &bd));
+    return launched(c, lm_cuda_matmul(x.data, x.ld, x.rows, wd, W->dt, W->stride, W->rows, W->cols, bd,
+                                      bias ? bias->dt : 0, y.data, y.ld, S0(c)),
+                    "matmul");
+}
+
+static lm_status cu_rope_kv(lm_exec *ex, const lm_rope *rope, lm_tensor q, lm_tensor k, lm_tensor v, lm_tensor pos,
+                            lm_tensor slot, int layer) {
+    cuda_exec *c = (cuda_exec *)ex;
+    int half = rope->head_dim / 2;
+    if (rope->head_dim != c->kv.head_dim)
+        return lm_err(LM_ERR_INVALID_ARG, "rope_kv: head_dim %d, the cache's %d", rope->head_dim, c->kv.head_dim);
+    if (!c->inv_freq || c->inv_n != half || memcmp(c->inv_host, rope->inv_freq, (size_t)half * sizeof(float))) {
+        if (c->inv_n != half) {
+            void *d;
+            TRYW(dev_alloc(c, (size_t)half * sizeof(float), &d));
+            float *h = realloc(c->inv_host, (size_t)half * sizeof(float));
+            if (!h) return LM_ERR_OOM;
+            c->inv_freq = d, c->inv_host = h, c->inv_n = half;
+        }
+        memcpy(c->inv_host, rope->inv_freq, (size_t)half * sizeof(float));
+        CK(c, cudaMemcpyAsync(c->inv_freq, c->inv_host, (size_t)half * sizeof(float), cudaMemcpyHostToDevice, S0(c)));
+        CK(c, cudaStreamSynchronize(S0(c)));  // inv_host may change with the next rope
+    }
+    const lm_kv_layout *kv = &c->kv;
+    return launched(c, lm_cuda_rope_kv(q.data, q.ld, q.cols / kv->head_dim, k.data, k.ld, v.data, v.ld, kv->n_kv_heads,
+                                       kv->head_dim, c->inv_freq, pos.data, slot.data, q.rows, c->kv_layer[layer], kv->dt,
+                                       kv->page_size, S0(c)),
+                    "rope_kv");
+}
+
+static lm_status cu_attention(lm_exec *ex, const lm_attn_view *v, int layer, int n_heads, lm_tensor q, lm_tensor out) {
+    cuda_exec *c = (cuda_exec *)ex;
+    const lm_kv_layout *kv = &c->kv;
+    return launched(c, lm_cuda_attention(q.data, q.ld, out.data, out.ld, q.rows, n_heads, v->seq_start.data, v->n_seqs,
+                                         v->kv_len.data, v->pages.data, v->pages.ld, v->pos.data, c->kv_layer[layer],
+                                         kv->dt, kv->page_size, kv->n_kv_heads, kv->head_dim, S0(c)),
+                    "attention");
+}
+
+static lm_status cu_gather(lm_exec *ex, lm_tensor x, lm_tensor idx, lm_tensor y) {
+    cuda_exec *c = (cuda_exec *)ex;
+    return launched(c, lm_cuda_gather(x.data, x.ld, idx.data, y.data, y.ld, y.rows, x.cols, S0(c)), "gather");
+}
+
+static lm_status cu_route(lm_exec *ex, lm_tensor logits, int k, bool norm_topk, lm_tensor sel, lm_tensor w) {
+    cuda_exec *c = (cuda_exec *)ex;
+    int E = logits.cols;
+    if (E < 1 || k < 1 || k > E || k > 32) return lm_err(LM_ERR_INVALID_ARG, "route: top-%d of %d experts", k, E);
+    return launched(c, lm_cuda_route(logits.data, logits.ld, logits.rows, E, k, norm_topk, sel.data, sel.ld, w.data, w.ld,
+                                     S0(c)),
+                    "route");
+}
+
+static lm_status cu_align(lm_exec *ex, lm_tensor sel, int E, int layer, lm_moe_plan *p) {
+    cuda_exec *c = (cuda_exec *)ex;
+    unsigned long long *stats = layer >= 0 ? c->stats + (size_t)layer * E : NULL;
+    return launched(c, lm_cuda_align(sel.data, sel.ld, sel.rows, sel.cols, E, p->block, p->row_of.data, p->row_of.ld,
+                                     p->token_of.data, p->token_of.rows, p->tiles.data, p->n_tiles.data, p->counts.data,
+                                     stats, S0(c)),
+                    "align");
+}
+
+static lm_status cu_expert_up(lm_exec *ex, const lm_ffn_w *experts, const lm_moe_plan *p, lm_tensor x, lm_tensor h) {
+    cuda_exec *c = (cuda_exec *)ex;
+    const void *const *g, *const *u, *const *d;
+    int dt;
+    TRYW(experts_dev(c, experts, &g, &u, &d, &dt));
+    return launched(c, lm_cuda_gateup(x.data, x.ld, h.rows, p->token_of.data, p->tiles.data, p->n_tiles.data, p->block,
+                                      g, u, NULL, NULL, dt, experts[0].gate.stride, x.cols, h.cols, h.data, h.ld, S0(c)),
+                    "expert_up");
+}
+
+static lm_status cu_expert_down(lm_exec *ex, const lm_ffn_w *experts, const lm_moe_plan *p, lm_tensor h, lm_tensor y) {
+    cuda_exec *c = (cuda_exec *)ex;
+    const void *const *g, *const *u, *const *d;
+    int dt;
+    TRYW(experts_dev(c, experts, &g, &u, &d, &dt));
+    return launched(c, lm_cuda_down(h.data, h.ld, h.rows, p->token_of.data, p->tiles.data, p->n_tiles.data, p->block, d,
+                                    NULL, dt, experts[0].down.stride, h.cols, y.cols, y.data, y.ld, S0(c)),
+                    "expert_down");
+}
+
+static lm_status cu_combine(lm_exec *ex, const lm_moe_plan *p, lm_tensor w, lm_tensor y, lm_tensor out) {
+    cuda_exec *c = (cuda_exec *)ex;
+    return launched(c, lm_cuda_combine(p->row_of.data, p->row_of.ld, w.data, w.ld, out.rows, w.cols, y.data, y.ld,
+                                       out.data, out.ld, out.cols, S0(c)),
+                    "combine");
+}
+
+static lm_status cu_ffn(lm_exec *ex, const lm_ffn_w *f, lm_tensor x, lm_tensor h, lm_tensor y) {
+    cuda_exec *c = (cuda_exec *)ex;
+    const void *g, *u, *d;
+    TRYW(mat_dev(c, &f->gate, &g));
+    TRYW(mat_dev(c, &f->up, &u));
+    TRYW(mat_dev(c, &f->down, &d));
+    int inter = f->gate.rows;
+    lm_status st = launched(c, lm_cuda_gateup(x.data, x.ld, x.rows, NULL, NULL, NULL, 1, NULL, NULL, g, u, f->gate.dt,
+                                              f->gate.stride, x.cols, inter, h.data, h.ld, S0(c)),
+                            "ffn");
+    if (st) return st;
+    return launched(c, lm_cuda_down(h.data, h.ld, x.rows, NULL, NULL, NULL, 1, NULL, d, f->down.dt, f->down.stride, inter,
+                                    y.cols, y.data, y.ld, S0(c)),
+                    "ffn");
+}
+
+static lm_status cu_gated_add(lm_exec *ex, const lm_mat *g, lm_tensor x, lm_tensor y, lm_tensor out) {
+    cuda_exec *c = (cuda_exec *)ex;
+    const void *gd;
+    TRYW(mat_dev(c, g, &gd));
+    return launched(c, lm_cuda_gated_add(x.data, x.ld, gd, g->dt, x.cols, y.data, y.ld, out.data, out.ld, x.rows, S0(c)),
+                    "gated_add");
+}
+
+// ------------------------------------------------------------ lifecycle ---
+
+static void cu_free(lm_exec *ex) {
+    cuda_exec *c = (cuda_exec *)ex;
+    if (!c) return;
+    cudaDeviceSynchronize();
+    for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
+    for (int i = 0; i < c->n_pinned; i++) cudaFreeHost(c->pinned[i]);
+    for (int i = 0; i < LM_EXEC_STREAMS; i++)
+        if (c->st[i]) cudaStreamDestroy(c->st[i]);
+    for (int i = 0; i < LM_EXEC_EVENTS; i++)
+        if (c->ev[i]) cudaEventDestroy(c->ev[i]);
+    free(c->allocs);
+    free(c->pinned);
+    free(c->kv_layer);
+    free(c->w);
+    free(c->et);
+    free(c->inv_host);
+    free(c);
+}
+
+static const lm_exec_ops cuda_ops = {
+    .name = "cuda",
+    .moe_block = 16,
+    .alloc = cu_alloc,
+    .upload = cu_upload,
+    .download = cu_download,
+    .host_ptr = cu_host_ptr,
+    .kv_alloc = cu_kv_alloc,
+    .reserve = cu_reserve,
+    .expert_stats = cu_expert_stats,
+    .host_alloc = cu_host_alloc,
+    .step_begin = cu_step_begin,
+    .step_end = cu_step_end,
+    .upload_async = cu_upload_async,
+    .download_async = cu_download_async,
+    .event_record = cu_event_record,
+    .event_wait = cu_event_wait,
+    .event_sync = cu_event_sync,
+    .embed = cu_embed,
+    .rmsnorm = cu_rmsnorm,
+    .add_rmsnorm = cu_add_rmsnorm,
+    .matmul = cu_matmul,
+    .rope_kv = cu_rope_kv,
+    .attention = cu_attention,
+    .gather = cu_gather,
+    .route = cu_route,
+    .align = cu_align,
+    .expert_up = cu_expert_up,
+    .expert_down = cu_expert_down,
+    .combine = cu_combine,
+    .ffn = cu_ffn,
+    .gated_add = cu_gated_add,
+    .free = cu_free,
+};
+
+lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
+    *out = NULL;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0)
+        return lm_err(LM_ERR_DEVICE, "no CUDA GPU is usable here (%s)",
+                      e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    cuda_exec *c = calloc(1, sizeof *c);
+    if (!c) return LM_ERR_OOM;
+    c->base.ops = &cuda_ops;
+    c->cfg = cfg;
+    lm_status st = LM_OK;
+    for (int i = 0; i < LM_EXEC_STREAMS && !st; i++)
+        if ((e = cudaStreamCreateWithFlags(&c->st[i], cudaStreamNonBlocking)) != cudaSuccess) st = cuda_fail(NULL, e, "stream");
+    for (int i = 0; i < LM_EXEC_EVENTS && !st; i++)
+        if ((e = cudaEventCreateWithFlags(&c->ev[i], cudaEventDisableTiming)) != cudaSuccess) st = cuda_fail(NULL, e, "event");
+    size_t ns = (size_t)cfg->n_layers * (size_t)cfg->n_experts;
+    void *s = NULL;
+    if (!st) st = dev_alloc(c, ns * sizeof(unsigned long long), &s);
+    if (!st && ns && (e = cudaMemsetAsync(s, 0, ns * sizeof(unsigned long long), c->st[0])) != cudaSuccess)
+        st = cuda_fail(NULL, e, "stats");
+    if (st) {
+        cu_free(&c->base);
+        return st;
+    }
+    c->stats = s;
+    *out = &c->base;
+    return LM_OK;
+}
+
+#endif
