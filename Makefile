@@ -44,7 +44,7 @@ CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test testdata clean fuzz dev-tools FORCE
+.PHONY: all test test-cuda testdata clean fuzz dev-tools FORCE
 all: $(BUILD)/lightmoe $(BUILD)/liblightmoe.a
 
 $(BUILD)/%.o: %.c
@@ -83,6 +83,12 @@ testdata:
 
 test: all $(TEST_BIN) testdata
 	@BUILD=$(BUILD) bash tests/run.sh
+
+# On a machine with a GPU: the op tests and the golden models through the
+# CUDA executor, against the reference executor and transformers.
+test-cuda: all $(BUILD)/tests/test_ops $(BUILD)/tests/test_golden
+	LM_OPS_EXECS=cuda $(BUILD)/tests/test_ops
+	LM_GOLDEN_EXECS=cuda $(BUILD)/tests/test_golden
 
 # libFuzzer targets: safetensors header, config.json, tokenizer.json, JSONL
 # prompts (tools/fuzz_smoke.sh builds and runs them).

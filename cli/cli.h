@@ -33,6 +33,7 @@ typedef struct cli_model_opts {
     bool verbose;             // -v: say where the weights went, tokenizer coverage
     lm_kv_type kv_type;       // --kv bf16|f32
     bool quiet;               // no warnings (a load that only validates)
+    const char *device;       // --device cpu|cuda; NULL: cuda when a GPU is usable
 } cli_model_opts;
 
 #define CLI_MODEL_OPTS_HELP                                                                     \
@@ -41,10 +42,16 @@ typedef struct cli_model_opts {
     "      --no-mmap         copy the weights into huge-page memory (faster decode: fewer\n"    \
     "                        TLB misses); default: copy when they fit in 90% of free memory\n" \
     "      --kv TYPE         KV cache precision: bf16 (default) or f32 (reference runs)\n"   \
+    "      --device DEV      cpu or cuda (default: cuda when this build has CUDA and a GPU\n" \
+    "                        is usable, else cpu)\n"                                         \
     "  -v, --verbose         say where the weights went and other details\n"
 
 // Consumes -t/--threads, --mmap, --no-mmap, -v at a->i; true if it did.
 bool cli_model_opt(args *a, cli_model_opts *o);
+
+// The executor a run uses (--device, or the default); says which on stderr
+// when it is a GPU or verbose.
+const char *cli_device(const char *cmd, const cli_model_opts *o);
 
 // Loads a checkpoint dir, or a synthetic model for "CONFIG.json[:LAYERS]"
 // (shapes_only: no weights, for describing it). Warns about checkpoint

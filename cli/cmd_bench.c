@@ -93,6 +93,7 @@ int cmd_bench(int argc, char **argv) {
     long total_prefill = (long)batch * plen;
     lm_context_params cp = lm_context_default_params();
     cp.kv_type = mo.kv_type;
+    cp.executor = cli_device("lightmoe bench", &mo);
     cp.n_seq = batch;
     cp.n_ctx = plen + glen;
     cp.n_batch = total_prefill < 2048 ? (int)total_prefill : 2048;

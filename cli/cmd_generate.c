@@ -239,6 +239,7 @@ int cmd_generate(int argc, char **argv) {
     // touched only when used, so memory grows with the work, not the budget.
     lm_context_params cp = lm_context_default_params();
     cp.kv_type = mo.kv_type;
+    cp.executor = cli_device("lightmoe generate", &mo);
     cp.n_seq = parallel < prompts.n ? parallel : prompts.n;
     if (cp.n_seq > batch) cp.n_seq = batch;
     cp.n_ctx = mi.max_positions;

@@ -78,6 +78,7 @@ int cmd_logits(int argc, char **argv) {
     lm_model_get_info(model, &mi);
     lm_context_params cp = lm_context_default_params();
     cp.kv_type = mo.kv_type;
+    cp.executor = cli_device("lightmoe logits", &mo);
     cp.n_seq = 1;
     cp.n_ctx = n;
     cp.n_batch = n;

@@ -113,6 +113,7 @@ int cmd_perplexity(int argc, char **argv) {
     while (chunk > 16 && (double)chunk * mi.vocab * 4 > 256e6) chunk /= 2;
     lm_context_params cp = lm_context_default_params();
     cp.kv_type = mo.kv_type;
+    cp.executor = cli_device("lightmoe perplexity", &mo);
     cp.n_seq = 1;
     cp.n_ctx = win;
     cp.n_batch = chunk;

@@ -72,7 +72,21 @@ bool cli_model_opt(args *a, cli_model_opts *o) {
         else if (v) arg_fail(a, "--kv: '%s' is not bf16 or f32", v);
         return true;
     }
+    if (arg_val(a, "--device", NULL, &v)) {
+        if (v && (!strcmp(v, "cpu") || !strcmp(v, "cuda"))) o->device = v;
+        else if (v) arg_fail(a, "--device: '%s' is not cpu or cuda", v);
+        return true;
+    }
     return false;
+}
+
+const char *cli_device(const char *cmd, const cli_model_opts *o) {
+    char name[256];
+    int n = lm_cuda_devices(name, sizeof name);
+    const char *d = o->device ? o->device : n > 0 ? "cuda" : "cpu";
+    if (!strcmp(d, "cuda") && n > 0) fprintf(stderr, "%s: running on the GPU (%s)\n", cmd, name);
+    else if (o->verbose) fprintf(stderr, "%s: running on the CPU\n", cmd);
+    return d;
 }
 
 int cli_load_model(const char *cmd, const char *dir, const char *synthetic, bool shapes_only,

@@ -175,6 +175,10 @@ lm_status lm_detokenize(const lm_tokenizer *tok, const int32_t *ids, size_t n_id
 // checked against what was sized here.
 typedef struct lm_context lm_context;
 
+// CUDA GPUs this build can run on (0 when built without CUDA or none usable);
+// when name is given, the first one's name goes there.
+int lm_cuda_devices(char *name, size_t cap);
+
 #define LM_KV_PAGE 16  // tokens per KV page
 
 typedef enum lm_kv_type {

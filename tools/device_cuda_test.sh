@@ -6,7 +6,7 @@
 # libutf8proc2 into .deps/): the machine has none of our Debian libraries.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
-mkdir -p /tmp/lmdeps "$OUT"
+mkdir -p /tmp/lmdeps "$OUT" build && cp .devbin/lightmoe build/  # test_golden also runs the CLI
 for f in .deps/*.deb; do dpkg -x "$f" /tmp/lmdeps; done
 export LD_LIBRARY_PATH=/tmp/lmdeps/usr/lib/x86_64-linux-gnu:/tmp/lmdeps/lib/x86_64-linux-gnu
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

@@ -13,6 +13,11 @@
 
 #if !LM_HAVE_CUDA
 
+int lm_cuda_devices(char *name, size_t cap) {
+    if (name && cap) *name = 0;
+    return 0;
+}
+
 lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
     *out = NULL;
     return lm_err(LM_ERR_UNSUPPORTED, "this lightmoe was built without CUDA (nvcc was not found at build time)");
@@ -22,6 +27,7 @@ lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
 
 #include <cuda_runtime_api.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -529,6 +535,18 @@ static const lm_exec_ops cuda_ops = {
     .gated_add = cu_gated_add,
     .free = cu_free,
 };
+
+int lm_cuda_devices(char *name, size_t cap) {
+    int n = 0;
+    if (name && cap) *name = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    struct cudaDeviceProp p;
+    if (n > 0 && name && cap && cudaGetDeviceProperties(&p, 0) == cudaSuccess) snprintf(name, cap, "%s", p.name);
+    return n;
+}
 
 lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
     *out = NULL;
