@@ -182,7 +182,8 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     // pages handed out lowest first
     for (int i = 0; i < p.n_pages; i++) ctx->free_pages[i] = p.n_pages - 1 - i;
     ctx->n_free = p.n_pages;
-    if ((st = rope_init(ctx)) || (st = ctx->ex->ops->kv_alloc(ctx->ex, &kv)) || (st = alloc_tensors(ctx)) ||
+    if ((st = rope_init(ctx)) || (st = ctx->ex->ops->bind_weights(ctx->ex, model)) ||
+        (st = ctx->ex->ops->kv_alloc(ctx->ex, &kv)) || (st = alloc_tensors(ctx)) ||
         (st = ctx->ex->ops->reserve(ctx->ex, p.n_batch, p.n_ctx))) {
         lm_context_free(ctx);
         return st;

@@ -611,6 +611,7 @@ static const lm_exec_ops cpu_ops = {
     .reserve = cpu_reserve,
     .expert_stats = cpu_expert_stats,
     .host_alloc = lm_exec_sync_host_alloc,
+    .bind_weights = lm_exec_sync_bind_weights,
     .step_begin = cpu_nop,
     .step_end = cpu_nop,
     .upload_async = lm_exec_sync_upload_async,

@@ -336,6 +336,37 @@ static lm_status experts_dev(cuda_exec *c, const lm_ffn_w *ew, const void *const
     return LM_OK;
 }
 
+static lm_status cu_bind_weights(lm_exec *ex, const lm_model *m) {
+    cuda_exec *c = (cuda_exec *)ex;
+    const lm_config *cfg = &m->cfg;
+    size_t need = (size_t)(m->bytes_dt[0] + m->bytes_dt[1] + m->bytes_dt[2]), fr = 0, tot = 0;
+    CK(c, cudaMemGetInfo(&fr, &tot));
+    if (need > fr) {
+        char a[32], b[32], t[32];
+        return lm_err(LM_ERR_OOM, "the model's weights need %s of GPU memory and %s of the GPU's %s is free: run it "
+                      "with --device cpu (the CPU-GPU pipeline for models that do not fit is not built yet)",
+                      lm_format_bytes((double)need, a, sizeof a), lm_format_bytes((double)fr, b, sizeof b),
+                      lm_format_bytes((double)tot, t, sizeof t));
+    }
+    const void *d;
+    const lm_mat *top[] = {&m->embed, &m->final_norm, &m->lm_head};
+    for (int i = 0; i < 3; i++) TRYW(mat_dev(c, top[i], &d));
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const lm_layer_w *w = &m->layers[l];
+        const lm_mat *ms[] = {&w->attn_norm, &w->ffn_norm, &w->wq, &w->wk, &w->wv, &w->wo, &w->bq, &w->bk, &w->bv,
+                              &w->q_norm, &w->k_norm, &w->router, &w->dense.gate, &w->dense.up, &w->dense.down,
+                              &w->shared.gate, &w->shared.up, &w->shared.down, &w->shared_gate};
+        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) TRYW(mat_dev(c, ms[i], &d));
+        if (w->experts) {
+            const void *const *g, *const *u, *const *dn;
+            int dt;
+            TRYW(experts_dev(c, w->experts, &g, &u, &dn, &dt));
+        }
+    }
+    CK(c, cudaStreamSynchronize(S0(c)));
+    return LM_OK;
+}
+
 // ------------------------------------------------------------------- ops ---
 
 static lm_status cu_embed(lm_exec *ex, const lm_mat *E, lm_tensor ids, lm_tensor x) {
@@ -512,6 +543,7 @@ static const lm_exec_ops cuda_ops = {
     .reserve = cu_reserve,
     .expert_stats = cu_expert_stats,
     .host_alloc = cu_host_alloc,
+    .bind_weights = cu_bind_weights,
     .step_begin = cu_step_begin,
     .step_end = cu_step_end,
     .upload_async = cu_upload_async,

@@ -128,6 +128,11 @@ typedef struct lm_exec_ops {
     // Sizes internal scratch for steps of up to max_tokens tokens and
     // positions below max_ctx, so that no op allocates.
     lm_status (*reserve)(lm_exec *ex, int max_tokens, int max_ctx);
+    // Makes the model's weights resident where the executor computes, once,
+    // before any step (a device executor uploads them here so that no step
+    // allocates, and says clearly when they do not fit); cpu and ref read
+    // them in place.
+    lm_status (*bind_weights)(lm_exec *ex, const lm_model *m);
     // Tokens routed to each expert by align since the last reset: [n_layers][E].
     lm_status (*expert_stats)(lm_exec *ex, uint64_t *out, bool reset);
 
@@ -216,6 +221,7 @@ lm_status lm_exec_sync_event_record(lm_exec *ex, int event, int stream);
 lm_status lm_exec_sync_event_wait(lm_exec *ex, int event, int stream);
 lm_status lm_exec_sync_event_sync(lm_exec *ex, int event);
 lm_status lm_exec_sync_host_alloc(lm_exec *ex, size_t bytes, void **out);
+lm_status lm_exec_sync_bind_weights(lm_exec *ex, const lm_model *m);
 
 // By name ("cpu", "ref", "cuda"), for tests and the command line.
 lm_status lm_exec_init(const char *name, const lm_config *cfg, lm_pool *pool, lm_exec **out);

@@ -389,6 +389,7 @@ static const lm_exec_ops ref_ops = {
     .reserve = ref_reserve,
     .expert_stats = ref_expert_stats,
     .host_alloc = lm_exec_sync_host_alloc,
+    .bind_weights = lm_exec_sync_bind_weights,
     .step_begin = ref_nop,
     .step_end = ref_nop,
     .upload_async = lm_exec_sync_upload_async,

@@ -25,6 +25,8 @@ lm_status lm_exec_sync_event_wait(lm_exec *ex, int event, int stream) {
 
 lm_status lm_exec_sync_event_sync(lm_exec *ex, int event) { return lm_exec_check_event("event_sync", event); }
 
+lm_status lm_exec_sync_bind_weights(lm_exec *ex, const lm_model *m) { return LM_OK; }
+
 // In rows of 4 KiB so that buffers beyond 2^31 bytes keep int shapes.
 lm_status lm_exec_sync_host_alloc(lm_exec *ex, size_t bytes, void **out) {
     lm_tensor t;
