@@ -9,6 +9,7 @@
 
 #include "exec/exec.h"
 #include "kernels/cpu/kernels.h"
+#include "util/buf.h"
 #include "util/err.h"
 
 typedef struct cpu_exec {
@@ -17,8 +18,7 @@ typedef struct cpu_exec {
     lm_pool *pool;
     int n_threads;
     int max_inter;          // largest FFN intermediate size
-    void **allocs;          // tensors, freed with the executor
-    int n_allocs, cap_allocs;
+    lm_buf allocs;          // void * of every tensor, freed with the executor
     lm_kv_layout kv;
     void **kv_layer;        // [n_layers] page pools
     uint64_t *stats;        // [n_layers][n_experts] tokens routed
@@ -31,6 +31,7 @@ typedef struct cpu_exec {
     float *up;              // [rows_max][max_inter] up projection (gate goes to the caller's h)
     float *attn_scratch;    // [n_threads][attn floats]
     size_t attn_floats;
+    int *attn_tasks;        // [2][max_tokens] (sequence, query block) of each attention task
     bool no_zero;           // allocating the KV pool: left untouched, so pages cost memory only once used
 } cpu_exec;
 
@@ -38,50 +39,21 @@ typedef struct cpu_exec {
 
 // ---------------------------------------------------------------- memory ---
 
-static lm_status track(cpu_exec *c, void *p) {
-    if (c->n_allocs == c->cap_allocs) {
-        int cap = c->cap_allocs ? c->cap_allocs * 2 : 64;
-        void **v = realloc(c->allocs, (size_t)cap * sizeof *v);
-        if (!v) return lm_err(LM_ERR_OOM, "out of memory");
-        c->allocs = v;
-        c->cap_allocs = cap;
-    }
-    c->allocs[c->n_allocs++] = p;
-    return LM_OK;
-}
-
 static lm_status cpu_alloc(lm_exec *ex, lm_dtype dt, int rows, int cols, lm_tensor *out) {
     cpu_exec *c = (cpu_exec *)ex;
-    size_t es = lm_dtype_size(dt), n;
-    if (rows < 0 || cols < 0 || !es || !lm_mul_ok((size_t)rows, (size_t)cols, &n) || !lm_mul_ok(n, es, &n))
-        return lm_err(LM_ERR_INVALID_ARG, "cpu executor: bad tensor shape [%d][%d]", rows, cols);
+    size_t n = 0;
+    lm_status st = lm_exec_tensor_bytes("cpu", dt, rows, cols, &n);
+    if (st) return st;
     void *p = n >= ((size_t)4 << 20) ? lm_huge_alloc(n) : lm_aligned_alloc(64, n ? n : 64);
     if (!p) return LM_ERR_OOM;
     if (!c->no_zero) memset(p, 0, n);
-    lm_status st = track(c, p);
-    if (st) {
+    if (!lm_buf_put(&c->allocs, &p, sizeof p)) {
         free(p);
-        return st;
+        return LM_ERR_OOM;
     }
     *out = (lm_tensor){p, dt, rows, cols, (size_t)cols};
     return LM_OK;
 }
-
-static lm_status cpu_upload(lm_exec *ex, lm_tensor dst, const void *src) {
-    size_t es = lm_dtype_size(dst.dt), row = (size_t)dst.cols * es;
-    if (dst.ld == (size_t)dst.cols) memcpy(dst.data, src, row * (size_t)dst.rows);
-    else
-        for (int i = 0; i < dst.rows; i++) memcpy((char *)dst.data + (size_t)i * dst.ld * es, (const char *)src + i * row, row);
-    return LM_OK;
-}
-
-static lm_status cpu_download(lm_exec *ex, lm_tensor src, void *dst) {
-    size_t es = lm_dtype_size(src.dt), row = (size_t)src.cols * es;
-    for (int i = 0; i < src.rows; i++) memcpy((char *)dst + i * row, (const char *)src.data + (size_t)i * src.ld * es, row);
-    return LM_OK;
-}
-
-static const void *cpu_host_ptr(lm_exec *ex, lm_tensor t) { return t.data; }
 
 static lm_status cpu_kv_alloc(lm_exec *ex, const lm_kv_layout *k) {
     cpu_exec *c = (cpu_exec *)ex;
@@ -123,7 +95,8 @@ static lm_status cpu_reserve(lm_exec *ex, int max_tokens, int max_ctx) {
     c->xg = lm_aligned_alloc(64, rows * (size_t)cfg->hidden * sizeof(float));
     c->up = lm_aligned_alloc(64, rows * (size_t)c->max_inter * sizeof(float));
     c->attn_scratch = lm_aligned_alloc(64, (size_t)c->n_threads * c->attn_floats * sizeof(float));
-    if (!c->rope_cos || !c->rope_sin || !c->rope_inv_buf || !c->xg || !c->up || !c->attn_scratch) return LM_ERR_OOM;
+    c->attn_tasks = lm_malloc(2 * (size_t)(max_tokens > 0 ? max_tokens : 1) * sizeof(int));  // a block has >= 1 token
+    if (!c->attn_tasks || !c->rope_cos || !c->rope_sin || !c->rope_inv_buf || !c->xg || !c->up || !c->attn_scratch) return LM_ERR_OOM;
     c->rope_inv = NULL;  // the tables are filled for the first lm_rope seen
     return LM_OK;
 }
@@ -364,16 +337,15 @@ static lm_status cpu_attention(lm_exec *ex, const lm_attn_view *v, int layer, in
     int n_blocks = 0, t0 = i32_at(v->seq_start, 0, 0);
     for (int s = 0; s < v->n_seqs; s++)
         n_blocks += (i32_at(v->seq_start, s + 1, 0) - i32_at(v->seq_start, s, 0) + ATTN_QBLOCK - 1) / ATTN_QBLOCK;
-    int *seq = lm_malloc((size_t)(n_blocks ? n_blocks : 1) * 2 * sizeof(int));
-    if (!seq) return LM_ERR_OOM;
-    int *blk = seq + n_blocks, k = 0;
+    if (q.rows > c->max_tokens)
+        return lm_err(LM_ERR_INVALID_ARG, "attention: %d tokens, reserved for %d", q.rows, c->max_tokens);
+    int *seq = c->attn_tasks, *blk = seq + n_blocks, k = 0;
     for (int s = 0; s < v->n_seqs; s++) {
         int nt = i32_at(v->seq_start, s + 1, 0) - i32_at(v->seq_start, s, 0);
         for (int b = 0; b * ATTN_QBLOCK < nt; b++) seq[k] = s, blk[k++] = b;
     }
     attn_job j = {c, v, layer, n_heads, t0, q, out, seq, blk};
     lm_pool_run(c->pool, attn_task, &j, n_blocks * c->kv.n_kv_heads);
-    free(seq);
     return LM_OK;
 }
 
@@ -593,9 +565,10 @@ static lm_status cpu_gated_add(lm_exec *ex, const lm_mat *g, lm_tensor x, lm_ten
 static void cpu_free(lm_exec *ex) {
     cpu_exec *c = (cpu_exec *)ex;
     if (!c) return;
-    for (int i = 0; i < c->n_allocs; i++) free(c->allocs[i]);
-    void *bufs[] = {c->allocs, c->kv_layer,     c->stats, c->rope_cos,     c->rope_sin,
-                    c->rope_inv_buf, c->xg, c->up, c->attn_scratch};
+    for (size_t i = 0; i < c->allocs.n / sizeof(void *); i++) free(((void **)c->allocs.p)[i]);
+    lm_buf_free(&c->allocs);
+    void *bufs[] = {c->kv_layer, c->stats, c->rope_cos,     c->rope_sin,
+                    c->rope_inv_buf, c->xg, c->up, c->attn_scratch, c->attn_tasks};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(c);
 }
@@ -604,9 +577,9 @@ static const lm_exec_ops cpu_ops = {
     .name = "cpu",
     .moe_block = 8,
     .alloc = cpu_alloc,
-    .upload = cpu_upload,
-    .download = cpu_download,
-    .host_ptr = cpu_host_ptr,
+    .upload = lm_exec_host_upload,
+    .download = lm_exec_host_download,
+    .host_ptr = lm_exec_host_ptr,
     .kv_alloc = cpu_kv_alloc,
     .reserve = cpu_reserve,
     .expert_stats = cpu_expert_stats,

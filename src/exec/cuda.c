@@ -32,6 +32,7 @@ lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
 #include <string.h>
 
 #include "kernels/cuda/kernels.h"
+#include "util/buf.h"
 
 typedef struct {
     const void *host;
@@ -50,10 +51,8 @@ typedef struct cuda_exec {
     const lm_config *cfg;
     cudaStream_t st[LM_EXEC_STREAMS];
     cudaEvent_t ev[LM_EXEC_EVENTS];
-    void **allocs;  // device allocations
-    int n_allocs, cap_allocs;
-    void **pinned;  // cudaMallocHost'ed staging buffers
-    int n_pinned, cap_pinned;
+    lm_buf allocs;  // void * of every device allocation
+    lm_buf pinned;  // void * of every cudaMallocHost'ed staging buffer
     lm_kv_layout kv;
     void **kv_layer;             // [n_layers] device page pools
     unsigned long long *stats;   // device [n_layers][n_experts]
@@ -87,17 +86,6 @@ static lm_status launched(cuda_exec *c, int e, const char *op) {
     return e ? cuda_fail(c, (cudaError_t)e, op) : LM_OK;
 }
 
-static bool push_ptr(void ***arr, int *n, int *cap, void *p) {
-    if (*n == *cap) {
-        int nc = *cap ? *cap * 2 : 64;
-        void **v = realloc(*arr, (size_t)nc * sizeof *v);
-        if (!v) return false;
-        *arr = v, *cap = nc;
-    }
-    (*arr)[(*n)++] = p;
-    return true;
-}
-
 static lm_status dev_alloc(cuda_exec *c, size_t bytes, void **out) {
     *out = NULL;
     void *p;
@@ -111,7 +99,7 @@ static lm_status dev_alloc(cuda_exec *c, size_t bytes, void **out) {
                       lm_format_bytes((double)bytes, a, sizeof a), lm_format_bytes((double)fr, b, sizeof b),
                       cudaGetErrorString(e));
     }
-    if (!push_ptr(&c->allocs, &c->n_allocs, &c->cap_allocs, p)) {
+    if (!lm_buf_put(&c->allocs, &p, sizeof p)) {
         cudaFree(p);
         return LM_ERR_OOM;
     }
@@ -123,11 +111,10 @@ static lm_status dev_alloc(cuda_exec *c, size_t bytes, void **out) {
 
 static lm_status cu_alloc(lm_exec *ex, lm_dtype dt, int rows, int cols, lm_tensor *out) {
     cuda_exec *c = (cuda_exec *)ex;
-    size_t es = lm_dtype_size(dt), n;
-    if (rows < 0 || cols < 0 || !es || !lm_mul_ok((size_t)rows, (size_t)cols, &n) || !lm_mul_ok(n, es, &n))
-        return lm_err(LM_ERR_INVALID_ARG, "cuda executor: bad tensor shape [%d][%d]", rows, cols);
+    size_t n = 0;
     void *p;
-    lm_status st = dev_alloc(c, n, &p);
+    lm_status st = lm_exec_tensor_bytes("cuda", dt, rows, cols, &n);
+    if (!st) st = dev_alloc(c, n, &p);
     if (st) return st;
     CK(c, cudaMemsetAsync(p, 0, n ? n : 1, S0(c)));  // ordered before the ops that use it
     *out = (lm_tensor){p, dt, rows, cols, (size_t)cols};
@@ -140,10 +127,10 @@ static lm_status cu_alloc(lm_exec *ex, lm_dtype dt, int rows, int cols, lm_tenso
         if (_s) return _s;              \
     } while (0)
 
+// A 2-D copy queued on `stream` (the caller waits where it must).
 static lm_status copy2d(cuda_exec *c, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
-                        int rows, enum cudaMemcpyKind kind, int stream, bool async) {
+                        int rows, enum cudaMemcpyKind kind, int stream) {
     if (rows <= 0 || !width) return LM_OK;
-    (void)async;
     CK(c, cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, (size_t)rows, kind, c->st[stream]));
     return LM_OK;
 }
@@ -153,7 +140,7 @@ static lm_status copy2d(cuda_exec *c, void *dst, size_t dpitch, const void *src,
 static lm_status cu_upload(lm_exec *ex, lm_tensor dst, const void *src) {
     cuda_exec *c = (cuda_exec *)ex;
     size_t es = lm_dtype_size(dst.dt), row = (size_t)dst.cols * es;
-    TRYW(copy2d(c, dst.data, dst.ld * es, src, row, row, dst.rows, cudaMemcpyHostToDevice, 0, true));
+    TRYW(copy2d(c, dst.data, dst.ld * es, src, row, row, dst.rows, cudaMemcpyHostToDevice, 0));
     CK(c, cudaStreamSynchronize(S0(c)));
     return LM_OK;
 }
@@ -161,7 +148,7 @@ static lm_status cu_upload(lm_exec *ex, lm_tensor dst, const void *src) {
 static lm_status cu_download(lm_exec *ex, lm_tensor src, void *dst) {
     cuda_exec *c = (cuda_exec *)ex;
     size_t es = lm_dtype_size(src.dt), row = (size_t)src.cols * es;
-    TRYW(copy2d(c, dst, row, src.data, src.ld * es, row, src.rows, cudaMemcpyDeviceToHost, 0, true));
+    TRYW(copy2d(c, dst, row, src.data, src.ld * es, row, src.rows, cudaMemcpyDeviceToHost, 0));
     CK(c, cudaStreamSynchronize(S0(c)));
     return LM_OK;
 }
@@ -173,7 +160,7 @@ static lm_status cu_host_alloc(lm_exec *ex, size_t bytes, void **out) {
     *out = NULL;
     void *p;
     CK(c, cudaMallocHost(&p, bytes ? bytes : 1));
-    if (!push_ptr(&c->pinned, &c->n_pinned, &c->cap_pinned, p)) {
+    if (!lm_buf_put(&c->pinned, &p, sizeof p)) {
         cudaFreeHost(p);
         return LM_ERR_OOM;
     }
@@ -186,7 +173,7 @@ static lm_status cu_upload_async(lm_exec *ex, lm_tensor dst, const void *src, in
     lm_status st = lm_exec_check_stream("upload_async", stream);
     if (st) return st;
     size_t es = lm_dtype_size(dst.dt), row = (size_t)dst.cols * es;
-    return copy2d(c, dst.data, dst.ld * es, src, row, row, dst.rows, cudaMemcpyHostToDevice, stream, true);
+    return copy2d(c, dst.data, dst.ld * es, src, row, row, dst.rows, cudaMemcpyHostToDevice, stream);
 }
 
 static lm_status cu_download_async(lm_exec *ex, lm_tensor src, void *dst, int stream) {
@@ -194,7 +181,7 @@ static lm_status cu_download_async(lm_exec *ex, lm_tensor src, void *dst, int st
     lm_status st = lm_exec_check_stream("download_async", stream);
     if (st) return st;
     size_t es = lm_dtype_size(src.dt), row = (size_t)src.cols * es;
-    return copy2d(c, dst, row, src.data, src.ld * es, row, src.rows, cudaMemcpyDeviceToHost, stream, true);
+    return copy2d(c, dst, row, src.data, src.ld * es, row, src.rows, cudaMemcpyDeviceToHost, stream);
 }
 
 static lm_status cu_event_record(lm_exec *ex, int event, int stream) {
@@ -432,7 +419,7 @@ static lm_status cu_attention(lm_exec *ex, const lm_attn_view *v, int layer, int
     cuda_exec *c = (cuda_exec *)ex;
     const lm_kv_layout *kv = &c->kv;
     return launched(c, lm_cuda_attention(q.data, q.ld, out.data, out.ld, q.rows, n_heads, v->seq_start.data, v->n_seqs,
-                                         v->kv_len.data, v->pages.data, v->pages.ld, v->pos.data, c->kv_layer[layer],
+                                         v->pages.data, v->pages.ld, v->pos.data, c->kv_layer[layer],
                                          kv->dt, kv->page_size, kv->n_kv_heads, kv->head_dim, S0(c)),
                     "attention");
 }
@@ -455,7 +442,7 @@ static lm_status cu_align(lm_exec *ex, lm_tensor sel, int E, int layer, lm_moe_p
     cuda_exec *c = (cuda_exec *)ex;
     unsigned long long *stats = layer >= 0 ? c->stats + (size_t)layer * E : NULL;
     return launched(c, lm_cuda_align(sel.data, sel.ld, sel.rows, sel.cols, E, p->block, p->row_of.data, p->row_of.ld,
-                                     p->token_of.data, p->token_of.rows, p->tiles.data, p->n_tiles.data, p->counts.data,
+                                     p->token_of.data, p->tiles.data, p->n_tiles.data, p->counts.data,
                                      stats, S0(c)),
                     "align");
 }
@@ -517,14 +504,14 @@ static void cu_free(lm_exec *ex) {
     cuda_exec *c = (cuda_exec *)ex;
     if (!c) return;
     cudaDeviceSynchronize();
-    for (int i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
-    for (int i = 0; i < c->n_pinned; i++) cudaFreeHost(c->pinned[i]);
+    for (size_t i = 0; i < c->allocs.n / sizeof(void *); i++) cudaFree(((void **)c->allocs.p)[i]);
+    for (size_t i = 0; i < c->pinned.n / sizeof(void *); i++) cudaFreeHost(((void **)c->pinned.p)[i]);
     for (int i = 0; i < LM_EXEC_STREAMS; i++)
         if (c->st[i]) cudaStreamDestroy(c->st[i]);
     for (int i = 0; i < LM_EXEC_EVENTS; i++)
         if (c->ev[i]) cudaEventDestroy(c->ev[i]);
-    free(c->allocs);
-    free(c->pinned);
+    lm_buf_free(&c->allocs);
+    lm_buf_free(&c->pinned);
     free(c->kv_layer);
     free(c->w);
     free(c->et);

@@ -96,6 +96,16 @@ static inline int lm_moe_rows_max(int n, int k, int n_experts, int block) {
     return n * k + n_experts * (block - 1);
 }
 
+// Bytes of a rows x cols tensor of dt, or an error naming the executor
+// when the shape is negative or overflows.
+static inline lm_status lm_exec_tensor_bytes(const char *exec, lm_dtype dt, int rows, int cols, size_t *bytes) {
+    size_t es = lm_dtype_size(dt), n;
+    if (rows < 0 || cols < 0 || !es || !lm_mul_ok((size_t)rows, (size_t)cols, &n) || !lm_mul_ok(n, es, &n))
+        return lm_err(LM_ERR_INVALID_ARG, "%s executor: bad tensor shape [%d][%d]", exec, rows, cols);
+    *bytes = n;
+    return LM_OK;
+}
+
 // Streams and events an executor provides (indices 0 .. n - 1).
 #define LM_EXEC_STREAMS 4
 #define LM_EXEC_EVENTS 64
@@ -213,8 +223,12 @@ lm_status lm_exec_ref_init(const lm_config *cfg, lm_exec **out);
 // there is none, LM_ERR_UNSUPPORTED when built without CUDA.
 lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out);
 
-// The streams, events and staging memory of executors whose ops complete
-// before they return (src/exec/sync.c), shared by cpu and ref.
+// The copies, streams, events and staging memory of executors whose memory
+// is host memory and whose ops complete before they return
+// (src/exec/sync.c), shared by cpu and ref.
+lm_status lm_exec_host_upload(lm_exec *ex, lm_tensor dst, const void *src);
+lm_status lm_exec_host_download(lm_exec *ex, lm_tensor src, void *dst);
+const void *lm_exec_host_ptr(lm_exec *ex, lm_tensor t);
 lm_status lm_exec_sync_upload_async(lm_exec *ex, lm_tensor dst, const void *src, int stream);
 lm_status lm_exec_sync_download_async(lm_exec *ex, lm_tensor src, void *dst, int stream);
 lm_status lm_exec_sync_event_record(lm_exec *ex, int event, int stream);

@@ -8,13 +8,13 @@
 
 #include "exec/exec.h"
 #include "kernels/cpu/kernels.h"
+#include "util/buf.h"
 #include "util/err.h"
 
 typedef struct ref_exec {
     lm_exec base;
     const lm_config *cfg;
-    void **allocs;  // every tensor allocated, freed with the executor
-    int n_allocs, cap_allocs;
+    lm_buf allocs;  // void * of every tensor allocated, freed with the executor
     lm_kv_layout kv;
     void **kv_layer;    // [n_layers] page pools
     uint64_t *stats;    // [n_layers][n_experts]
@@ -24,38 +24,18 @@ typedef struct ref_exec {
 
 static lm_status ref_alloc(lm_exec *ex, lm_dtype dt, int rows, int cols, lm_tensor *out) {
     ref_exec *r = (ref_exec *)ex;
-    size_t es = lm_dtype_size(dt), n;
-    if (rows < 0 || cols < 0 || !es || !lm_mul_ok((size_t)rows, (size_t)cols, &n) || !lm_mul_ok(n, es, &n))
-        return lm_err(LM_ERR_INVALID_ARG, "ref executor: bad tensor shape [%d][%d]", rows, cols);
-    if (r->n_allocs == r->cap_allocs) {
-        int cap = r->cap_allocs ? r->cap_allocs * 2 : 64;
-        void **v = realloc(r->allocs, (size_t)cap * sizeof *v);
-        if (!v) return lm_err(LM_ERR_OOM, "out of memory");
-        r->allocs = v;
-        r->cap_allocs = cap;
-    }
+    size_t n = 0;
+    lm_status st = lm_exec_tensor_bytes("ref", dt, rows, cols, &n);
+    if (st) return st;
     void *p = lm_calloc(n ? n : 1, 1);
     if (!p) return LM_ERR_OOM;
-    r->allocs[r->n_allocs++] = p;
+    if (!lm_buf_put(&r->allocs, &p, sizeof p)) {
+        free(p);
+        return LM_ERR_OOM;
+    }
     *out = (lm_tensor){p, dt, rows, cols, (size_t)cols};
     return LM_OK;
 }
-
-static lm_status ref_upload(lm_exec *ex, lm_tensor dst, const void *src) {
-    size_t row = (size_t)dst.cols * lm_dtype_size(dst.dt);
-    for (int i = 0; i < dst.rows; i++)
-        memcpy((char *)dst.data + (size_t)i * dst.ld * lm_dtype_size(dst.dt), (const char *)src + i * row, row);
-    return LM_OK;
-}
-
-static lm_status ref_download(lm_exec *ex, lm_tensor src, void *dst) {
-    size_t row = (size_t)src.cols * lm_dtype_size(src.dt);
-    for (int i = 0; i < src.rows; i++)
-        memcpy((char *)dst + i * row, (const char *)src.data + (size_t)i * src.ld * lm_dtype_size(src.dt), row);
-    return LM_OK;
-}
-
-static const void *ref_host_ptr(lm_exec *ex, lm_tensor t) { return t.data; }
 
 static lm_status ref_kv_alloc(lm_exec *ex, const lm_kv_layout *k) {
     ref_exec *r = (ref_exec *)ex;
@@ -371,8 +351,8 @@ static lm_status ref_gated_add(lm_exec *ex, const lm_mat *g, lm_tensor x, lm_ten
 static void ref_free(lm_exec *ex) {
     ref_exec *r = (ref_exec *)ex;
     if (!r) return;
-    for (int i = 0; i < r->n_allocs; i++) free(r->allocs[i]);
-    free(r->allocs);
+    for (size_t i = 0; i < r->allocs.n / sizeof(void *); i++) free(((void **)r->allocs.p)[i]);
+    lm_buf_free(&r->allocs);
     free(r->kv_layer);
     free(r->stats);
     free(r);
@@ -382,9 +362,9 @@ static const lm_exec_ops ref_ops = {
     .name = "ref",
     .moe_block = 4,  // small: the op tests then see padding and several tiles per expert
     .alloc = ref_alloc,
-    .upload = ref_upload,
-    .download = ref_download,
-    .host_ptr = ref_host_ptr,
+    .upload = lm_exec_host_upload,
+    .download = lm_exec_host_download,
+    .host_ptr = lm_exec_host_ptr,
     .kv_alloc = ref_kv_alloc,
     .reserve = ref_reserve,
     .expert_stats = ref_expert_stats,

@@ -1,7 +1,26 @@
-// Streams, events and staging memory for executors whose ops complete
-// before they return (cpu, ref): async copies are the plain copies, events
-// only check their indices, staging memory is an ordinary allocation.
+// Copies, streams, events and staging memory for executors whose tensors
+// are host memory and whose ops complete before they return (cpu, ref):
+// copies are memcpy, async copies are the plain copies, events only check
+// their indices, staging memory is an ordinary allocation.
+#include <string.h>
+
 #include "exec/exec.h"
+
+lm_status lm_exec_host_upload(lm_exec *ex, lm_tensor dst, const void *src) {
+    size_t es = lm_dtype_size(dst.dt), row = (size_t)dst.cols * es;
+    if (dst.ld == (size_t)dst.cols) memcpy(dst.data, src, row * (size_t)dst.rows);
+    else
+        for (int i = 0; i < dst.rows; i++) memcpy((char *)dst.data + (size_t)i * dst.ld * es, (const char *)src + i * row, row);
+    return LM_OK;
+}
+
+lm_status lm_exec_host_download(lm_exec *ex, lm_tensor src, void *dst) {
+    size_t es = lm_dtype_size(src.dt), row = (size_t)src.cols * es;
+    for (int i = 0; i < src.rows; i++) memcpy((char *)dst + i * row, (const char *)src.data + (size_t)i * src.ld * es, row);
+    return LM_OK;
+}
+
+const void *lm_exec_host_ptr(lm_exec *ex, lm_tensor t) { return t.data; }
 
 lm_status lm_exec_sync_upload_async(lm_exec *ex, lm_tensor dst, const void *src, int stream) {
     lm_status st = lm_exec_check_stream("upload_async", stream);

@@ -225,7 +225,7 @@ __global__ void k_attention(const float *q, size_t ldq, float *out, size_t ldo, 
 }
 
 extern "C" int lm_cuda_attention(const float *q, size_t ldq, float *out, size_t ldo, int n, int n_heads,
-                                 const int *seq_start, int n_seqs, const int *kv_len, const int *pages, size_t ldp,
+                                 const int *seq_start, int n_seqs, const int *pages, size_t ldp,
                                  const int *pos, const void *kv, int kvdt, int page_size, int nkv, int hd,
                                  lm_cuda_stream st) {
     if (hd > 32 * ATT_MAXD) return (int)cudaErrorInvalidValue;
@@ -334,7 +334,7 @@ __global__ void k_align(const int *sel, size_t lds, int n, int k, int E, int B, 
 }
 
 extern "C" int lm_cuda_align(const int *sel, size_t lds, int n, int k, int E, int B, int *row_of, size_t ldr,
-                             int *token_of, int rows_max, int *tiles, int *n_tiles, int *counts,
+                             int *token_of, int *tiles, int *n_tiles, int *counts,
                              unsigned long long *stats, lm_cuda_stream st) {
     k_align<<<1, 32, 0, st>>>(sel, lds, n, k, E, B, row_of, ldr, token_of, tiles, n_tiles, counts, stats);
     return launched();

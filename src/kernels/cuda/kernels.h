@@ -45,7 +45,7 @@ int lm_cuda_rope_kv(float *q, size_t ldq, int nq, float *k, size_t ldk, const fl
 
 // Causal attention over pages; tokens grouped by sequence (seq_start).
 int lm_cuda_attention(const float *q, size_t ldq, float *out, size_t ldo, int n, int n_heads, const int *seq_start,
-                      int n_seqs, const int *kv_len, const int *pages, size_t ldp, const int *pos, const void *kv,
+                      int n_seqs, const int *pages, size_t ldp, const int *pos, const void *kv,
                       int kvdt, int page_size, int nkv, int hd, lm_cuda_stream st);
 
 // y[i] = x[idx[i]]
@@ -59,7 +59,7 @@ int lm_cuda_route(const float *logits, size_t ldl, int n, int E, int k, int norm
 // The expert-sorted padded plan (lm_moe_plan); counts also added to
 // stats[E] when stats is not NULL.
 int lm_cuda_align(const int *sel, size_t lds, int n, int k, int E, int B, int *row_of, size_t ldr, int *token_of,
-                  int rows_max, int *tiles, int *n_tiles, int *counts, unsigned long long *stats, lm_cuda_stream st);
+                  int *tiles, int *n_tiles, int *counts, unsigned long long *stats, lm_cuda_stream st);
 
 // h[r] = silu(x[tok] G^T) * (x[tok] U^T) for each packed row r. With tiles
 // (MoE): tok = token_of[r], the expert's weights gates[e]/ups[e] where e is
