@@ -7,15 +7,6 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static uint32_t rnd32(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 16);
-}
-static float rndf(void) { return (float)((int)(rnd32() % 2000001) - 1000000) * 1e-6f; }  // [-1,1]
-
 static float f_of(uint32_t u) {
     float f;
     memcpy(&f, &u, 4);
@@ -68,10 +59,10 @@ static void prob_init(prob *p, lm_dtype dt, int n, int in, int out, int pad) {
     p->yb = malloc(((size_t)n * p->ldy + 1) * 4), p->y = p->yb + 1;
     p->Wb = malloc(((size_t)out * p->ws + 1) * esize(dt)), p->W = p->Wb + esize(dt);
     for (int t = 0; t < n; t++)
-        for (int i = 0; i < p->ldx; i++) p->x[(size_t)t * p->ldx + i] = i < in ? rndf() : NAN;
+        for (int i = 0; i < p->ldx; i++) p->x[(size_t)t * p->ldx + i] = i < in ? tl_rndf() : NAN;
     for (int o = 0; o < out; o++)
         for (size_t i = 0; i < p->ws; i++)
-            store_w(p->W, dt, o * p->ws + i, (int)i < in ? rndf() : NAN);
+            store_w(p->W, dt, o * p->ws + i, (int)i < in ? tl_rndf() : NAN);
 }
 
 static void prob_clear_y(prob *p) {
@@ -225,7 +216,7 @@ static void test_small_kernels(void) {
         for (int n = 0; n <= 300; n += (n < 40 ? 1 : 37)) {
             float *a = malloc((n + 1) * 4), *b = malloc((n + 1) * 4), *c = malloc((n + 1) * 4);
             float *y = malloc((n + 2) * 4);
-            for (int i = 0; i <= n; i++) a[i] = rndf(), b[i] = rndf(), c[i] = rndf();
+            for (int i = 0; i <= n; i++) a[i] = tl_rndf(), b[i] = tl_rndf(), c[i] = tl_rndf();
             // dot, against double
             double s = 0, sa = 0;
             for (int i = 0; i < n; i++) s += (double)a[i] * b[i], sa += fabs((double)a[i] * b[i]);
@@ -241,7 +232,7 @@ static void test_small_kernels(void) {
                 lm_dtype dt = all_dts[d];
                 char *w = malloc((size_t)n * 4 + 4);
                 void *wu = w + esize(dt);  // unaligned
-                for (int i = 0; i < n; i++) store_w(wu, dt, i, 1 + 0.5f * rndf());
+                for (int i = 0; i < n; i++) store_w(wu, dt, i, 1 + 0.5f * tl_rndf());
                 double ss = 0;
                 for (int i = 0; i < n; i++) ss += (double)a[i] * a[i];
                 double sc = 1 / sqrt(ss / n + 1e-5);
@@ -258,7 +249,7 @@ static void test_small_kernels(void) {
                 CHECK_MSG(!bad, "%s rmsnorm %s n=%d", isa, dt_name(dt), n);
                 // to_f32 equals the scalar conversion exactly
                 uint16_t *h = malloc((n + 1) * 2);
-                for (int i = 0; i < n; i++) h[i] = (uint16_t)rnd32();
+                for (int i = 0; i < n; i++) h[i] = (uint16_t)tl_rnd32();
                 if (dt == LM_DT_F32) {
                     lm_to_f32(a, dt, y, n);
                     bad = memcmp(y, a, n * 4) != 0;
@@ -396,11 +387,11 @@ static void attn_case(lm_isa isa, lm_dtype dt, int hd, int G, int ps, int L, int
                 for (int d = 0; d < hd; d++)
                     for (int w = 0; w < 2; w++)
                         store_w(kv, dt, (size_t)pages[p] * page + ((size_t)w * nkv + h) * head + (size_t)j * hd + d,
-                                2 * rndf());
+                                2 * tl_rndf());
     int qs = nkv * G * hd + 3;  // row stride of q/out: all heads plus padding
     float *q = malloc(sizeof(float) * nq * qs), *out = malloc(sizeof(float) * nq * qs);
     float *one = malloc(sizeof(float) * qs);
-    for (int i = 0; i < nq * qs; i++) q[i] = 2 * rndf(), out[i] = 12345.0f;
+    for (int i = 0; i < nq * qs; i++) q[i] = 2 * tl_rndf(), out[i] = 12345.0f;
     int32_t *pos = malloc(sizeof(int32_t) * nq);
     for (int t = 0; t < nq; t++) pos[t] = L - nq + t;
     size_t nf = lm_attn_scratch_floats(nq, G, hd, ps);

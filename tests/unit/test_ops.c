@@ -106,15 +106,6 @@ static double int_err(const int32_t *a, const int32_t *b, size_t n) {
 
 // --------------------------------------------------------------- data ---
 
-static uint64_t rng = 0x243f6a8885a308d3ull;
-static uint32_t rnd32(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 16);
-}
-static float rndf(void) { return (float)((int)(rnd32() % 2000001) - 1000000) * 1e-6f; }  // [-1, 1]
-
 // Host memory of one case, freed together.
 static void *arena[256];
 static int n_arena;
@@ -133,7 +124,7 @@ static void arena_free(void) {
 
 static float *rnd_vec(size_t n, float scale) {
     float *v = hmalloc(n * sizeof *v);
-    for (size_t i = 0; i < n; i++) v[i] = rndf() * scale;
+    for (size_t i = 0; i < n; i++) v[i] = tl_rndf() * scale;
     return v;
 }
 
@@ -142,7 +133,7 @@ static lm_mat rnd_mat(int rows, int cols, lm_dtype dt, float scale) {
     size_t n = (size_t)rows * cols;
     void *d = hmalloc(n * lm_dtype_size(dt));
     for (size_t i = 0; i < n; i++) {
-        float v = rndf() * scale;
+        float v = tl_rndf() * scale;
         if (dt == LM_DT_BF16) ((uint16_t *)d)[i] = lm_f32_to_bf16(v);
         else if (dt == LM_DT_F16) ((uint16_t *)d)[i] = lm_f32_to_f16(v);
         else ((float *)d)[i] = v;
@@ -262,7 +253,7 @@ static void test_dense_ops(const char *ex) {
             // embed
             lm_mat E = rnd_mat(V, H, dt, 1);
             int32_t *ids = hmalloc((size_t)n * sizeof *ids);
-            for (int i = 0; i < n; i++) ids[i] = (int32_t)(rnd32() % V);
+            for (int i = 0; i < n; i++) ids[i] = (int32_t)(tl_rnd32() % V);
             t2 tid = put2(&P, LM_DT_I32, n, 1, ids), te = put2(&P, LM_DT_F32, n, H, NULL);
             OP(&P, embed, &E, tid.x, te.x);
             REF(&P, embed, &E, tid.r, te.r);
@@ -316,7 +307,7 @@ static void test_dense_ops(const char *ex) {
             // gather rows (repeats allowed)
             int m = n / 2 + 1;
             int32_t *gi = hmalloc((size_t)m * sizeof *gi);
-            for (int i = 0; i < m; i++) gi[i] = (int32_t)(rnd32() % n);
+            for (int i = 0; i < m; i++) gi[i] = (int32_t)(tl_rnd32() % n);
             t2 tgi = put2(&P, LM_DT_I32, m, 1, gi), tg = put2(&P, LM_DT_F32, m, H, NULL);
             OP(&P, gather, tx.x, tgi.x, tg.x);
             REF(&P, gather, tx.r, tgi.r, tg.r);
@@ -480,7 +471,7 @@ static void test_attention_ops(const char *ex) {
             int32_t perm[24], table[3][8], used = 0;
             for (int i = 0; i < n_pages; i++) perm[i] = i;
             for (int i = n_pages - 1; i > 0; i--) {
-                int j = (int)(rnd32() % (uint32_t)(i + 1)), t = perm[i];
+                int j = (int)(tl_rnd32() % (uint32_t)(i + 1)), t = perm[i];
                 perm[i] = perm[j], perm[j] = t;
             }
             int len[3] = {0, 0, 0};
@@ -546,7 +537,7 @@ static void test_copies_events(const char *ex) {
     CHECK(o->host_alloc(x, 37 * 5 * sizeof(float), (void **)&dst) == LM_OK);
     double err = 1;
     if (src && dst) {
-        for (int i = 0; i < 37 * 5; i++) src[i] = rndf();
+        for (int i = 0; i < 37 * 5; i++) src[i] = tl_rndf();
         lm_tensor t = put(x, LM_DT_F32, 40, 5, NULL), s = lm_rows(t, 3, 37);
         CHECK(o->upload_async(x, s, src, 1) == LM_OK);
         CHECK(o->event_record(x, 0, 1) == LM_OK);
@@ -565,6 +556,7 @@ static void test_copies_events(const char *ex) {
 }
 
 int main(void) {
+    tl_rng = 0x243f6a8885a308d3ull;  // the data the budgets were set on
     const char *env = getenv("LM_OPS_EXECS");
     char list[256];
     snprintf(list, sizeof list, "%s", env && *env ? env : "cpu");

@@ -4,6 +4,7 @@
 #define LM_TESTLIB_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,16 @@ static int tl_failed, tl_checks, tl_skipped;
         fn();                                                                    \
         printf("%s %s\n", tl_failed == _before ? "ok  " : "FAIL", #fn);          \
     } while (0)
+
+// Deterministic test data: xorshift64; a test may set tl_rng to its own seed.
+static uint64_t tl_rng = 0x9e3779b97f4a7c15ull;
+static inline uint32_t tl_rnd32(void) {
+    tl_rng ^= tl_rng << 13;
+    tl_rng ^= tl_rng >> 7;
+    tl_rng ^= tl_rng << 17;
+    return (uint32_t)(tl_rng >> 16);
+}
+static inline float tl_rndf(void) { return (float)((int)(tl_rnd32() % 2000001) - 1000000) * 1e-6f; }  // [-1, 1]
 
 static inline int tl_finish(void) {
     printf("%d checks, %d failed, %d skipped\n", tl_checks, tl_failed, tl_skipped);
