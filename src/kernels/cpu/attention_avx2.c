@@ -46,9 +46,6 @@
 #ifndef PF_HINT
 #define PF_HINT _MM_HINT_T2
 #endif
-#ifndef PF_ROW_BYTES
-#define PF_ROW_BYTES row
-#endif
 #define CH LM_ATTN_CHUNK  // positions per chunk (kernels.h)
 
 // 16 values of a K or V row as two fp32 vectors (see above for the order).
@@ -134,7 +131,7 @@ static AI TGT void scores(const int R, const lm_dtype dt, const float *q, int hd
     for (; j + 2 <= lim; j += 2) {
         if (pfk)  // the next chunk's rows j, j + 1 (K and V)
             for (int i = 0; i < 2; i++)
-                for (size_t o = 0; o < PF_ROW_BYTES; o += 64) _mm_prefetch(pfk[j + i] + o, PF_HINT), _mm_prefetch(pfv[j + i] + o, PF_HINT);
+                for (size_t o = 0; o < row; o += 64) _mm_prefetch(pfk[j + i] + o, PF_HINT), _mm_prefetch(pfv[j + i] + o, PF_HINT);
         st[j / 2] = score_tile(R, 2, dt, q, hdp, kp[j], kp[j + 1], hd, sc);
     }
     if (j < lim) {

@@ -245,7 +245,7 @@ TGT float lm_max_f32_avx512(const float *x, int n) {
     return mx;
 }
 
-// exp(x) for x <= 0, as exp_neg8 in kernels_avx2.c.
+// exp(x) for x <= 0, as exp_neg8 in simd_avx2.h.
 static AI TGT __m512 exp_neg16(__m512 x) {
     const __m512 lo = _mm512_set1_ps(-87.3f);
     __mmask16 ok = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
