@@ -12,6 +12,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 
 // The model shipped in the repo (models/ beside build/), or $LIGHTMOE_MODEL,
 // used when -m is absent. Returns NULL (after printing why) when it cannot be found.
@@ -71,6 +72,7 @@ typedef struct cli_out {
     char *real;        // path resolved through symbolic links (a link stays a link)
     int fd_trunc;      // written in place: truncated by cli_out_begin, -1 otherwise
     bool created;      // written in place and made by this run: removed on abort
+    const char *opt;   // the option that named it, for messages (NULL: "--out")
 } cli_out;
 
 // Refuses an output that is one of the inputs (would replace a checkpoint
@@ -78,6 +80,11 @@ typedef struct cli_out {
 // whose every entry counts. 0, or 1 after printing.
 int cli_out_check(const char *cmd, const char *path, const char *dir, const char *const *inputs, int n_inputs);
 int cli_out_open(const char *cmd, const char *path, cli_out *o);  // 0, or 1 after printing
+// The same for an output named by another option (--svg, --expert-stats):
+// the messages name that option.
+int cli_out_check_opt(const char *cmd, const char *opt, const char *path, const char *dir,
+                      const char *const *inputs, int n_inputs);
+int cli_out_open_opt(const char *cmd, const char *opt, const char *path, cli_out *o);
 // Call right before writing the results (only on success): an output written
 // in place is truncated here, not when it was opened.
 int cli_out_begin(const char *cmd, cli_out *o);
@@ -85,5 +92,33 @@ int cli_out_begin(const char *cmd, cli_out *o);
 // place; 0, or 1 after printing the error. cli_out_abort after a failure.
 int cli_out_commit(const char *cmd, cli_out *o);
 void cli_out_abort(cli_out *o);
+
+// --expert-stats FILE.json: how many tokens each expert of each layer was
+// routed, as read from lm_expert_counts after a run. Format
+// "lightmoe-expert-stats", version 1 (what `lightmoe report` reads):
+//   {"format": "lightmoe-expert-stats", "version": 1, "lightmoe": VERSION,
+//    "command": CMD, "model": {"architecture": A, "path": P or null},
+//    "n_layers": L, "n_experts": E, "top_k": K, "moe_layers": [indices],
+//    "tokens": T, "counts": [[E integers] x L]}
+// T is the tokens run through the model; each MoE layer's counts sum to
+// T * K, dense layers' rows are zeros.
+#define CLI_EXPERT_STATS_FORMAT "lightmoe-expert-stats"
+#define CLI_EXPERT_STATS_VERSION 1
+// Consumes --expert-stats FILE at a->i; true if it did. A value that looks
+// like an option is refused: perplexity's --expert-stats used to be a flag.
+bool cli_expert_stats_opt(args *a, const char **path);
+// Checked and opened before any work, as --out is (a bad path fails at once,
+// an input is never overwritten); "-" is refused: standard output carries
+// the command's own results. 0, or 1 after printing.
+int cli_expert_stats_open(const char *cmd, const char *path, const char *model_dir, const char *const *inputs,
+                          int n_inputs, cli_out *out);
+// After the model is loaded, before the run: a model without MoE layers has
+// no routing to record, which is an error (1 after printing), not an empty file.
+int cli_expert_stats_check(const char *cmd, const cli_out *out, const lm_model *model);
+// Writes the counts of ctx (model from lm_context_model) and renames the
+// file into place; n_tokens is the tokens run through ctx since its counts
+// were last reset. 0, or 1 after printing (the file is then left untouched).
+int cli_write_expert_stats(const char *cmd, cli_out *out, lm_context *ctx, const char *model_path,
+                           uint64_t n_tokens);
 
 #endif

@@ -23,6 +23,9 @@ static const char *help =
     "  -p, --prompt TEXT     prompt text\n"
     "      --prompts FILE    JSONL prompts ('-': standard input)\n"
     "      --out FILE        where to write the JSONL results (default: standard output)\n"
+    "      --expert-stats FILE.json\n"
+    "                        after the run, write how many tokens each expert of each\n"
+    "                        layer was routed, as JSON (draw it with 'lightmoe report')\n"
     "  -n, --max-tokens N    new tokens per prompt (default 128)\n"
     "      --temp T          sampling temperature; 0 = greedy (default 0)\n"
     "      --top-k K         keep the K most likely tokens (default 0 = off)\n"
@@ -103,6 +106,7 @@ typedef struct {
     double t_last;
     int err;                  // errno of a failed write
     FILE *stream;
+    long computed;            // tokens run through the model (recomputations included)
 } run_ctx;
 
 static void on_done(void *user, int idx, const lm_gen_result *r) {
@@ -139,6 +143,8 @@ static int stream_cb(void *user, int idx, const char *piece, size_t len) {
 
 static void on_progress(void *user, const lm_gen_progress *p) {
     run_ctx *c = user;
+    c->computed = p->computed_tokens;  // what the expert counts count
+    if (!c->out) return;  // one streamed prompt: no progress line
     double now = cli_now();
     if (now - c->t_last < (c->tty ? 0.5 : 10.0) && p->done < p->total) return;
     c->t_last = now;
@@ -151,7 +157,7 @@ static void on_progress(void *user, const lm_gen_progress *p) {
 
 int cmd_generate(int argc, char **argv) {
     args a = {argc, 1, argv, "generate", false};
-    const char *model_dir = NULL, *prompt = NULL, *prompts_file = NULL, *out_path = NULL, *v;
+    const char *model_dir = NULL, *prompt = NULL, *prompts_file = NULL, *out_path = NULL, *stats_path = NULL, *v;
     lm_gen_params gp = lm_gen_default_params();
     int batch = 512, parallel = 256;
     double kv_mem = 0;
@@ -166,6 +172,7 @@ int cmd_generate(int argc, char **argv) {
         }
         if (arg_val(&a, "--model", "-m", &model_dir) || arg_val(&a, "--prompt", "-p", &prompt) ||
             arg_val(&a, "--prompts", NULL, &prompts_file) || arg_val(&a, "--out", "-o", &out_path) ||
+            cli_expert_stats_opt(&a, &stats_path) ||
             arg_int(&a, "--max-tokens", "-n", 0, 1 << 20, &gp.max_tokens) ||
             arg_float(&a, "--temp", NULL, 0, 100, &gp.sampler.temperature) ||
             arg_int(&a, "--top-k", NULL, 0, 1 << 24, &gp.sampler.top_k) ||
@@ -194,6 +201,8 @@ int cmd_generate(int argc, char **argv) {
     }
     if (!a.failed && !!prompt == !!prompts_file) arg_fail(&a, "give exactly one of -p TEXT or --prompts FILE");
     if (!a.failed && out_path && !prompts_file) arg_fail(&a, "--out goes with --prompts (-p streams to stdout)");
+    if (!a.failed && out_path && stats_path && !strcmp(out_path, stats_path))
+        arg_fail(&a, "--out and --expert-stats name the same file");
     if (a.failed) {
         free(stops);
         return EXIT_USAGE;
@@ -212,7 +221,7 @@ int cmd_generate(int argc, char **argv) {
     lm_gen_result *res = NULL;
     cli_prompts prompts = {0};
     char *tpath = NULL;
-    cli_out out = {0};
+    cli_out out = {0}, stats = {0};
     lm_status st;
     // Inputs and the output are checked before the model is loaded: a bad
     // line or an unwritable path must not cost the whole run.
@@ -221,10 +230,12 @@ int cmd_generate(int argc, char **argv) {
     const char *inputs[1] = {prompts_file};
     if (!rc && prompts_file && cli_out_check("generate", out_path, model_dir, inputs, 1)) rc = 1;
     if (!rc && prompts_file && cli_out_open("generate", out_path, &out)) rc = 1;
+    if (!rc && stats_path && cli_expert_stats_open("generate", stats_path, model_dir, inputs, 1, &stats)) rc = 1;
     if (!rc && !(tpath = cli_tokenizer_path("generate", model_dir))) rc = 1;
     if (!rc && (st = lm_tokenizer_load(tpath, &tok))) rc = cli_error("generate", st);
     if (!rc) rc = cli_load_model("generate", model_dir, NULL, false, &mo, &model);
     if (!rc && (st = lm_tokenizer_check_model(tok, model))) rc = cli_error("generate", st);
+    if (!rc && stats_path) rc = cli_expert_stats_check("generate", &stats, model);
     if (rc) goto done;
 
     lm_model_info mi;
@@ -271,7 +282,7 @@ int cmd_generate(int argc, char **argv) {
                    .prompts = &prompts, .res = res, .t_last = cli_now(),
                    .tty = isatty(2), .stream = stdout};
     gp.on_done = on_done;
-    gp.on_progress = prompts_file ? on_progress : NULL;
+    gp.on_progress = on_progress;
     gp.max_parallel = cp.n_seq;
     double t0 = cli_now();
     st = lm_generate(ctx, tok, (const char *const *)prompts.text, prompts.n, &gp, prompts_file ? NULL : stream_cb,
@@ -297,7 +308,7 @@ int cmd_generate(int argc, char **argv) {
             goto done;
         }
         fputc('\n', stdout);
-        out = (cli_out){stdout, NULL, NULL, NULL, -1, false};
+        out = (cli_out){.f = stdout, .fd_trunc = -1};
     }
     // Flushing reports write errors (a full disk, /dev/full) with the path.
     if (cli_out_commit("generate", &out)) {
@@ -306,6 +317,11 @@ int cmd_generate(int argc, char **argv) {
     }
     fprintf(stderr, "[%d prompt(s): %ld prompt tokens, %ld generated in %.2f s: %.1f tok/s overall]\n", prompts.n,
             rcx.n_prompt, rcx.n_gen, dt, dt > 0 ? (double)(rcx.n_prompt + rcx.n_gen) / dt : 0.0);
+    // Prompts that could not run leave the counts of the others valid.
+    if (stats_path && cli_write_expert_stats("generate", &stats, ctx, model_dir, (uint64_t)rcx.computed)) {
+        rc = 1;
+        goto done;
+    }
     if (rcx.n_failed) {
         fprintf(stderr, "lightmoe generate: %d of %d prompts could not run (see the \"error\" of their result lines)\n",
                 rcx.n_failed, prompts.n);
@@ -314,6 +330,7 @@ int cmd_generate(int argc, char **argv) {
 
 done:
     cli_out_abort(&out);
+    cli_out_abort(&stats);
     if (res) lm_gen_results_free(res, prompts.n);
     free(res);
     free(tpath);

@@ -10,7 +10,7 @@
 #include "util/file.h"
 
 static const char *help =
-    "usage: lightmoe perplexity [-m DIR] --file TEXT [--ctx N] [--expert-stats]\n"
+    "usage: lightmoe perplexity [-m DIR] --file TEXT [--ctx N] [--expert-stats FILE.json]\n"
     "\n"
     "Tokenizes TEXT (no BOS/EOS added), cuts the ids into non-overlapping windows of N\n"
     "tokens (default 512) and runs each window as a fresh sequence. Every token after the\n"
@@ -21,14 +21,16 @@ static const char *help =
     "  -f, --file PATH       UTF-8 text to score\n"
     "      --ctx N           window length in tokens (default 512, or the model's maximum if smaller)\n"
     "      --max-windows N   score only the first N windows\n"
-    "      --expert-stats    print, per MoE layer, the share of routed tokens each expert got\n" CLI_MODEL_OPTS_HELP;
+    "      --expert-stats FILE.json\n"
+    "                        write how many tokens each expert of each layer was routed\n"
+    "                        (JSON; draw it with 'lightmoe report FILE.json --svg OUT.svg')\n"
+    "                        and print each MoE layer's shares of its routed tokens\n" CLI_MODEL_OPTS_HELP;
 
 int cmd_perplexity(int argc, char **argv) {
     args a = {argc, 1, argv, "perplexity", false};
-    const char *dir = NULL, *file = NULL;
+    const char *dir = NULL, *file = NULL, *stats_path = NULL;
     int ctx_len = 0, max_windows = 0;  // ctx_len 0: 512, or the model's positions if fewer
     cli_model_opts mo = {0};
-    bool stats = false;
     for (; a.i < argc && !a.failed; a.i++) {
         if (arg_flag(&a, "--help", "-h")) {
             fputs(help, stdout);
@@ -38,8 +40,7 @@ int cmd_perplexity(int argc, char **argv) {
             arg_int(&a, "--ctx", NULL, 2, 1 << 20, &ctx_len) || cli_model_opt(&a, &mo) ||
             arg_int(&a, "--max-windows", NULL, 1, 1 << 30, &max_windows))
             continue;
-        if (arg_flag(&a, "--expert-stats", NULL)) stats = true;
-        else arg_unknown(&a, "give the text file with --file PATH");
+        if (!cli_expert_stats_opt(&a, &stats_path)) arg_unknown(&a, "give the text file with --file PATH");
     }
     if (!a.failed && !file) arg_fail(&a, "--file is required");
     if (a.failed) return EXIT_USAGE;
@@ -55,6 +56,10 @@ int cmd_perplexity(int argc, char **argv) {
     lm_status st;
     size_t len = 0;
     char *tpath = NULL;
+    cli_out stats = {0};
+    // The stats file is opened before the work, as --out is elsewhere.
+    const char *inputs[1] = {file};
+    if (stats_path && cli_expert_stats_open("perplexity", stats_path, dir, inputs, 1, &stats)) return 1;
     // The text is read whole and tokenized at once (as the reference does);
     // tokenizing holds a few copies of it, so it must fit several times over.
     int fd;
@@ -94,6 +99,7 @@ int cmd_perplexity(int argc, char **argv) {
         rc = cli_error("perplexity", st);
         goto done;
     }
+    if (stats_path && (rc = cli_expert_stats_check("perplexity", &stats, model))) goto done;
     lm_model_info mi;
     lm_model_get_info(model, &mi);
     if (!ctx_len) ctx_len = mi.max_positions < 512 ? (mi.max_positions < 2 ? 2 : mi.max_positions) : 512;
@@ -162,7 +168,8 @@ int cmd_perplexity(int argc, char **argv) {
            n_pred, n_scored, n_windows, n_windows == 1 ? "" : "s", ctx_len);
     if (n_scored < n_ids) printf("; the text has %zu tokens", n_ids);
     printf(")\n");
-    if (stats && mi.n_moe_layers > 0) {
+    if (stats_path && (rc = cli_write_expert_stats("perplexity", &stats, ctx, dir, n_scored))) goto done;
+    if (stats_path) {
         const uint64_t *cnt = lm_expert_counts(ctx);
         printf("expert routing share (%% of routed tokens) per MoE layer:\n");
         for (int l = 0; l < mi.n_layers; l++) {
@@ -181,6 +188,7 @@ int cmd_perplexity(int argc, char **argv) {
         }
     }
 done:
+    cli_out_abort(&stats);
     free(tpath);
     free(text);
     free(ids);

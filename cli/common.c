@@ -11,7 +11,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "cli.h"
+#include "model/model.h"  // which layers are MoE: not in the public lm_model_info
 #include "util/file.h"
 
 double cli_now(void) {
@@ -157,6 +160,11 @@ static bool model_file_name(const char *name) {
 }
 
 int cli_out_check(const char *cmd, const char *path, const char *dir, const char *const *inputs, int n_inputs) {
+    return cli_out_check_opt(cmd, "--out", path, dir, inputs, n_inputs);
+}
+
+int cli_out_check_opt(const char *cmd, const char *opt, const char *path, const char *dir, const char *const *inputs,
+                      int n_inputs) {
     if (!path || !strcmp(path, "-")) return 0;
     struct stat out, d_st, o_dir;
     bool exists = stat(path, &out) == 0 && S_ISREG(out.st_mode);
@@ -181,7 +189,7 @@ int cli_out_check(const char *cmd, const char *path, const char *dir, const char
     }
     if (d) closedir(d);
     if (hit) {
-        fprintf(stderr, "lightmoe %s: --out %s is one of the inputs (%s): refusing to overwrite it\n", cmd, path, hit);
+        fprintf(stderr, "lightmoe %s: %s %s is one of the inputs (%s): refusing to overwrite it\n", cmd, opt, path, hit);
         free(p);
         return 1;
     }
@@ -196,21 +204,30 @@ int cli_out_check(const char *cmd, const char *path, const char *dir, const char
                   d_st.st_ino == o_dir.st_ino && model_file_name(slash ? slash + 1 : path);
     free(pdir);
     if (inside) {
-        fprintf(stderr, "lightmoe %s: --out %s would be a file of the checkpoint directory %s: refusing to write it\n",
-                cmd, path, dir);
+        fprintf(stderr, "lightmoe %s: %s %s would be a file of the checkpoint directory %s: refusing to write it\n",
+                cmd, opt, path, dir);
         return 1;
     }
     return 0;
 }
 
-// The temporary output being written, removed if the run is interrupted.
-static char *volatile g_tmp_path;
+// The temporary outputs being written (a command may have several: --out
+// and --expert-stats), removed if the run is interrupted.
+#define MAX_TMP_OUTS 4
+static char *volatile g_tmp_paths[MAX_TMP_OUTS];
 
 static void on_interrupt(int sig) {
-    char *p = g_tmp_path;
-    if (p) unlink(p);
+    for (int i = 0; i < MAX_TMP_OUTS; i++) {
+        char *p = g_tmp_paths[i];
+        if (p) unlink(p);
+    }
     signal(sig, SIG_DFL);
     raise(sig);
+}
+
+static void tmp_forget(const char *path) {
+    for (int i = 0; path && i < MAX_TMP_OUTS; i++)
+        if (g_tmp_paths[i] == path) g_tmp_paths[i] = NULL;
 }
 
 static void watch_signals(void) {
@@ -228,13 +245,16 @@ static bool same_inode(const struct stat *a, int fd) {
 }
 
 static int out_fail(const char *cmd, cli_out *o, const char *what, int e) {
-    fprintf(stderr, "lightmoe %s: --out %s: %s%s%s\n", cmd, o->path, what, e ? ": " : "", e ? strerror(e) : "");
+    fprintf(stderr, "lightmoe %s: %s %s: %s%s%s\n", cmd, o->opt ? o->opt : "--out", o->path, what, e ? ": " : "",
+            e ? strerror(e) : "");
     cli_out_abort(o);
     return 1;
 }
 
-int cli_out_open(const char *cmd, const char *path, cli_out *o) {
-    *o = (cli_out){stdout, path, NULL, NULL, -1, false};
+int cli_out_open(const char *cmd, const char *path, cli_out *o) { return cli_out_open_opt(cmd, "--out", path, o); }
+
+int cli_out_open_opt(const char *cmd, const char *opt, const char *path, cli_out *o) {
+    *o = (cli_out){stdout, path, NULL, NULL, -1, false, opt};
     if (!path || !strcmp(path, "-")) return 0;
     watch_signals();
     struct stat sb, lsb;
@@ -285,7 +305,11 @@ int cli_out_open(const char *cmd, const char *path, cli_out *o) {
         umask(um);
         fchmod(fd, exists ? sb.st_mode & 07777 : 0666 & ~um);
         if (exists && fchown(fd, (uid_t)-1, sb.st_gid) != 0) {}  // best effort
-        g_tmp_path = o->tmp;
+        for (int i = 0; i < MAX_TMP_OUTS; i++)
+            if (!g_tmp_paths[i]) {
+                g_tmp_paths[i] = o->tmp;
+                break;
+            }
     } else {
         free(o->tmp);
         o->tmp = NULL;
@@ -304,7 +328,8 @@ int cli_out_open(const char *cmd, const char *path, cli_out *o) {
 
 int cli_out_begin(const char *cmd, cli_out *o) {
     if (o->fd_trunc >= 0 && ftruncate(o->fd_trunc, 0) != 0) {
-        fprintf(stderr, "lightmoe %s: --out %s: cannot truncate: %s\n", cmd, o->path, strerror(errno));
+        fprintf(stderr, "lightmoe %s: %s %s: cannot truncate: %s\n", cmd, o->opt ? o->opt : "--out", o->path,
+                strerror(errno));
         return 1;
     }
     o->fd_trunc = -1;
@@ -315,7 +340,7 @@ void cli_out_abort(cli_out *o) {
     if (o->f && o->f != stdout && o->f != stderr) fclose(o->f);
     if (o->tmp) unlink(o->tmp);
     if (o->created) unlink(o->real ? o->real : o->path);  // a file this failed run made
-    if (g_tmp_path == o->tmp) g_tmp_path = NULL;
+    tmp_forget(o->tmp);
     free(o->tmp);
     free(o->real);
     *o = (cli_out){.fd_trunc = -1};
@@ -337,9 +362,90 @@ int cli_out_commit(const char *cmd, cli_out *o) {
         cli_out_abort(o);
         return 1;
     }
-    if (g_tmp_path == o->tmp) g_tmp_path = NULL;
+    tmp_forget(o->tmp);
     free(o->tmp);
     free(o->real);
     *o = (cli_out){.fd_trunc = -1};
     return 0;
+}
+
+bool cli_expert_stats_opt(args *a, const char **path) {
+    if (!arg_val(a, "--expert-stats", NULL, path)) return false;
+    if (*path && (*path)[0] == '-' && (*path)[1])
+        arg_fail(a, "--expert-stats needs a file name (FILE.json), not '%s'", *path);
+    return true;
+}
+
+int cli_expert_stats_open(const char *cmd, const char *path, const char *model_dir, const char *const *inputs,
+                          int n_inputs, cli_out *out) {
+    *out = (cli_out){.fd_trunc = -1};
+    if (!*path || !strcmp(path, "-")) {
+        fprintf(stderr, "lightmoe %s: --expert-stats needs a file name (standard output carries the results)\n", cmd);
+        return 1;
+    }
+    if (cli_out_check_opt(cmd, "--expert-stats", path, model_dir, inputs, n_inputs)) return 1;
+    return cli_out_open_opt(cmd, "--expert-stats", path, out);
+}
+
+int cli_expert_stats_check(const char *cmd, const cli_out *out, const lm_model *model) {
+    lm_model_info mi;
+    lm_model_get_info(model, &mi);
+    if (mi.n_moe_layers > 0 && mi.n_experts > 0) return 0;
+    fprintf(stderr, "lightmoe %s: --expert-stats %s: this %s has no MoE layers, so there is no expert routing to record\n",
+            cmd, out->path, mi.architecture);
+    return 1;
+}
+
+// Appends a number to an array; false (nothing leaked) when out of memory.
+static bool add_number(cJSON *array, double v) {
+    cJSON *n = cJSON_CreateNumber(v);
+    if (n && cJSON_AddItemToArray(array, n)) return true;
+    cJSON_Delete(n);
+    return false;
+}
+
+int cli_write_expert_stats(const char *cmd, cli_out *out, lm_context *ctx, const char *model_path,
+                           uint64_t n_tokens) {
+    const lm_model *model = lm_context_model(ctx);
+    lm_model_info mi;
+    lm_model_get_info(model, &mi);
+    const uint64_t *counts = lm_expert_counts(ctx);
+    // cJSON numbers are doubles: integers are exact up to 2^53, far beyond any run.
+    cJSON *root = cJSON_CreateObject(), *m = NULL, *moe = NULL, *rows = NULL;
+    bool ok = root && cJSON_AddStringToObject(root, "format", CLI_EXPERT_STATS_FORMAT) &&
+              cJSON_AddNumberToObject(root, "version", CLI_EXPERT_STATS_VERSION) &&
+              cJSON_AddStringToObject(root, "lightmoe", lm_version()) &&
+              cJSON_AddStringToObject(root, "command", cmd) && (m = cJSON_AddObjectToObject(root, "model")) &&
+              cJSON_AddStringToObject(m, "architecture", mi.architecture) &&
+              (model_path ? cJSON_AddStringToObject(m, "path", model_path) : cJSON_AddNullToObject(m, "path")) &&
+              cJSON_AddNumberToObject(root, "n_layers", mi.n_layers) &&
+              cJSON_AddNumberToObject(root, "n_experts", mi.n_experts) &&
+              cJSON_AddNumberToObject(root, "top_k", mi.top_k) && (moe = cJSON_AddArrayToObject(root, "moe_layers")) &&
+              cJSON_AddNumberToObject(root, "tokens", (double)n_tokens) &&
+              (rows = cJSON_AddArrayToObject(root, "counts"));
+    for (int l = 0; ok && l < mi.n_layers; l++) {
+        cJSON *row = cJSON_CreateArray();
+        if (!row || !cJSON_AddItemToArray(rows, row)) {
+            cJSON_Delete(row);
+            row = NULL;
+        }
+        ok = row && (!model->cfg.layer_moe[l] || add_number(moe, l));
+        for (int e = 0; ok && e < mi.n_experts; e++) ok = add_number(row, (double)counts[(size_t)l * mi.n_experts + e]);
+    }
+    char *text = ok ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text) {
+        fprintf(stderr, "lightmoe %s: --expert-stats %s: out of memory\n", cmd, out->path);
+        cli_out_abort(out);
+        return 1;
+    }
+    int rc = cli_out_begin(cmd, out);
+    if (!rc) {
+        fputs(text, out->f);
+        fputc('\n', out->f);
+        rc = cli_out_commit(cmd, out);  // the rename: readers see the old file or the whole new one
+    }
+    free(text);
+    if (rc) cli_out_abort(out);
+    return rc;
 }
