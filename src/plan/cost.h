@@ -11,15 +11,24 @@ typedef struct lm_cost {
     double flops;
 } lm_cost;
 
+// KV cache bytes per token (all layers) at the cache's precision; the
+// model's bytes_kv_per_token is fp32's.
+double lm_cost_kv_bytes_per_token(const lm_model_info *mi, lm_kv_type kv);
+
 // One decode step of `batch` sequences whose caches hold ctx_avg tokens on
-// average: every non-expert weight once, each expert some token routes to
-// once (uniform routing: E(1 - (1 - k/E)^B) experts per layer), only the
-// looked-up rows of the embedding, every sequence's KV cache. Flops: 2 per
-// weight per token (the embedding is a lookup) plus QK and PV over the cache.
-lm_cost lm_cost_decode_step(const lm_model_info *mi, int batch, double ctx_avg);
+// average (the positions attended, the new token's included): every
+// non-expert weight once, each expert some token routes to once, only the
+// looked-up rows of the embedding, every sequence's KV cache at precision kv.
+// Experts: a batch of B tokens with top-k of E touches E(1 - (1 - k/E)^B)
+// distinct experts per layer in expectation under uniform routing — k at
+// B = 1, all E at large B. Real routers are skewed, which touches fewer, so
+// the bytes are an upper estimate (the bound a little low) at mid batches.
+// Flops: 2 per weight per token (the embedding is a lookup) plus QK and PV
+// over the cache.
+lm_cost lm_cost_decode_step(const lm_model_info *mi, lm_kv_type kv, int batch, double ctx_avg);
 
 // Prefill of `batch` prompts of `plen` tokens (logits for the last token of
 // each): flops of every token through the active weights and causal attention.
-lm_cost lm_cost_prefill(const lm_model_info *mi, int batch, int plen);
+lm_cost lm_cost_prefill(const lm_model_info *mi, lm_kv_type kv, int batch, int plen);
 
 #endif
