@@ -64,7 +64,7 @@ static lm_status alloc_tensors(lm_context *ctx) {
         {&t->xo, LM_DT_F32, no, H},            {&t->dout, LM_DT_F32, no, H},
         {&t->logits, LM_DT_F32, no, c->vocab}, {&t->router, LM_DT_F32, nb, E},
         {&t->sel, LM_DT_I32, nb, k},           {&t->selw, LM_DT_F32, nb, k},
-        {&t->moe_h, LM_DT_F32, rmax, c->moe_inter},
+        {&t->moe_h, ex->ops->moe_h_dt, rmax, c->moe_inter},
         {&t->moe_y, LM_DT_F32, rmax, H},       {&t->plan.row_of, LM_DT_I32, nb, k},
         {&t->plan.token_of, LM_DT_I32, rmax, 1},
         {&t->plan.tiles, LM_DT_I32, rmax / block + E, 2},

@@ -124,6 +124,13 @@ static inline lm_status lm_exec_check_event(const char *op, int event) {
 typedef struct lm_exec_ops {
     const char *name;
     int moe_block;  // rows per MoE tile (lm_moe_plan.block) this executor's GEMMs use
+    // Element type of the MoE intermediate h (expert_up's output, expert_down's
+    // input): F32 (the zero default), or BF16 where the GEMMs run on bf16 tensor
+    // cores and would round it anyway (half the bytes between the two GEMMs).
+    lm_dtype moe_h_dt;
+    // Nonzero when GEMMs over bf16 weights round their activations to bf16
+    // (tensor cores): results then agree with the reference to ~2^-9, not fp32.
+    int act_bf16;
 
     // --- memory
     // A tensor in executor memory (zeroed), freed with the executor.

@@ -27,6 +27,7 @@
 typedef struct {
     const char *op;
     double budget;  // worst allowed relative error (0: bit-exact)
+    int alt;        // the budget of an alternative path that only some executors take
     double worst;
     int runs, over;
     char where[160];  // the case of the worst error
@@ -55,6 +56,14 @@ static op_stat stats[] = {
     {.op = "ffn", .budget = 1e-5},
     {.op = "gated_add", .budget = 1e-5},
     {.op = "copies/events", .budget = 0},
+    // Executors whose GEMMs over bf16 weights round activations to bf16 (tensor
+    // cores, ops->act_bf16; h stored as bf16 when ops->moe_h_dt is BF16): each
+    // input rounded by up to 2^-9 relative. The stated bf16 budget of the
+    // whole model (logits relative L2 <= 1e-2) applied per op.
+    {.op = "matmul(bf16 act)", .budget = 1e-2, .alt = 1},
+    {.op = "ffn(bf16 act)", .budget = 1e-2, .alt = 1},
+    {.op = "expert_up(bf16 act)", .budget = 1e-2, .alt = 1},
+    {.op = "expert_down(bf16 act)", .budget = 1e-2, .alt = 1},
 };
 #define N_STATS ((int)(sizeof stats / sizeof stats[0]))
 
@@ -220,6 +229,30 @@ static void *get(lm_exec *ex, lm_tensor t) {
     } while (0)
 #define REF(P, fn, ...) CHECK_MSG((P)->r->ops->fn((P)->r, __VA_ARGS__) == LM_OK, "ref %s: %s", #fn, lm_last_error())
 
+// A tensor's contents as f32 (bf16 widened).
+static float *get_f32(lm_exec *ex, lm_tensor t) {
+    if (t.dt != LM_DT_BF16) return get(ex, t);
+    uint16_t *b = get(ex, t);
+    size_t n = (size_t)t.rows * t.cols;
+    float *f = hmalloc(n * sizeof *f);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)b[i] << 16;
+        memcpy(&f[i], &u, 4);
+    }
+    return f;
+}
+
+// f32 -> bf16, round to nearest even (finite inputs).
+static uint16_t *to_bf16(const float *f, size_t n) {
+    uint16_t *b = hmalloc(n * sizeof *b);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &f[i], 4);
+        b[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+    }
+    return b;
+}
+
 // Output tensors: the same host data in both executors.
 typedef struct {
     lm_tensor x, r;
@@ -282,6 +315,7 @@ static void test_dense_ops(const char *ex) {
             REF(&P, add_rmsnorm, tx.r, td.r, NULL, 1e-5f, ty.r);
             record("add_rmsnorm", cmp2(&P, tx), "%s n=%d %s add only", ex, n, dtn(dt));
 
+            const char *mm = P.x->ops->act_bf16 && dt == LM_DT_BF16 ? "matmul(bf16 act)" : "matmul";
             // matmul with and without bias, odd output rows, a router-sized W,
             // and an input that is a row slice of a wider tensor
             lm_mat W = rnd_mat(O, H, dt, 0.5f), b = rnd_mat(1, O, dt, 1), R = rnd_mat(4, H, dt, 0.5f);
@@ -289,19 +323,19 @@ static void test_dense_ops(const char *ex) {
             tx = put2(&P, LM_DT_F32, n, H, xh);
             OP(&P, matmul, &W, &b, tx.x, tm.x);
             REF(&P, matmul, &W, &b, tx.r, tm.r);
-            record("matmul", cmp2(&P, tm), "%s n=%d %s %dx%d bias", ex, n, dtn(dt), O, H);
+            record(mm, cmp2(&P, tm), "%s n=%d %s %dx%d bias", ex, n, dtn(dt), O, H);
             OP(&P, matmul, &W, NULL, tx.x, tm.x);
             REF(&P, matmul, &W, NULL, tx.r, tm.r);
-            record("matmul", cmp2(&P, tm), "%s n=%d %s %dx%d", ex, n, dtn(dt), O, H);
+            record(mm, cmp2(&P, tm), "%s n=%d %s %dx%d", ex, n, dtn(dt), O, H);
             OP(&P, matmul, &R, NULL, tx.x, tr.x);
             REF(&P, matmul, &R, NULL, tx.r, tr.r);
-            record("matmul", cmp2(&P, tr), "%s n=%d %s router 4x%d", ex, n, dtn(dt), H);
+            record(mm, cmp2(&P, tr), "%s n=%d %s router 4x%d", ex, n, dtn(dt), H);
             if (n > 2) {
                 t2 ts = {lm_rows(tx.x, 1, n - 2), lm_rows(tx.r, 1, n - 2)};
                 t2 to = {lm_rows(tm.x, 1, n - 2), lm_rows(tm.r, 1, n - 2)};
                 OP(&P, matmul, &W, &b, ts.x, to.x);
                 REF(&P, matmul, &W, &b, ts.r, to.r);
-                record("matmul", cmp2(&P, tm), "%s n=%d %s row slice", ex, n, dtn(dt));
+                record(mm, cmp2(&P, tm), "%s n=%d %s row slice", ex, n, dtn(dt));
             }
 
             // gather rows (repeats allowed)
@@ -318,7 +352,7 @@ static void test_dense_ops(const char *ex) {
             t2 th = put2(&P, LM_DT_F32, n, inter, NULL), tf = put2(&P, LM_DT_F32, n, H, NULL);
             OP(&P, ffn, &f, tx.x, th.x, tf.x);
             REF(&P, ffn, &f, tx.r, th.r, tf.r);
-            record("ffn", cmp2(&P, tf), "%s n=%d %s inter=%d", ex, n, dtn(dt), inter);
+            record(P.x->ops->act_bf16 && dt == LM_DT_BF16 ? "ffn(bf16 act)" : "ffn", cmp2(&P, tf), "%s n=%d %s inter=%d", ex, n, dtn(dt), inter);
             lm_mat g = rnd_mat(1, H, dt, 0.1f);
             t2 tout = put2(&P, LM_DT_F32, n, H, dh);
             OP(&P, gated_add, &g, tx.x, tf.x, tout.x);
@@ -407,20 +441,24 @@ static void test_moe_ops(const char *ex) {
                 lm_tensor *f[5] = {&xp.row_of, &xp.token_of, &xp.tiles, &xp.n_tiles, &xp.counts};
                 lm_tensor *g[5] = {&rp.row_of, &rp.token_of, &rp.tiles, &rp.n_tiles, &rp.counts};
                 for (int i = 0; i < 5; i++) CHECK(P.x->ops->upload(P.x, *f[i], get(P.r, *g[i])) == LM_OK);
-                t2 tx = put2(&P, LM_DT_F32, n, H, xh), th = put2(&P, LM_DT_F32, rmax, inter, NULL),
-                   ty = put2(&P, LM_DT_F32, rmax, H, NULL);
+                lm_dtype hdt = P.x->ops->moe_h_dt;  // h as this executor keeps it
+                t2 tx = put2(&P, LM_DT_F32, n, H, xh), ty = put2(&P, LM_DT_F32, rmax, H, NULL);
+                t2 th = {put(P.x, hdt, rmax, inter, NULL), put(P.r, LM_DT_F32, rmax, inter, NULL)};
+                bool lowp = P.x->ops->act_bf16 && dt == LM_DT_BF16;
+                const char *up_op = lowp || hdt == LM_DT_BF16 ? "expert_up(bf16 act)" : "expert_up";
+                const char *down_op = lowp || hdt == LM_DT_BF16 ? "expert_down(bf16 act)" : "expert_down";
                 OP(&P, expert_up, ew, &xp, tx.x, th.x);
                 REF(&P, expert_up, ew, &rp, tx.r, th.r);
                 // padding rows are unspecified: compare the rows of real (token, choice) pairs
                 int32_t *row_of = get(P.r, rp.row_of);
-                float *hx = get(P.x, th.x), *hr = get(P.r, th.r), *yx, *yr;
+                float *hx = get_f32(P.x, th.x), *hr = get(P.r, th.r), *yx, *yr;
                 double e_up = 0, e_down = 0;
                 for (int i = 0; i < n * k; i++) {
                     double e = rel_err(hx + (size_t)row_of[i] * inter, hr + (size_t)row_of[i] * inter, inter);
                     e_up = e > e_up || e != e ? e : e_up;
                 }
-                record("expert_up", e_up, "%s n=%d E=%d k=%d %s", ex, n, E, k, dtn(dt));
-                CHECK(P.x->ops->upload(P.x, th.x, hr) == LM_OK);
+                record(up_op, e_up, "%s n=%d E=%d k=%d %s", ex, n, E, k, dtn(dt));
+                CHECK(P.x->ops->upload(P.x, th.x, hdt == LM_DT_BF16 ? (const void *)to_bf16(hr, (size_t)rmax * inter) : (const void *)hr) == LM_OK);
                 OP(&P, expert_down, ew, &xp, th.x, ty.x);
                 REF(&P, expert_down, ew, &rp, th.r, ty.r);
                 yx = get(P.x, ty.x), yr = get(P.r, ty.r);
@@ -428,7 +466,7 @@ static void test_moe_ops(const char *ex) {
                     double e = rel_err(yx + (size_t)row_of[i] * H, yr + (size_t)row_of[i] * H, H);
                     e_down = e > e_down || e != e ? e : e_down;
                 }
-                record("expert_down", e_down, "%s n=%d E=%d k=%d %s", ex, n, E, k, dtn(dt));
+                record(down_op, e_down, "%s n=%d E=%d k=%d %s", ex, n, E, k, dtn(dt));
                 CHECK(P.x->ops->upload(P.x, ty.x, yr) == LM_OK);
                 t2 tsw = put2(&P, LM_DT_F32, n, k, sw), to = put2(&P, LM_DT_F32, n, H, NULL);
                 OP(&P, combine, &xp, tsw.x, ty.x, to.x);
@@ -567,10 +605,11 @@ int main(void) {
         RUN_ARG(test_attention_ops, ex);
         RUN_ARG(test_copies_events, ex);
     }
-    printf("\n%-16s %6s %11s %11s  %s\n", "op", "runs", "worst err", "budget", "worst case");
+    printf("\n%-22s %6s %11s %11s  %s\n", "op", "runs", "worst err", "budget", "worst case");
     for (int i = 0; i < N_STATS; i++)
-        printf("%-16s %6d %11.3g %11.3g  %s%s\n", stats[i].op, stats[i].runs, stats[i].worst, stats[i].budget,
+        printf("%-22s %6d %11.3g %11.3g  %s%s\n", stats[i].op, stats[i].runs, stats[i].worst, stats[i].budget,
                stats[i].where, stats[i].over ? "  OVER BUDGET" : "");
-    for (int i = 0; i < N_STATS; i++) CHECK_MSG(stats[i].runs > 0, "op %s was never tested", stats[i].op);
+    for (int i = 0; i < N_STATS; i++)
+        CHECK_MSG(stats[i].runs > 0 || stats[i].alt, "op %s was never tested", stats[i].op);
     return tl_finish();
 }

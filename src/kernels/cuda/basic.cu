@@ -172,69 +172,6 @@ extern "C" int lm_cuda_rope_kv(float *q, size_t ldq, int nq, float *k, size_t ld
     return launched();
 }
 
-// ------------------------------------------------------------ attention ---
-
-#define ATT_MAXD 8  // head_dim up to 256: 8 values per lane
-
-// One warp per (token, query head): online softmax over positions 0..pos,
-// lane l holding dims l, l + 32, ...
-__global__ void k_attention(const float *q, size_t ldq, float *out, size_t ldo, int n_heads, const int *seq_start,
-                            int n_seqs, const int *pages, size_t ldp, const int *pos, const void *kv, int kvdt,
-                            int ps, int nkv, int hd) {
-    int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x, G = n_heads / nkv, kh = h / G;
-    int tg = seq_start[0] + t, s = 0;
-    while (s + 1 < n_seqs && seq_start[s + 1] <= tg) s++;
-    const int *pg = pages + (size_t)s * ldp;
-    const float *qr = q + (size_t)t * ldq + (size_t)h * hd;
-    float qv[ATT_MAXD], acc[ATT_MAXD];
-    const int nd = (hd + 31) / 32;
-#pragma unroll
-    for (int j = 0; j < ATT_MAXD; j++) {
-        int d = lane + 32 * j;
-        qv[j] = j < nd && d < hd ? qr[d] : 0.0f;
-        acc[j] = 0;
-    }
-    const float scale = 1.0f / sqrtf((float)hd);
-    const size_t page_elems = 2 * (size_t)nkv * ps * hd;
-    float m = -INFINITY, l = 0;
-    for (int p = 0, lim = pos[t] + 1; p < lim; p++) {
-        size_t base = (size_t)pg[p / ps] * page_elems + ((size_t)kh * ps + p % ps) * hd;
-        size_t vbase = base + (size_t)nkv * ps * hd;
-        float sdot = 0;
-#pragma unroll
-        for (int j = 0; j < ATT_MAXD; j++) {
-            int d = lane + 32 * j;
-            if (j < nd && d < hd) sdot += qv[j] * ldw(kv, kvdt, base + d);
-        }
-        float sc = warp_sum(sdot) * scale;
-        float mn = fmaxf(m, sc), corr = expf(m - mn), e = expf(sc - mn);
-        l = l * corr + e;
-#pragma unroll
-        for (int j = 0; j < ATT_MAXD; j++) {
-            int d = lane + 32 * j;
-            if (j < nd && d < hd) acc[j] = acc[j] * corr + e * ldw(kv, kvdt, vbase + d);
-        }
-        m = mn;
-    }
-    float *o = out + (size_t)t * ldo + (size_t)h * hd;
-#pragma unroll
-    for (int j = 0; j < ATT_MAXD; j++) {
-        int d = lane + 32 * j;
-        if (j < nd && d < hd) o[d] = acc[j] / l;
-    }
-}
-
-extern "C" int lm_cuda_attention(const float *q, size_t ldq, float *out, size_t ldo, int n, int n_heads,
-                                 const int *seq_start, int n_seqs, const int *pages, size_t ldp,
-                                 const int *pos, const void *kv, int kvdt, int page_size, int nkv, int hd,
-                                 lm_cuda_stream st) {
-    if (hd > 32 * ATT_MAXD) return (int)cudaErrorInvalidValue;
-    if (n > 0)
-        k_attention<<<dim3(n, n_heads), 32, 0, st>>>(q, ldq, out, ldo, n_heads, seq_start, n_seqs, pages, ldp, pos,
-                                                     kv, kvdt, page_size, nkv, hd);
-    return launched();
-}
-
 // --------------------------------------------------------------- gather ---
 
 __global__ void k_gather(const float *x, size_t ldx, const int *idx, float *y, size_t ldy, int cols) {
@@ -354,7 +291,7 @@ __device__ __forceinline__ int row_token(int r, int rows, const int *token_of, c
 
 __global__ void k_gateup(const float *x, size_t ldx, int rows, const int *token_of, const int *tiles,
                          const int *n_tiles, int B, const void *const *gates, const void *const *ups, const void *g0,
-                         const void *u0, int wdt, size_t ldw_, int H, int inter, float *h, size_t ldh) {
+                         const void *u0, int wdt, size_t ldw_, int H, int inter, void *h, int hdt, size_t ldh) {
     int i = blockIdx.x * WARPS + threadIdx.x / 32, r = blockIdx.y, e;
     if (i >= inter) return;
     int t = row_token(r, rows, token_of, tiles, n_tiles, B, &e);
@@ -362,34 +299,42 @@ __global__ void k_gateup(const float *x, size_t ldx, int rows, const int *token_
     const void *G = e >= 0 ? gates[e] : g0, *U = e >= 0 ? ups[e] : u0;
     const float *xr = tiles ? x + (size_t)t * ldx : x + (size_t)r * ldx;
     float g = dot_row(xr, G, wdt, (size_t)i * ldw_, H), u = dot_row(xr, U, wdt, (size_t)i * ldw_, H);
-    if (threadIdx.x % 32 == 0) h[(size_t)r * ldh + i] = g / (1.0f + expf(-g)) * u;
+    if (threadIdx.x % 32 == 0) {
+        float v = g / (1.0f + expf(-g)) * u;
+        if (hdt == 2) ((__nv_bfloat16 *)h)[(size_t)r * ldh + i] = __float2bfloat16_rn(v);
+        else ((float *)h)[(size_t)r * ldh + i] = v;
+    }
 }
 
 extern "C" int lm_cuda_gateup(const float *x, size_t ldx, int rows, const int *token_of, const int *tiles,
                               const int *n_tiles, int B, const void *const *gates, const void *const *ups,
-                              const void *g0, const void *u0, int wdt, size_t ldw_, int H, int inter, float *h,
-                              size_t ldh, lm_cuda_stream st) {
+                              const void *g0, const void *u0, int wdt, size_t ldw_, int H, int inter, void *h,
+                              int hdt, size_t ldh, lm_cuda_stream st) {
     if (rows > 0)
         k_gateup<<<dim3((inter + WARPS - 1) / WARPS, rows), 32 * WARPS, 0, st>>>(
-            x, ldx, rows, token_of, tiles, n_tiles, B, gates, ups, g0, u0, wdt, ldw_, H, inter, h, ldh);
+            x, ldx, rows, token_of, tiles, n_tiles, B, gates, ups, g0, u0, wdt, ldw_, H, inter, h, hdt, ldh);
     return launched();
 }
 
-__global__ void k_down(const float *h, size_t ldh, int rows, const int *token_of, const int *tiles, const int *n_tiles,
+__global__ void k_down(const void *h, int hdt, size_t ldh, int rows, const int *token_of, const int *tiles, const int *n_tiles,
                        int B, const void *const *downs, const void *d0, int wdt, size_t ldw_, int inter, int H,
                        float *y, size_t ldy) {
     int o = blockIdx.x * WARPS + threadIdx.x / 32, r = blockIdx.y, e;
     if (o >= H) return;
     if (row_token(r, rows, token_of, tiles, n_tiles, B, &e) < 0) return;
-    float s = dot_row(h + (size_t)r * ldh, e >= 0 ? downs[e] : d0, wdt, (size_t)o * ldw_, inter);
+    const void *W = e >= 0 ? downs[e] : d0;
+    float s = 0;
+    for (int i = threadIdx.x % 32; i < inter; i += 32)
+        s += ldw(h, hdt, (size_t)r * ldh + i) * ldw(W, wdt, (size_t)o * ldw_ + i);
+    s = warp_sum(s);
     if (threadIdx.x % 32 == 0) y[(size_t)r * ldy + o] = s;
 }
 
-extern "C" int lm_cuda_down(const float *h, size_t ldh, int rows, const int *token_of, const int *tiles,
+extern "C" int lm_cuda_down(const void *h, int hdt, size_t ldh, int rows, const int *token_of, const int *tiles,
                             const int *n_tiles, int B, const void *const *downs, const void *d0, int wdt, size_t ldw_,
                             int inter, int H, float *y, size_t ldy, lm_cuda_stream st) {
     if (rows > 0)
-        k_down<<<dim3((H + WARPS - 1) / WARPS, rows), 32 * WARPS, 0, st>>>(h, ldh, rows, token_of, tiles, n_tiles, B,
+        k_down<<<dim3((H + WARPS - 1) / WARPS, rows), 32 * WARPS, 0, st>>>(h, hdt, ldh, rows, token_of, tiles, n_tiles, B,
                                                                           downs, d0, wdt, ldw_, inter, H, y, ldy);
     return launched();
 }

@@ -43,10 +43,24 @@ int lm_cuda_rope_kv(float *q, size_t ldq, int nq, float *k, size_t ldk, const fl
                     const float *inv_freq, const int *pos, const int *slot, int n, void *kv, int kvdt, int page_size,
                     lm_cuda_stream st);
 
-// Causal attention over pages; tokens grouped by sequence (seq_start).
+// Causal attention over pages (src/kernels/cuda/attention.cu).
+//   q, out [n][n_heads*hd] (row strides ldq, ldo); token rows grouped by
+//   sequence: sequence s owns rows seq_start[s] - seq_start[0] ..
+//   seq_start[s+1] - seq_start[0] and its pages pages[s][0..] (row stride
+//   ldp); row t sees cache positions 0..pos[t]. Query head h reads KV head
+//   h / (n_heads / nkv); scale 1/sqrt(hd); hd <= 256.
+// ws: scratch of at least lm_cuda_attention_workspace_bytes() for this
+// step's sizes, used only by calls on one stream at a time (the fast path
+// runs on a bf16 cache with hd 64 or 128; without ws, or too small a one, or
+// other shapes, the simple kernel runs). Two launches; no host sync.
+size_t lm_cuda_attention_workspace_bytes(int max_tokens, int n_heads, int max_ctx, int hd);
 int lm_cuda_attention(const float *q, size_t ldq, float *out, size_t ldo, int n, int n_heads, const int *seq_start,
                       int n_seqs, const int *pages, size_t ldp, const int *pos, const void *kv,
-                      int kvdt, int page_size, int nkv, int hd, lm_cuda_stream st);
+                      int kvdt, int page_size, int nkv, int hd, void *ws, size_t ws_bytes, lm_cuda_stream st);
+// The simple version: one warp per (token, query head), online softmax.
+int lm_cuda_attention_simple(const float *q, size_t ldq, float *out, size_t ldo, int n, int n_heads,
+                             const int *seq_start, int n_seqs, const int *pages, size_t ldp, const int *pos,
+                             const void *kv, int kvdt, int page_size, int nkv, int hd, lm_cuda_stream st);
 
 // y[i] = x[idx[i]]
 int lm_cuda_gather(const float *x, size_t ldx, const int *idx, float *y, size_t ldy, int m, int cols,
@@ -61,16 +75,17 @@ int lm_cuda_route(const float *logits, size_t ldl, int n, int E, int k, int norm
 int lm_cuda_align(const int *sel, size_t lds, int n, int k, int E, int B, int *row_of, size_t ldr, int *token_of,
                   int *tiles, int *n_tiles, int *counts, unsigned long long *stats, lm_cuda_stream st);
 
-// h[r] = silu(x[tok] G^T) * (x[tok] U^T) for each packed row r. With tiles
+// h[r] = silu(x[tok] G^T) * (x[tok] U^T) for each packed row r (h f32 or,
+// hdt 2, bf16). With tiles
 // (MoE): tok = token_of[r], the expert's weights gates[e]/ups[e] where e is
 // the tile's expert, rows past n_tiles * B or with token -1 skipped. Without
 // (dense): tok = r < rows, weights g0/u0.
 int lm_cuda_gateup(const float *x, size_t ldx, int rows, const int *token_of, const int *tiles, const int *n_tiles,
                    int B, const void *const *gates, const void *const *ups, const void *g0, const void *u0, int wdt,
-                   size_t ldw, int H, int inter, float *h, size_t ldh, lm_cuda_stream st);
+                   size_t ldw, int H, int inter, void *h, int hdt, size_t ldh, lm_cuda_stream st);
 
-// y[r] = h[r] D^T, rows as in lm_cuda_gateup
-int lm_cuda_down(const float *h, size_t ldh, int rows, const int *token_of, const int *tiles, const int *n_tiles,
+// y[r] = h[r] D^T, rows as in lm_cuda_gateup (h of dtype hdt)
+int lm_cuda_down(const void *h, int hdt, size_t ldh, int rows, const int *token_of, const int *tiles, const int *n_tiles,
                  int B, const void *const *downs, const void *d0, int wdt, size_t ldw, int inter, int H, float *y,
                  size_t ldy, lm_cuda_stream st);
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One GPU-machine session: any of the stages below, in order, each under its
+# own time limit, logs under $OUT, a summary at the end. Built here (nvcc);
+# carry `.devbin` (lightmoe, test_ops, test_golden, moe_cuda, attn_cuda,
+# p200.jsonl, the shared configs) and `.deps` (libcjson1, libpcre2-8-0,
+# libutf8proc2 .debs: the machine has none of our Debian libraries).
+#   bash tools/device_gpu_run.sh moe attn ops golden memcheck model bench
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p /tmp/lmdeps "$OUT" build && cp .devbin/lightmoe build/
+for f in .deps/*.deb; do dpkg -x "$f" /tmp/lmdeps; done
+export LD_LIBRARY_PATH=/tmp/lmdeps/usr/lib/x86_64-linux-gnu:/tmp/lmdeps/lib/x86_64-linux-gnu
+B=./.devbin/lightmoe
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+stage() { echo; echo "### $1 ($(date +%T))"; }
+for s in "$@"; do
+    case $s in
+    moe) stage "MoE layer lab"; timeout 240 ./.devbin/moe_cuda ${MOE_ARGS:-} 2>&1 | tee "$OUT/moe.log" ;;
+    moe-small) stage "MoE lab, small kernel forced"; timeout 120 ./.devbin/moe_cuda -f small -m 1,16,64,128,256 -q 2>&1 | tee "$OUT/moe_small.log" ;;
+    attn-quick) stage "attention lab --quick under memcheck"
+        timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 ./.devbin/attn_cuda --quick > "$OUT/attn_memcheck.log" 2>&1
+        echo "rc=$?"; tail -5 "$OUT/attn_memcheck.log" ;;
+    attn) stage "attention lab"; timeout 200 ./.devbin/attn_cuda 2>&1 | tee "$OUT/attn.log" ;;
+    ops) stage "op tests, cuda against ref"
+        LM_OPS_EXECS=cuda timeout 200 ./.devbin/test_ops >"$OUT/ops.log" 2>&1; echo "rc=$?"
+        tail -28 "$OUT/ops.log"; grep -m8 FAIL "$OUT/ops.log" ;;
+    golden) stage "golden models through the cuda executor"
+        LM_GOLDEN_EXECS=cuda timeout 200 ./.devbin/test_golden >"$OUT/golden.log" 2>&1; echo "rc=$?"
+        grep -E "cuda|checks|FAIL" "$OUT/golden.log" | head -14 ;;
+    memcheck) stage "compute-sanitizer memcheck, op tests"
+        LM_OPS_EXECS=cuda timeout 400 compute-sanitizer --tool memcheck --error-exitcode 3 ./.devbin/test_ops >"$OUT/memcheck.log" 2>&1
+        echo "rc=$?"; grep -E "ERROR SUMMARY|Invalid|checks" "$OUT/memcheck.log" | head -8 ;;
+    model) stage "shipped model, cpu vs cuda"; timeout 200 bash tools/device_cuda_model.sh ;;
+    bench) stage "bench synthetic mixtral-8x7b:8"
+        for b in ${BENCH_BATCHES:-1 64}; do
+            timeout 240 $B bench --synthetic .devbin/mixtral-8x7b.json:8 --batch $b --prompt-len 128 --gen-len ${GEN:-128} \
+                --device cuda ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench.log" | grep -vE "^\s*$"
+        done ;;
+    *) echo "unknown stage $s" ;;
+    esac
+done
