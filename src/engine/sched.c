@@ -159,6 +159,32 @@ static void finish(lm_sched *s, int k) {
     s->stats.finished++;
 }
 
+void lm_sched_cancel(lm_sched *s, int id) {
+    if (id < 0 || id >= s->n) return;
+    sreq *q = &s->r[id];
+    if (q->state == RUNNING) {
+        for (int k = 0; k < s->n_running; k++)
+            if (s->running[k] == id) {
+                finish(s, k);
+                return;
+            }
+        return;
+    }
+    if (q->state != WAITING) return;
+    for (int i = 0; i < s->wq_len; i++) {  // out of the queue, the others keep their order
+        if (s->wq[(s->wq_head + i) % s->wq_cap] != id) continue;
+        for (int j = i; j + 1 < s->wq_len; j++)
+            s->wq[(s->wq_head + j) % s->wq_cap] = s->wq[(s->wq_head + j + 1) % s->wq_cap];
+        s->wq_len--;
+        break;
+    }
+    q->state = FINISHED;
+    free(q->tok);
+    q->tok = NULL;
+    s->stats.waiting--;
+    s->stats.finished++;
+}
+
 lm_status lm_sched_step(lm_sched *s, bool *active) {
     *active = s->stats.finished < s->stats.total;
     if (!*active) return LM_OK;

@@ -36,6 +36,11 @@ void lm_sched_free(lm_sched *s);
 // cache): the caller reports its error and goes on with the others.
 lm_status lm_sched_add(lm_sched *s, const int32_t *prompt, int n_prompt, int max_new, int *id);
 
+// Ends request `id` at once (a client that went away): a waiting request
+// leaves the queue, a running one frees its sequence and KV pages now. Its
+// callback is not called again. No-op for a finished request or a bad id.
+void lm_sched_cancel(lm_sched *s, int id);
+
 // Runs one step (admissions, preemptions, one lm_decode, the callbacks).
 // *active is set to false once every request has finished.
 lm_status lm_sched_step(lm_sched *s, bool *active);
