@@ -306,10 +306,12 @@ __global__ void __launch_bounds__(256) k_gg_large(lm_cuda_gg p) {
                     float v0 = silu_mul(acc[mt][nt][2 * hh], acc[mt][nt + 2][2 * hh]);
                     float v1 = silu_mul(acc[mt][nt][2 * hh + 1], acc[mt][nt + 2][2 * hh + 1]);
                     __nv_bfloat16 *o = (__nv_bfloat16 *)p.out + orow + col;
-                    if (col + 1 < O)
+                    if (col + 1 < O && !((uintptr_t)o & 3)) {
                         *(__nv_bfloat162 *)o = __floats2bfloat162_rn(v0, v1);
-                    else if (col < O)
-                        o[0] = __float2bfloat16(v0);
+                    } else {  // last column, or an odd ldo: the pair is not 4-byte aligned
+                        if (col < O) o[0] = __float2bfloat16(v0);
+                        if (col + 1 < O) o[1] = __float2bfloat16(v1);
+                    }
                 }
             } else {
 #pragma unroll
@@ -324,11 +326,11 @@ __global__ void __launch_bounds__(256) k_gg_large(lm_cuda_gg p) {
 }
 
 __global__ void k_to_bf16(const float *x, size_t ldx, int rows, int cols, __nv_bfloat16 *y) {
-    int r = blockIdx.y;
-    for (int c = (blockIdx.x * blockDim.x + threadIdx.x) * 2; c < cols; c += gridDim.x * blockDim.x * 2) {
-        float2 v = *(const float2 *)(x + (size_t)r * ldx + c);  // cols is even (K % 8 == 0)
-        *(__nv_bfloat162 *)(y + (size_t)r * cols + c) = __floats2bfloat162_rn(v.x, v.y);
-    }
+    for (int r = blockIdx.y; r < rows; r += gridDim.y)  // gridDim.y is at most 65535
+        for (int c = (blockIdx.x * blockDim.x + threadIdx.x) * 2; c < cols; c += gridDim.x * blockDim.x * 2) {
+            float2 v = *(const float2 *)(x + (size_t)r * ldx + c);  // cols is even (K % 8 == 0)
+            *(__nv_bfloat162 *)(y + (size_t)r * cols + c) = __floats2bfloat162_rn(v.x, v.y);
+        }
 }
 
 // ------------------------------------------------------------ launchers ---
@@ -394,8 +396,9 @@ extern "C" int lm_cuda_gg_run(const lm_cuda_gg *p, lm_cuda_stream st) {
         if (!p->scratch || a_rows <= 0 || (size_t)a_rows * p->K * 2 > p->scratch_bytes) return (int)cudaErrorInvalidValue;
         int bx = (p->K / 2 + 255) / 256;
         if (bx > 64) bx = 64;
-        k_to_bf16<<<dim3(bx, a_rows), 256, 0, st>>>((const float *)p->a, p->lda, a_rows, p->K,
-                                                     (__nv_bfloat16 *)p->scratch);
+        int by = a_rows < 65535 ? a_rows : 65535;  // the grid's y limit (n_batch goes to 65536); rows stride
+        k_to_bf16<<<dim3(bx, by), 256, 0, st>>>((const float *)p->a, p->lda, a_rows, p->K,
+                                                (__nv_bfloat16 *)p->scratch);
         int e = (int)cudaGetLastError();
         if (e) return e;
         q.a = p->scratch, q.a_f32 = 0, q.lda = (size_t)p->K;

@@ -1,0 +1,528 @@
+// Emulator check of src/kernels/cuda/gemm.cu through its launchers:
+// lm_cuda_gg_run (k_gg_small<NB, SWI, AF32> for every NB / swiglu /
+// activation type, k_gg_large<SWI>, k_to_bf16) against a double-precision
+// reference over the same bf16 operands, and lm_cuda_align_fast bit for bit
+// against the serial semantics of k_align (basic.cu: a transcription here,
+// and the real kernel run through the emulator).
+//
+// Every "device" buffer ends against an inaccessible page (an over-read or
+// over-write faults), row padding (lda, ldw > K) holds NaN, the output
+// starts as a sentinel pattern that must survive wherever nothing may be
+// written (ldo padding, group padding rows). Each case runs in a child
+// process, so a fault, trap or deadlock fails that case only.
+//
+//   check_gemm [-q] [substring]   the cases whose name contains substring;
+//                                 -q: print failures only
+#include "gen/gemm.cpp"
+
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <map>
+#include <string>
+
+// ------------------------------------------------------------- helpers ---
+static uint64_t g_rs = 0x9e3779b97f4a7c15ull;
+static uint64_t rnd_u() {
+    g_rs ^= g_rs << 13, g_rs ^= g_rs >> 7, g_rs ^= g_rs << 17;
+    return g_rs;
+}
+static double rnd() { return (double)(rnd_u() >> 11) / (double)(1ull << 53) * 2 - 1; }  // [-1, 1)
+static int rnd_int(int n) { return (int)(rnd_u() % (uint64_t)n); }
+
+// "Device" memory: the buffer's end (rounded up to 16 bytes) is the start of
+// a PROT_NONE page. Never freed: every case runs in its own process.
+static void *dalloc(size_t bytes) {
+    long pg = sysconf(_SC_PAGESIZE);
+    size_t r = (bytes + 15) & ~(size_t)15, len = (r + pg - 1) / pg * pg;
+    char *m = (char *)mmap(NULL, len + pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    EMU_CHECK(m != MAP_FAILED, "mmap");
+    mprotect(m + len, pg, PROT_NONE);
+    return m + len - r;
+}
+template <class T> static T *dalloc_n(size_t n) { return (T *)dalloc(n * sizeof(T)); }
+
+static const uint16_t BF_NAN = 0x7fc1;           // row padding of bf16 operands
+static const uint32_t F32_SENT = 0x7f8badadu;    // f32 output never to be written (a NaN)
+static const uint16_t BF_SENT = 0xffad;          // bf16 output never to be written (a NaN)
+static float f32_nan() { return __uint_as_float(0x7fc00001u); }
+
+static std::map<const void *, std::string> g_names;
+template <int NB, bool S, bool F> static void name_small() {
+    char b[64];
+    snprintf(b, sizeof b, "small<%d,%s,%s>", NB, S ? "swiglu" : "f32out", F ? "a32" : "a16");
+    g_names[(const void *)&k_gg_small<NB, S, F>] = b;
+}
+template <int NB> static void name_small_nb() {
+    name_small<NB, false, false>(), name_small<NB, false, true>(), name_small<NB, true, false>(), name_small<NB, true, true>();
+}
+static void init_names() {
+    name_small_nb<1>(), name_small_nb<2>(), name_small_nb<4>(), name_small_nb<8>();
+    g_names[(const void *)&k_gg_large<false>] = "large<f32out>";
+    g_names[(const void *)&k_gg_large<true>] = "large<swiglu>";
+    g_names[(const void *)&k_to_bf16] = "to_bf16";
+    g_names[(const void *)&k_align_fast] = "align_fast";
+}
+static std::string launches_str() {
+    std::string s;
+    for (auto &l : emu_launches) {
+        char b[160];
+        auto it = g_names.find(l.fn);
+        snprintf(b, sizeof b, "%s%s(%u,%u)%s", s.empty() ? "" : " + ", it == g_names.end() ? "?" : it->second.c_str(),
+                 l.grid.x, l.grid.y, l.err ? " LAUNCH FAILED" : "");
+        s += b;
+    }
+    return s.empty() ? "no launch" : s;
+}
+
+// ------------------------------------------------------------ gemm cases ---
+struct gcase {
+    std::string name;
+    int K = 72, O = 45;
+    bool f32 = true, swi = false;
+    int bias_dt = -1;             // -1 none, else lm_dtype (0 f32, 1 f16, 2 bf16)
+    std::vector<int> counts;      // per group; empty: dense
+    int rows = 0;                 // dense rows
+    int block = 1;                // group padding
+    int tokens = 0;               // > 0: a_row gather from this many activation rows
+    int force = 0;
+    int lda_pad = 0, ldw_pad = 0, ldo_pad = 0;
+    std::string expect;           // the kernels the launcher must pick (prefix of launches_str)
+    int expect_rc = 0;
+    long scratch_cut = 0;         // bytes short of what the large path needs
+    int n_rows_override = -1;
+
+    explicit gcase(std::string n) : name(std::move(n)) {}
+    gcase &k(int v) { K = v; return *this; }
+    gcase &o(int v) { O = v; return *this; }
+    gcase &a16() { f32 = false; return *this; }
+    gcase &swiglu() { swi = true; return *this; }
+    gcase &bias(int dt) { bias_dt = dt; return *this; }
+    gcase &dense(int r) { rows = r; return *this; }
+    gcase &groups(std::vector<int> c, int b) { counts = std::move(c), block = b; return *this; }
+    gcase &gather(int t) { tokens = t; return *this; }
+    gcase &pads(int a, int w, int out) { lda_pad = a, ldw_pad = w, ldo_pad = out; return *this; }
+    gcase &forced(int f) { force = f; return *this; }
+    gcase &expects(std::string e, int rc = 0) { expect = std::move(e), expect_rc = rc; return *this; }
+};
+
+static float bias_val(const void *b, int dt, int i) {
+    if (dt == 2) return emu_bf2f(((const uint16_t *)b)[i]);
+    if (dt == 1) return emu_h2f(((const uint16_t *)b)[i]);
+    return ((const float *)b)[i];
+}
+
+// returns the failure message ("" if it passed)
+static std::string run_gemm(const gcase &c, std::string *info) {
+    const bool grouped = !c.counts.empty();
+    const int G = grouped ? (int)c.counts.size() : 1, K = c.K, O = c.O;
+    std::vector<int> first(G), cnt(G);
+    int total = 0, n_rows = 0;
+    for (int g = 0; g < G; g++) {
+        cnt[g] = grouped ? c.counts[g] : c.rows;
+        first[g] = total;
+        total += grouped ? (cnt[g] + c.block - 1) / c.block * c.block : cnt[g];
+        n_rows += cnt[g];
+    }
+    const int a_rows = c.tokens > 0 ? c.tokens : total;
+    const size_t lda = K + c.lda_pad, ldw = K + c.ldw_pad, ldo = O + c.ldo_pad, esz = c.f32 ? 4 : 2;
+
+    // packed row -> activation row (-1: padding)
+    std::vector<int> arow(total, -1);
+    for (int g = 0; g < G; g++)
+        for (int j = 0; j < cnt[g]; j++) arow[first[g] + j] = c.tokens > 0 ? rnd_int(c.tokens) : first[g] + j;
+    int *d_arow = NULL;
+    if (c.tokens > 0) {
+        d_arow = dalloc_n<int>(total);
+        memcpy(d_arow, arow.data(), total * sizeof(int));
+    }
+    int *d_counts = NULL;
+    if (grouped) {
+        d_counts = dalloc_n<int>(G);
+        memcpy(d_counts, cnt.data(), G * sizeof(int));
+    }
+    // activations (f32 values not representable in bf16, so the rounding counts)
+    void *A = dalloc(a_rows * lda * esz);
+    std::vector<bool> used(a_rows, c.tokens > 0);
+    for (int r = 0; r < total; r++)
+        if (arow[r] >= 0) used[arow[r]] = true;
+    for (int r = 0; r < a_rows; r++)
+        for (size_t k = 0; k < lda; k++) {
+            bool ok = used[r] && (int)k < K;
+            double v = rnd();
+            if (c.f32) ((float *)A)[r * lda + k] = ok ? (float)v : f32_nan();
+            else ((uint16_t *)A)[r * lda + k] = ok ? emu_f2bf((float)v) : BF_NAN;
+        }
+    auto act = [&](int r, int k) {  // as the kernel sees it: bf16
+        return c.f32 ? (double)emu_bf2f(emu_f2bf(((float *)A)[r * lda + k])) : (double)emu_bf2f(((uint16_t *)A)[r * lda + k]);
+    };
+    // weights
+    int NM = c.swi ? 2 : 1;
+    std::vector<uint16_t *> W[2];
+    for (int m = 0; m < NM; m++)
+        for (int g = 0; g < G; g++) {
+            uint16_t *w = dalloc_n<uint16_t>((size_t)O * ldw);
+            for (int o = 0; o < O; o++)
+                for (size_t k = 0; k < ldw; k++) w[o * ldw + k] = (int)k < K ? emu_f2bf((float)rnd()) : BF_NAN;
+            W[m].push_back(w);
+        }
+    const void **d_w1 = NULL, **d_w2 = NULL;
+    if (grouped) {
+        d_w1 = dalloc_n<const void *>(G), d_w2 = dalloc_n<const void *>(G);
+        for (int g = 0; g < G; g++) d_w1[g] = W[0][g], d_w2[g] = c.swi ? W[1][g] : NULL;
+    }
+    void *bias = NULL;
+    if (c.bias_dt >= 0) {
+        bias = dalloc(O * (c.bias_dt ? 2 : 4));
+        for (int o = 0; o < O; o++) {
+            float v = (float)rnd() * 4;
+            if (c.bias_dt == 0) ((float *)bias)[o] = v;
+            else ((uint16_t *)bias)[o] = c.bias_dt == 2 ? emu_f2bf(v) : emu_f2h(v);
+        }
+    }
+    const size_t out_n = (size_t)total * ldo;
+    void *out = dalloc(out_n * (c.swi ? 2 : 4));
+    for (size_t i = 0; i < out_n; i++)
+        if (c.swi) ((uint16_t *)out)[i] = BF_SENT;
+        else ((uint32_t *)out)[i] = F32_SENT;
+    size_t sbytes = (size_t)a_rows * K * 2 - c.scratch_cut;
+    void *scratch = c.f32 ? dalloc(sbytes) : NULL;
+    if (scratch) memset(scratch, 0xab, sbytes);
+
+    lm_cuda_gg p = {};
+    p.a = A, p.a_f32 = c.f32, p.lda = lda, p.a_rows = a_rows, p.a_row = d_arow;
+    p.counts = d_counts, p.n_groups = grouped ? G : 0, p.block = c.block;
+    p.n_rows = c.n_rows_override >= 0 ? c.n_rows_override : n_rows;
+    if (grouped) p.w1 = d_w1, p.w2 = c.swi ? d_w2 : NULL;
+    else p.w1_0 = W[0][0], p.w2_0 = c.swi ? W[1][0] : NULL;
+    p.ldw = ldw, p.K = K, p.O = O, p.swiglu = c.swi, p.bias = bias, p.bias_dt = c.bias_dt < 0 ? 0 : c.bias_dt;
+    p.out = out, p.ldo = ldo, p.scratch = scratch, p.scratch_bytes = scratch ? sbytes : 0, p.force = c.force;
+
+    emu_launches.clear();
+    int rc = lm_cuda_gg_run(&p, 0);
+    *info = launches_str();
+    char msg[512];
+    if (rc != c.expect_rc) {
+        snprintf(msg, sizeof msg, "launcher returned %d, expected %d", rc, c.expect_rc);
+        return msg;
+    }
+    if (info->compare(0, c.expect.size(), c.expect)) return "expected launches: " + c.expect;
+    if (rc) return "";
+
+    // reference and comparison
+    double maxref = 0, maxerr = 0;
+    long bad = 0, sent_bad = 0;
+    std::vector<double> ref((size_t)total * O, 0);
+    std::vector<char> valid(total, 0);
+    for (int g = 0; g < G; g++)
+        for (int j = 0; j < cnt[g]; j++) {
+            int r = first[g] + j, ar = arow[r];
+            valid[r] = 1;
+            for (int o = 0; o < O; o++) {
+                double s[2] = {0, 0};
+                for (int m = 0; m < NM; m++)
+                    for (int k = 0; k < K; k++) s[m] += act(ar, k) * emu_bf2f(W[m][g][o * ldw + k]);
+                double v = c.swi ? s[0] / (1 + exp(-s[0])) * s[1] : s[0] + (bias ? bias_val(bias, c.bias_dt, o) : 0);
+                ref[(size_t)r * O + o] = v;
+                maxref = max(maxref, fabs(v));
+            }
+        }
+    for (int r = 0; r < total; r++)
+        for (size_t o = 0; o < ldo; o++) {
+            size_t i = (size_t)r * ldo + o;
+            if (!valid[r] || (int)o >= O) {
+                sent_bad += c.swi ? ((uint16_t *)out)[i] != BF_SENT : ((uint32_t *)out)[i] != F32_SENT;
+                continue;
+            }
+            double v = ref[(size_t)r * O + o];
+            double got = c.swi ? emu_bf2f(((uint16_t *)out)[i]) : ((float *)out)[i];
+            double tol = 1e-5 * maxref + (c.swi ? fabs(v) * (1.0 / 256) * 1.001 : 0);
+            double e = fabs(got - v);
+            bad += !(e <= tol);
+            maxerr = max(maxerr, e != e ? INFINITY : e);
+        }
+    // the bf16 staging of f32 activations (large path)
+    long scratch_bad = 0;
+    bool staged = false;
+    for (auto &l : emu_launches) staged |= l.fn == (const void *)&k_to_bf16;
+    if (staged)
+        for (int r = 0; r < a_rows; r++)
+            for (int k = 0; k < K; k++)
+                scratch_bad += ((uint16_t *)scratch)[(size_t)r * K + k] != emu_f2bf(((float *)A)[r * lda + k]);
+    snprintf(msg, sizeof msg, "max err %.2e of max |ref| %.3g (rel %.2e)", maxerr, maxref, maxref ? maxerr / maxref : 0);
+    *info += std::string(": ") + msg;
+    std::string fail;
+    if (bad) snprintf(msg, sizeof msg, "%ld outputs out of tolerance; ", bad), fail += msg;
+    if (sent_bad) snprintf(msg, sizeof msg, "%ld outputs written that must not be; ", sent_bad), fail += msg;
+    if (scratch_bad) snprintf(msg, sizeof msg, "%ld staged bf16 values wrong; ", scratch_bad), fail += msg;
+    return fail;
+}
+
+// k_to_bf16 alone with a grid smaller than the row (its column loop strides)
+static std::string run_to_bf16(std::string *info) {
+    const int rows = 3, cols = 200;
+    const size_t ldx = 204;
+    float *x = dalloc_n<float>(rows * ldx);
+    for (size_t i = 0; i < rows * ldx; i++) x[i] = (float)rnd() * 100;
+    __nv_bfloat16 *y = dalloc_n<__nv_bfloat16>(rows * cols);
+    emu_launches.clear();
+    emu_launch((const void *)&k_to_bf16, [&] { k_to_bf16(x, ldx, rows, cols, y); }, dim3(1, rows), dim3(32));
+    *info = launches_str();
+    long bad = 0;
+    for (int r = 0; r < rows; r++)
+        for (int k = 0; k < cols; k++) bad += y[r * cols + k].x != emu_f2bf(x[r * ldx + k]);
+    return bad ? std::to_string(bad) + " values wrong" : "";
+}
+
+// ------------------------------------------------------------ align cases ---
+struct acase {
+    std::string name;
+    int n, k, E, B, lds_pad, ldr_pad;
+    bool stats;
+    int used_experts;   // routing draws from the first `used_experts` of a shuffled expert list
+    int expect_rc = 0;
+};
+
+struct align_out {
+    std::vector<int> row_of, token_of, tiles, counts;
+    int n_tiles;
+    std::vector<unsigned long long> stats;
+};
+
+// The serial semantics (k_align, basic.cu): counts; per expert in order its
+// rows padded to B (token -1), one tile (expert, first row) per B rows; each
+// expert's rows in (token, choice) order; stats[e] += count.
+static void align_ref(const std::vector<int> &sel, size_t lds, int n, int k, int E, int B, align_out &r, size_t ldr) {
+    r.counts.assign(E, 0);
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < k; i++) r.counts[sel[t * lds + i]]++;
+    std::vector<int> next(E);
+    int row = 0;
+    r.tiles.clear();
+    for (int e = 0; e < E; e++) {
+        next[e] = row;
+        int pad = (r.counts[e] + B - 1) / B * B;
+        for (int b = 0; b < pad / B; b++) r.tiles.push_back(e), r.tiles.push_back(row + b * B);
+        row += pad;
+    }
+    r.n_tiles = (int)r.tiles.size() / 2;
+    r.token_of.assign(row, -1);
+    r.row_of.assign((size_t)n * ldr, -7);
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < k; i++) {
+            int x = next[sel[t * lds + i]]++;
+            r.row_of[t * ldr + i] = x;
+            r.token_of[x] = t;
+        }
+    for (int e = 0; e < E; e++) r.stats[e] += r.counts[e];
+}
+
+static std::string run_align(const acase &c, std::string *info) {
+    const size_t lds = c.k + c.lds_pad, ldr = c.k + c.ldr_pad;
+    std::vector<int> perm(c.E);
+    for (int e = 0; e < c.E; e++) perm[e] = e;
+    for (int e = c.E - 1; e > 0; e--) std::swap(perm[e], perm[rnd_int(e + 1)]);
+    std::vector<int> sel(max((size_t)1, c.n * lds), -99);
+    for (int t = 0; t < c.n; t++)
+        for (int i = 0; i < c.k; i++) {  // distinct experts per token when possible, as top-k gives
+            int e;
+            bool dup;
+            int tries = 0;
+            do {
+                e = perm[rnd_int(c.used_experts)], dup = false;
+                for (int j = 0; j < i; j++) dup |= sel[t * lds + j] == e;
+            } while (dup && ++tries < 100);
+            sel[t * lds + i] = e;
+        }
+    align_out ref;
+    ref.stats.resize(c.E);
+    for (auto &s : ref.stats) s = rnd_u() % 1000;
+    std::vector<unsigned long long> stats0 = ref.stats;
+    align_ref(sel, lds, c.n, c.k, c.E, c.B, ref, ldr);
+    const int rows = (int)ref.token_of.size();
+
+    // run one implementation on guarded buffers; sentinels around what it may write
+    auto run = [&](int (*fn)(const int *, size_t, int, int, int, int, int *, size_t, int *, int *, int *, int *,
+                             unsigned long long *, lm_cuda_stream),
+                   align_out &o, int *rc) {
+        int *d_sel = dalloc_n<int>(sel.size());
+        memcpy(d_sel, sel.data(), sel.size() * sizeof(int));
+        int *row_of = dalloc_n<int>(max((size_t)1, c.n * ldr)), *token_of = dalloc_n<int>(max(rows, 1));
+        int *tiles = dalloc_n<int>(max((size_t)2, ref.tiles.size())), *n_tiles = dalloc_n<int>(1), *counts = dalloc_n<int>(c.E);
+        unsigned long long *stats = c.stats ? dalloc_n<unsigned long long>(c.E) : NULL;
+        for (size_t i = 0; i < c.n * ldr; i++) row_of[i] = -7;
+        for (int i = 0; i < rows; i++) token_of[i] = -5;
+        for (size_t i = 0; i < ref.tiles.size(); i++) tiles[i] = -3;
+        *n_tiles = -1;
+        for (int e = 0; e < c.E; e++) counts[e] = -2;
+        if (stats) memcpy(stats, stats0.data(), c.E * sizeof *stats);
+        *rc = fn(d_sel, lds, c.n, c.k, c.E, c.B, row_of, ldr, token_of, tiles, n_tiles, counts, stats, 0);
+        o.row_of.assign(row_of, row_of + c.n * ldr);
+        o.token_of.assign(token_of, token_of + rows);
+        o.tiles.assign(tiles, tiles + ref.tiles.size());
+        o.n_tiles = *n_tiles;
+        o.counts.assign(counts, counts + c.E);
+        o.stats = stats ? std::vector<unsigned long long>(stats, stats + c.E) : ref.stats;
+    };
+    auto diff = [&](const align_out &o, const char *who) -> std::string {
+        std::string f;
+        if (o.row_of != ref.row_of) f += " row_of";
+        if (o.token_of != ref.token_of) f += " token_of";
+        if (o.n_tiles != ref.n_tiles) f += " n_tiles";
+        if (o.tiles != ref.tiles) f += " tiles";
+        if (o.counts != ref.counts) f += " counts";
+        if (o.stats != ref.stats) f += " stats";
+        return f.empty() ? "" : std::string(who) + " differs in" + f + "; ";
+    };
+    align_out fast, serial;
+    int rc_fast, rc_serial;
+    emu_launches.clear();
+    run(lm_cuda_align_fast, fast, &rc_fast);
+    *info = launches_str();
+    char msg[200];
+    if (rc_fast != c.expect_rc) return snprintf(msg, sizeof msg, "align_fast returned %d, expected %d", rc_fast, c.expect_rc), msg;
+    if (rc_fast) return "";
+    run(lm_cuda_align, serial, &rc_serial);
+    snprintf(msg, sizeof msg, ": %d pairs, %d rows, %d tiles", c.n * c.k, rows, ref.n_tiles);
+    *info += msg;
+    return (rc_serial ? std::string("k_align failed; ") : diff(serial, "k_align (basic.cu)")) + diff(fast, "align_fast");
+}
+
+// ------------------------------------------------------------------ main ---
+static std::vector<gcase> gemm_cases() {
+    std::vector<gcase> v;
+    // small kernel: every NB (the launcher's choice from rows per group), swiglu or not, f32 or bf16 activations
+    for (int swi = 0; swi < 2; swi++)
+        for (int f32 = 1; f32 >= 0; f32--) {
+            std::string tag = std::string(swi ? "swiglu" : "f32out") + (f32 ? " a32" : " a16");
+            auto mk = [&](const char *n) {
+                gcase c(std::string("small ") + n + " " + tag);
+                if (swi) c.swiglu();
+                if (!f32) c.a16();
+                return c;
+            };
+            const int ap = f32 ? 4 : 8;
+            // NB 1: 6 groups, two empty, one of 12 rows (2 passes of 8), gather
+            v.push_back(mk("NB1 groups{3,0,12,0,1,7}/4 gather K72 O45").groups({3, 0, 12, 0, 1, 7}, 4).gather(9)
+                            .pads(ap, 8, 3).expects(std::string("small<1,")));
+            if (!swi) v.back().bias(0);
+            // NB 2: 3 groups (20 rows: 2 passes of 16), packed activations
+            v.push_back(mk("NB2 groups{20,0,9}/8 K40 O45").k(40).groups({20, 0, 9}, 8).pads(0, 16, 0).expects("small<2,"));
+            if (!swi) v.back().bias(1);
+            // NB 4: dense 30 rows
+            v.push_back(mk("NB4 dense30 K40 O33").k(40).o(33).dense(30).pads(ap, 0, 1).expects("small<4,"));
+            if (!swi) v.back().bias(2);
+            // NB 8: a group of 150 rows (3 passes of 64), gather
+            v.push_back(mk("NB8 groups{150,0,30}/16 gather K72 O45").groups({150, 0, 30}, 16).gather(160).pads(ap, 8, 2)
+                            .expects("small<8,"));
+        }
+    v.push_back(gcase("small forced: dense 200 rows (4 passes) K40 O20").k(40).o(20).dense(200).forced(1).bias(0)
+                    .expects("small<8,f32out,a32>"));
+    v.push_back(gcase("small forced: dense 200 swiglu a16 K8 O20").k(8).o(20).dense(200).forced(1).swiglu().a16()
+                    .expects("small<8,swiglu,a16>"));
+    v.push_back(gcase("small: dense 1 row K8 O3").k(8).o(3).dense(1).pads(4, 8, 1).expects("small<1,f32out,a32>"));
+    v.push_back(gcase("small: dense 1 row K512 O17 (all warps busy)").k(512).o(17).dense(1).swiglu().expects("small<1,swiglu,a32>"));
+
+    // large kernel
+    v.push_back(gcase("large: dense 300 (3 m-blocks) K72 O200 bias").dense(300).o(200).bias(0).pads(4, 8, 5)
+                    .expects("to_bf16(1,300) + large<f32out>(3,2)"));
+    v.push_back(gcase("large: dense 130 swiglu a16 K40 O150").k(40).o(150).dense(130).swiglu().a16().pads(8, 0, 2)
+                    .expects("large<swiglu>(2,3)"));
+    v.push_back(gcase("large: groups{130,0,1,257,0}/16 gather swiglu K72 O45").groups({130, 0, 1, 257, 0}, 16)
+                    .gather(300).swiglu().pads(4, 8, 3).expects("to_bf16(1,300) + large<swiglu>(9,1)"));
+    v.push_back(gcase("large: groups{130,0,1,257,0}/8 packed a16 K200 O45 bias").k(200).groups({130, 0, 1, 257, 0}, 8)
+                    .a16().bias(2).pads(8, 24, 1).expects("large<f32out>(9,1)"));
+    v.push_back(gcase("large: groups{64,64,0,129}/64 gather a16 K40 O130").k(40).o(130).groups({64, 64, 0, 129}, 64)
+                    .gather(200).a16().bias(1).expects("large<f32out>(7,2)"));
+    v.push_back(gcase("large forced: dense 1 row K8 O3").k(8).o(3).dense(1).forced(2).pads(4, 8, 1)
+                    .expects("to_bf16(1,1) + large<f32out>(1,1)"));
+    v.push_back(gcase("large forced: groups{0,0,5,0}/1 gather swiglu a16 K40 O45").k(40).groups({0, 0, 5, 0}, 1).gather(3)
+                    .swiglu().a16().forced(2).expects("large<swiglu>(5,1)"));
+    v.push_back(gcase("large: dense 129 swiglu K8 O1").k(8).o(1).dense(129).swiglu().expects("to_bf16(1,129) + large<swiglu>(2,1)"));
+    v.push_back(gcase("large forced: dense 70 swiglu a16 K72 O45 odd ldo").dense(70).swiglu().a16().forced(2).pads(8, 8, 2)
+                    .expects("large<swiglu>(1,1)"));
+    v.push_back(gcase("small forced: dense 70 swiglu a16 K72 O45 odd ldo").dense(70).swiglu().a16().forced(1).pads(8, 8, 2)
+                    .expects("small<8,swiglu,a16>(3,1)"));
+
+    // launcher contract
+    v.push_back(gcase("contract: K % 8 != 0 refused").k(44).dense(3).expects("no launch", 1));
+    { gcase c("contract: scratch one row short refused"); c.dense(100).forced(2).expects("no launch", 1); c.scratch_cut = 2; v.push_back(c); }
+    { gcase c("contract: n_rows 0 launches nothing"); c.dense(0).expects("no launch", 0); v.push_back(c); }
+    v.push_back(gcase("contract: 1025 groups refused").groups(std::vector<int>(1025, 0), 1).expects("no launch", 1));
+    v.back().n_rows_override = 1;
+    // the engine takes batches of up to 65536 tokens (lm_params.n_batch)
+    v.push_back(gcase("large: dense 65536 rows K8 O8 (grid limits)").k(8).o(8).dense(65536).expects("to_bf16("));
+    return v;
+}
+
+static std::vector<acase> align_cases() {
+    return {
+        {"align: n5 k2 E8 B16", 5, 2, 8, 16, 0, 0, true, 8},
+        {"align: n700 k2 E8 B16 (2 chunks) skewed to 2 experts, lds/ldr pads", 700, 2, 8, 16, 3, 1, true, 2},
+        {"align: n300 k8 E60 B1 (3 chunks) 20 experts used", 300, 8, 60, 1, 0, 2, true, 20},
+        {"align: n1 k1 E1 B4", 1, 1, 1, 4, 0, 0, true, 1},
+        {"align: n0 k2 E4 B8", 0, 2, 4, 8, 0, 0, true, 4},
+        {"align: n1100 k1 E1024 B16 no stats (139 KB smem)", 1100, 1, 1024, 16, 0, 0, false, 1024},
+        {"align: n513 k6 E128 B64 7 experts used", 513, 6, 128, 64, 1, 0, true, 7},
+        {"align: n2048 k4 E256 B128 (8 chunks)", 2048, 4, 256, 128, 0, 0, true, 256},
+        {"align: E 1025 refused", 4, 2, 1025, 16, 0, 0, true, 1025, 1},
+    };
+}
+
+static bool g_quiet;
+
+// run fn in a child process; prints the case line
+static bool run_case(const std::string &name, const std::function<std::string(std::string *)> &fn) {
+    fflush(stdout);
+    int pfd[2];
+    if (pipe(pfd)) return false;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(pfd[0]);
+        std::string info, fail = fn(&info);
+        if (emu_stat.blocks) {
+            char b[160];
+            snprintf(b, sizeof b, " [%lld blocks, %lld mma, %lld ldmatrix, %lld cp.async]", emu_stat.blocks, emu_stat.mma,
+                     emu_stat.ldmatrix, emu_stat.cp_async);
+            info += b;
+        }
+        std::string line = info + "\n" + fail;
+        if (write(pfd[1], line.data(), line.size()) < 0) {}
+        _exit(fail.empty() ? 0 : 1);
+    }
+    close(pfd[1]);
+    std::string got;
+    char buf[4096];
+    ssize_t k;
+    while ((k = read(pfd[0], buf, sizeof buf)) > 0) got.append(buf, k);
+    close(pfd[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    size_t nl = got.find('\n');
+    std::string info = nl == std::string::npos ? got : got.substr(0, nl), fail = nl == std::string::npos ? "" : got.substr(nl + 1);
+    bool ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    if (ok && g_quiet) return true;
+    printf("%-4s %s\n     %s\n", ok ? "ok" : "FAIL", name.c_str(), info.c_str());
+    if (!ok) printf("     %s\n", got.empty() ? "died (see the message above)" : fail.c_str());
+    return ok;
+}
+
+int main(int argc, char **argv) {
+    const char *filter = "";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-q")) g_quiet = true;
+        else if (argv[i][0] == '-') return fprintf(stderr, "usage: check_gemm [-q] [substring]\n"), 2;
+        else filter = argv[i];
+    }
+    init_names();
+    int n = 0, failed = 0;
+    for (auto &c : gemm_cases())
+        if (strstr(c.name.c_str(), filter)) n++, failed += !run_case(c.name, [&](std::string *i) { return run_gemm(c, i); });
+    if (strstr("to_bf16: 3 rows x 200 cols, 32 threads per row", filter))
+        n++, failed += !run_case("to_bf16: 3 rows x 200 cols, 32 threads per row", run_to_bf16);
+    for (auto &c : align_cases())
+        if (strstr(c.name.c_str(), filter)) n++, failed += !run_case(c.name, [&](std::string *i) { return run_align(c, i); });
+    printf("gemm (EMU_SCHED=%s): %d of %d cases failed\n", emu_sched_name(), failed, n);
+    return failed != 0;
+}

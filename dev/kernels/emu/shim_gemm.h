@@ -1,0 +1,22 @@
+// Emulated versions of the inline-PTX helpers of src/kernels/cuda/gemm.cu
+// (same names and signatures; prep.py drops the originals).
+#pragma once
+#include "emu.h"
+
+static inline void mma16816(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    const uint32_t a[4] = {a0, a1, a2, a3};
+    emu_mma_m16n8k16_bf16(c, a, b0, b1);
+}
+
+// ld.global.nc.L1::no_allocate.v4.u32
+static inline uint4 ld_stream(const void *p) { return emu_ld((const uint4 *)p, "ld.global.nc.v4"); }
+
+static inline void cp_async16(uint32_t dst, const void *src, bool ok) { emu_cp_async(dst, src, 16, ok ? 16 : 0); }
+static inline void cp_commit() { emu_cp_commit(); }
+template <int N> static inline void cp_wait() { emu_cp_wait(N); }
+
+static inline void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
+    uint32_t r[4];
+    emu_ldmatrix_x4(r, addr, false);
+    r0 = r[0], r1 = r[1], r2 = r[2], r3 = r[3];
+}
