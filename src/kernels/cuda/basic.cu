@@ -103,17 +103,19 @@ __device__ __forceinline__ float dot_row(const float *x, const void *W, int wdt,
 }
 
 // grid (ceil(O / WARPS), n): warp w of block (b, t) computes y[t][b * WARPS + w]
-__global__ void k_matmul(const float *x, size_t ldx, const void *W, int wdt, size_t ldw_, int O, int K,
+__global__ void k_matmul(const float *x, size_t ldx, int n, const void *W, int wdt, size_t ldw_, int O, int K,
                          const void *bias, int bdt, float *y, size_t ldy) {
-    int o = blockIdx.x * WARPS + threadIdx.x / 32, t = blockIdx.y;
+    int o = blockIdx.x * WARPS + threadIdx.x / 32;
     if (o >= O) return;
-    float s = dot_row(x + (size_t)t * ldx, W, wdt, (size_t)o * ldw_, K);
-    if (threadIdx.x % 32 == 0) y[(size_t)t * ldy + o] = s + (bias ? ldw(bias, bdt, o) : 0.0f);
+    for (int t = blockIdx.y; t < n; t += gridDim.y) {  // gridDim.y is at most 65535
+        float s = dot_row(x + (size_t)t * ldx, W, wdt, (size_t)o * ldw_, K);
+        if (threadIdx.x % 32 == 0) y[(size_t)t * ldy + o] = s + (bias ? ldw(bias, bdt, o) : 0.0f);
+    }
 }
 
 extern "C" int lm_cuda_matmul(const float *x, size_t ldx, int n, const void *W, int wdt, size_t ldw_, int O, int K,
                               const void *bias, int bdt, float *y, size_t ldy, lm_cuda_stream st) {
-    if (n > 0) k_matmul<<<dim3((O + WARPS - 1) / WARPS, n), 32 * WARPS, 0, st>>>(x, ldx, W, wdt, ldw_, O, K, bias, bdt, y, ldy);
+    if (n > 0) k_matmul<<<dim3((O + WARPS - 1) / WARPS, n < 65535 ? n : 65535), 32 * WARPS, 0, st>>>(x, ldx, n, W, wdt, ldw_, O, K, bias, bdt, y, ldy);
     return launched();
 }
 
@@ -292,10 +294,11 @@ __device__ __forceinline__ int row_token(int r, int rows, const int *token_of, c
 __global__ void k_gateup(const float *x, size_t ldx, int rows, const int *token_of, const int *tiles,
                          const int *n_tiles, int B, const void *const *gates, const void *const *ups, const void *g0,
                          const void *u0, int wdt, size_t ldw_, int H, int inter, void *h, int hdt, size_t ldh) {
-    int i = blockIdx.x * WARPS + threadIdx.x / 32, r = blockIdx.y, e;
+    int i = blockIdx.x * WARPS + threadIdx.x / 32, e;
     if (i >= inter) return;
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {  // gridDim.y is at most 65535
     int t = row_token(r, rows, token_of, tiles, n_tiles, B, &e);
-    if (t < 0) return;
+    if (t < 0) continue;
     const void *G = e >= 0 ? gates[e] : g0, *U = e >= 0 ? ups[e] : u0;
     const float *xr = tiles ? x + (size_t)t * ldx : x + (size_t)r * ldx;
     float g = dot_row(xr, G, wdt, (size_t)i * ldw_, H), u = dot_row(xr, U, wdt, (size_t)i * ldw_, H);
@@ -304,6 +307,7 @@ __global__ void k_gateup(const float *x, size_t ldx, int rows, const int *token_
         if (hdt == 2) ((__nv_bfloat16 *)h)[(size_t)r * ldh + i] = __float2bfloat16_rn(v);
         else ((float *)h)[(size_t)r * ldh + i] = v;
     }
+    }
 }
 
 extern "C" int lm_cuda_gateup(const float *x, size_t ldx, int rows, const int *token_of, const int *tiles,
@@ -311,7 +315,7 @@ extern "C" int lm_cuda_gateup(const float *x, size_t ldx, int rows, const int *t
                               const void *g0, const void *u0, int wdt, size_t ldw_, int H, int inter, void *h,
                               int hdt, size_t ldh, lm_cuda_stream st) {
     if (rows > 0)
-        k_gateup<<<dim3((inter + WARPS - 1) / WARPS, rows), 32 * WARPS, 0, st>>>(
+        k_gateup<<<dim3((inter + WARPS - 1) / WARPS, rows < 65535 ? rows : 65535), 32 * WARPS, 0, st>>>(
             x, ldx, rows, token_of, tiles, n_tiles, B, gates, ups, g0, u0, wdt, ldw_, H, inter, h, hdt, ldh);
     return launched();
 }
@@ -319,22 +323,24 @@ extern "C" int lm_cuda_gateup(const float *x, size_t ldx, int rows, const int *t
 __global__ void k_down(const void *h, int hdt, size_t ldh, int rows, const int *token_of, const int *tiles, const int *n_tiles,
                        int B, const void *const *downs, const void *d0, int wdt, size_t ldw_, int inter, int H,
                        float *y, size_t ldy) {
-    int o = blockIdx.x * WARPS + threadIdx.x / 32, r = blockIdx.y, e;
+    int o = blockIdx.x * WARPS + threadIdx.x / 32, e;
     if (o >= H) return;
-    if (row_token(r, rows, token_of, tiles, n_tiles, B, &e) < 0) return;
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {  // gridDim.y is at most 65535
+    if (row_token(r, rows, token_of, tiles, n_tiles, B, &e) < 0) continue;
     const void *W = e >= 0 ? downs[e] : d0;
     float s = 0;
     for (int i = threadIdx.x % 32; i < inter; i += 32)
         s += ldw(h, hdt, (size_t)r * ldh + i) * ldw(W, wdt, (size_t)o * ldw_ + i);
     s = warp_sum(s);
     if (threadIdx.x % 32 == 0) y[(size_t)r * ldy + o] = s;
+    }
 }
 
 extern "C" int lm_cuda_down(const void *h, int hdt, size_t ldh, int rows, const int *token_of, const int *tiles,
                             const int *n_tiles, int B, const void *const *downs, const void *d0, int wdt, size_t ldw_,
                             int inter, int H, float *y, size_t ldy, lm_cuda_stream st) {
     if (rows > 0)
-        k_down<<<dim3((H + WARPS - 1) / WARPS, rows), 32 * WARPS, 0, st>>>(h, hdt, ldh, rows, token_of, tiles, n_tiles, B,
+        k_down<<<dim3((H + WARPS - 1) / WARPS, rows < 65535 ? rows : 65535), 32 * WARPS, 0, st>>>(h, hdt, ldh, rows, token_of, tiles, n_tiles, B,
                                                                           downs, d0, wdt, ldw_, inter, H, y, ldy);
     return launched();
 }
