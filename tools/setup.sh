@@ -12,6 +12,8 @@ need_cmd make build-essential
 need_pkg libcjson-dev
 need_pkg libpcre2-dev
 need_pkg libutf8proc-dev
+need_pkg libmicrohttpd-dev  # lightmoe serve
+need_pkg python3-jinja2     # the chat-template tests' reference renderer
 need_cmd npm npm
 need_cmd clang clang
 need_cmd xmllint libxml2-utils  # tests/expert_stats.sh: the SVG heat map is well-formed

@@ -45,6 +45,27 @@ PROMPTS = ["The old man", "The Congress", "Our economy", "In the year"]
 CTX = 512
 
 
+# The chat template `lightmoe serve` renders for /v1/chat/completions: plain
+# "User: ...\nAssistant: ..." turns, which suit a small model trained on prose.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}\n"
+    "{%- set content = message['content'] if message['content'] is string else '' -%}\n"
+    "{%- if message['role'] == 'system' -%}\n"
+    "{{ content | trim }}{{ '\\n\\n' }}\n"
+    "{%- elif message['role'] == 'user' -%}\n"
+    "User: {{ content | trim }}{{ '\\n' }}\n"
+    "{%- elif message['role'] == 'assistant' -%}\n"
+    "Assistant: {{ content | trim }}{{ '\\n' }}\n"
+    "{%- else -%}\n"
+    "{{ raise_exception(\"Unsupported role '\" ~ message['role'] ~ \"': this template knows system, user and assistant\") }}\n"
+    "{%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "Assistant:\n"
+    "{%- endif -%}\n"
+)
+
+
 def load_texts(d):
     """Sorted by year: every 20th address (from the 8th) is the held-out test
     set, every 20th from the 18th the validation set used to pick the
@@ -152,7 +173,7 @@ def main():
     eot = tok.token_to_id(EOT)
     with open(os.path.join(args.out, "tokenizer_config.json"), "w") as f:
         json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None,
-                   "eos_token": EOT, "add_bos_token": False}, f, indent=2)
+                   "eos_token": EOT, "add_bos_token": False, "chat_template": CHAT_TEMPLATE}, f, indent=2)
     train_ids = encode_docs(tok, train_docs)
     val_ids = encode_docs(tok, split["val"])
     # The held-out file is plain text; its ids are whatever the tokenizer
