@@ -14,7 +14,7 @@ ifeq ($(SAN),1)
   LDSAN = -fsanitize=address,undefined
 endif
 CFLAGS  += $(OPT) $(CFLAGS_BASE)
-LDLIBS  += -lcjson -lpcre2-8 -lutf8proc -lm -ldl -pthread $(LDSAN)
+LDLIBS  += -lcjson -lpcre2-8 -lutf8proc -lmicrohttpd -lm -ldl -pthread $(LDSAN)
 
 # CUDA: built when nvcc is found (or NVCC=path); CUDA=0 skips it. CUDA_ARCHS
 # lists the SM targets (90a: the Hopper path with wgmma/TMA; the others run

@@ -13,6 +13,7 @@ int cmd_info(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_report(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 // The model shipped in the repo (models/ beside build/), or $LIGHTMOE_MODEL,
 // used when -m is absent. Returns NULL (after printing why) when it cannot be found.

@@ -22,6 +22,7 @@ static const char *usage =
     "  perplexity  score a text file: exp(mean negative log-likelihood), expert statistics\n"
     "  bench       measure prefill and decode throughput against the machine's rooflines\n"
     "  report      summarise expert routing counts (--expert-stats) and draw an SVG heat map\n"
+    "  serve       an OpenAI-compatible HTTP server (completions, chat, streaming)\n"
     "\n"
     "Without -m every command uses the small model shipped in models/ (or $LIGHTMOE_MODEL).\n"
     "\n"
@@ -44,6 +45,7 @@ static int dispatch(int argc, char **argv) {
     if (!strcmp(cmd, "info")) return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "perplexity")) return cmd_perplexity(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "report")) return cmd_report(argc - 1, argv + 1);
     fprintf(stderr, "lightmoe: unknown command '%s'\n\n%s", cmd, usage);
     return EXIT_USAGE;

@@ -3,7 +3,10 @@
 # own time limit, logs under $OUT, a summary at the end. Built here (nvcc);
 # carry `.devbin` (lightmoe, test_ops, test_golden, moe_cuda, attn_cuda,
 # p200.jsonl, the shared configs) and `.deps` (libcjson1, libpcre2-8-0,
-# libutf8proc2 .debs: the machine has none of our Debian libraries).
+# libutf8proc2, libmicrohttpd12 .debs: the machine has none of our Debian
+# libraries). LIGHTMOE_KERNELS picks the kernels the executor runs (simple
+# by default until the fast ones are verified; stage ops-fast and
+# golden-fast run the fast ones).
 #   bash tools/device_gpu_run.sh moe attn ops golden memcheck model bench
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -24,6 +27,12 @@ for s in "$@"; do
     ops) stage "op tests, cuda against ref"
         LM_OPS_EXECS=cuda timeout 200 ./.devbin/test_ops >"$OUT/ops.log" 2>&1; echo "rc=$?"
         tail -28 "$OUT/ops.log"; grep -m8 FAIL "$OUT/ops.log" ;;
+    ops-fast) stage "op tests, cuda (LIGHTMOE_KERNELS=fast) against ref"
+        LIGHTMOE_KERNELS=fast LM_OPS_EXECS=cuda timeout 200 ./.devbin/test_ops >"$OUT/ops_fast.log" 2>&1; echo "rc=$?"
+        tail -28 "$OUT/ops_fast.log"; grep -m8 FAIL "$OUT/ops_fast.log" ;;
+    golden-fast) stage "golden models, cuda fast kernels"
+        LIGHTMOE_KERNELS=fast LM_GOLDEN_EXECS=cuda timeout 200 ./.devbin/test_golden >"$OUT/golden_fast.log" 2>&1; echo "rc=$?"
+        grep -E "cuda|checks|FAIL" "$OUT/golden_fast.log" | head -14 ;;
     golden) stage "golden models through the cuda executor"
         LM_GOLDEN_EXECS=cuda timeout 200 ./.devbin/test_golden >"$OUT/golden.log" 2>&1; echo "rc=$?"
         grep -E "cuda|checks|FAIL" "$OUT/golden.log" | head -14 ;;
