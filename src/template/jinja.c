@@ -899,10 +899,13 @@ static jnode *parse_primary(parser *p, bool with_namespace) {
     return n;
 }
 
+// jinja2 3.1 means to end a tuple at extra_end too ("for a, b in"), but
+// passes its rules to test_any as one tuple, so they never match: only
+// these three end a tuple there.
 static bool is_tuple_end(parser *p, const char *extra_end) {
     tok *k = CUR;
-    if (k->t == TK_VAR_END || k->t == TK_BLOCK_END || is_op(k, OP_RPAREN)) return true;
-    return extra_end && is_name(k, extra_end);
+    (void)extra_end;
+    return k->t == TK_VAR_END || k->t == TK_BLOCK_END || is_op(k, OP_RPAREN);
 }
 
 static jnode *parse_tuple(parser *p, bool simplified, bool with_condexpr, const char *extra_end,
@@ -1187,6 +1190,46 @@ static void check_names(jctx *c, const jnode *n, bool soft) {
     check_names(c, n->c, soft);
     check_list(c, n->v, n->n, soft);
     if (n->w) check_list(c, n->w, n->m, soft);
+}
+
+// Marks the expressions jinja2's optimizer can fold (nodes.py as_const):
+// literals and operators, item and attribute access, tests and filters that
+// do not take the context, over literals only.
+static bool mark_lit(jnode *n) {
+    if (!n) return true;
+    bool lit = true;
+    lit &= mark_lit(n->a);
+    lit &= mark_lit(n->b);
+    lit &= mark_lit(n->c);
+    for (int32_t i = 0; i < n->n; i++) lit &= mark_lit(n->v[i]);
+    if (n->w)
+        for (int32_t i = 0; i < n->m; i++) lit &= mark_lit(n->w[i]);
+    switch (n->k) {
+    case N_CONST:
+    case N_LIST:
+    case N_TUPLE:
+    case N_DICT:
+    case N_NOT:
+    case N_NEG:
+    case N_POS:
+    case N_AND:
+    case N_OR:
+    case N_BINOP:
+    case N_CONCAT:
+    case N_COMPARE:
+    case N_COND:
+    case N_GETATTR:
+    case N_GETITEM:
+    case N_SLICE: break;
+    case N_FILTER:
+        lit = lit && n->a && n->id >= 0 && n->id != F_map && n->id != F_select && n->id != F_reject &&
+              n->id != F_selectattr && n->id != F_rejectattr;
+        break;
+    case N_TEST: lit = lit && n->id >= 0; break;
+    default: lit = false;
+    }
+    n->lit = lit;
+    return lit;
 }
 
 static bool can_assign(const jnode *n) {
@@ -1514,6 +1557,7 @@ lm_status lm_tmpl_parse(const char *src, size_t len, lm_tmpl **out) {
     parser P = {.c = c, .t = L.toks};
     t->body = subparse(&P, NULL, &t->n);
     check_list(c, t->body, t->n, false);
+    for (int32_t i = 0; i < t->n; i++) mark_lit(t->body[i]);
     *out = t;
     return LM_OK;
 }

@@ -37,6 +37,7 @@ typedef struct jr {
     jsb *out;
     uint64_t steps, max_steps;
     int depth;
+    bool fold;  // evaluating as jinja2's compile-time constant folding does
 } jr;
 
 struct jloop {
@@ -206,12 +207,15 @@ static bool is_ascii(const char *s, size_t n) {
     return true;
 }
 
+static void force(jr *r, jlist *l);
+
 // The items of an iterable (a generator is consumed).
 static jv *iter_items(jr *r, long pos, jv v, size_t *n) {
     switch (v.t) {
     case JV_LIST: {
         jlist *l = v.u.l;
         if (v.k == JL_GEN) {
+            force(r, l);
             size_t from = l->pos;
             l->pos = l->n;
             *n = l->n - from;
@@ -275,6 +279,7 @@ static bool py_contains(jr *r, long pos, jv hay, jv needle) {
     case JV_LIST: {
         jlist *l = hay.u.l;
         if (hay.k == JL_GEN) {
+            force(r, l);
             while (l->pos < l->n)
                 if (jv_eq(l->v[l->pos++], needle)) return true;
             return false;
@@ -587,6 +592,11 @@ static size_t slice_positions(jr *r, long pos, int64_t len, jv start, jv stop, j
     return (size_t)count;
 }
 
+static jv bad_slice(jr *r, long pos, jv obj) {
+    if (r->fold) return undef_msg(r, "'%s object' has no element slice", jv_typename(obj));
+    FAIL(pos, "slice indices must be integers or None or have an __index__ method");
+}
+
 // obj[a:b:c]: jinja2 subscripts slices directly (not through
 // environment.getitem), so every failure is an error.
 static jv get_slice(jr *r, long pos, jv obj, jv a, jv b, jv c) {
@@ -596,7 +606,7 @@ static jv get_slice(jr *r, long pos, jv obj, jv a, jv b, jv c) {
     if (obj.t == JV_STR) {
         int64_t len = cp_len(obj);
         size_t k = slice_positions(r, pos, len, a, b, c, &s, &p, &ok);
-        if (!ok) FAIL(pos, "slice indices must be integers or None or have an __index__ method");
+        if (!ok) return bad_slice(r, pos, obj);
         if (p == 1) return str_sub(r, obj, s, s + (int64_t)k);
         size_t *off;
         utf8_offsets(C, obj.u.s.p, obj.u.s.n, &off);
@@ -613,12 +623,13 @@ static jv get_slice(jr *r, long pos, jv obj, jv a, jv b, jv c) {
     if (jv_isseq(obj)) {
         const jlist *l = obj.u.l;
         size_t k = slice_positions(r, pos, (int64_t)l->n, a, b, c, &s, &p, &ok);
-        if (!ok) FAIL(pos, "slice indices must be integers or None or have an __index__ method");
+        if (!ok) return bad_slice(r, pos, obj);
         jlist *nl = jl_new(C, k);
         for (size_t i = 0; i < k; i++) jl_push(C, nl, l->v[s + (int64_t)i * p]);
         return jv_list(nl, obj.k);
     }
     if (obj.t == JV_LIST && obj.k == JL_RANGE) UNSUP(pos, "slicing a range is not supported");
+    if (r->fold) return undef_msg(r, "'%s object' has no element slice", jv_typename(obj));
     if (obj.t == JV_DICT) FAIL(pos, "unhashable type: 'slice'");
     FAIL(pos, "'%s' object is not subscriptable", jv_typename(obj));
 }
@@ -1593,7 +1604,11 @@ static jv int_filter(jr *r, long pos, jv v, jargs *a) {
     jv def = jv_int(0), x;
     int64_t base = 10;
     if (ga(r, a, 0, "default", &x)) def = x;
-    if (ga(r, a, 1, "base", &x)) base = want_int(r, a, x, "base");
+    bool base_ok = true;  // int(str, base) with a bad base: a TypeError, then the float path
+    if (ga(r, a, 1, "base", &x)) {
+        if (jv_isint(x)) base = x.u.i;
+        else base_ok = false;
+    }
     ga_done(r, a, 2);
     switch (v.t) {
     case JV_BOOL:
@@ -1604,7 +1619,7 @@ static jv int_filter(jr *r, long pos, jv v, jargs *a) {
         return jv_int((int64_t)v.u.f);
     case JV_UNDEF: fail_undef(r, pos, v);
     case JV_STR: {
-        if (base != 0 && (base < 2 || base > 36)) FAIL(pos, "int() base must be >= 2 and <= 36, or 0");
+        bool bad_base = !base_ok || (base != 0 && (base < 2 || base > 36));  // the float path follows
         if (has_unicode_digit(v)) UNSUP(pos, "int() of text with non-ASCII digits is not supported");
         if (!is_ascii(v.u.s.p, v.u.s.n)) v = do_strip(r, v, NULL, true, true);
         if (!is_ascii(v.u.s.p, v.u.s.n)) return def;  // not a number to Python either
@@ -1645,6 +1660,7 @@ static jv int_filter(jr *r, long pos, jv v, jargs *a) {
             prev_us = false;
         }
         if (prev_us) ok = false;
+        if (bad_base) ok = false;
         if (ok && base == 0 && b == 10 && j < n && s[j] == '0') {
             // base 0: "0..." decimals must be all zeros
             for (size_t k = j; k < n; k++)
@@ -1852,11 +1868,12 @@ static jv select_filter(jr *r, long pos, int id, jv v, jargs *a) {
         }
         if (!a->np) FAIL(pos, "map requires a filter argument");
         x = a->pv[0];
+        items = iter_items(r, pos, v, &n);
+        if (!n) return gen_of(out);
         if (x.t != JV_STR) FAIL(pos, "map: the filter name must be a string");
         char *name = ja_strdup(C, x.u.s.p, x.u.s.n);
         int fid = jfilter_lookup(name);
-        items = iter_items(r, pos, v, &n);
-        if (fid < 0 && n) FAIL(pos, "No filter named '%s'.", name);
+        if (fid < 0) FAIL(pos, "No filter named '%s'.", name);
         for (size_t i = 0; i < n; i++) {
             jargs sub = {a->pv + 1, a->np - 1, a->kn, a->kv, a->nk, 0, name, pos};
             jl_push(C, out, apply_filter(r, pos, fid, items[i], &sub));
@@ -1876,7 +1893,12 @@ static jv select_filter(jr *r, long pos, int id, jv v, jargs *a) {
     const char *tname = NULL;
     if (a->np > off) {
         jv t = a->pv[off];
-        if (t.t != JV_STR) FAIL(pos, "the test name must be a string");
+        if (t.t != JV_STR) {
+            size_t k;
+            iter_items(r, pos, v, &k);
+            if (!k) return gen_of(out);
+            FAIL(pos, "the test name must be a string");
+        }
         tname = ja_strdup(C, t.u.s.p, t.u.s.n);
         tid = jtest_lookup(tname);
         if (tid < 0) tid = -2;
@@ -1921,7 +1943,63 @@ static jv minmax(jr *r, long pos, jv v, jargs *a, bool is_max) {
     return items[best];
 }
 
+// The generator filters (map, select, reject, selectattr, rejectattr,
+// unique, items) run when their result is first iterated, as Python's
+// generators do: until then nothing they would fail on is looked at.
+typedef struct {
+    int id;
+    jv v;
+    jargs a;
+} jlazy;
+
+static jv apply_filter_now(jr *r, long pos, int id, jv v, jargs *a);
+
+static jv lazy_gen(jr *r, long pos, int id, jv v, const jargs *a) {
+    jlazy *z = ja_alloc(C, sizeof *z);
+    z->id = id;
+    z->v = v;
+    z->a = *a;
+    jv *pv = ja_alloc(C, (size_t)(a->np + 1) * sizeof *pv), *kv = ja_alloc(C, (size_t)(a->nk + 1) * sizeof *kv);
+    const char **kn = ja_alloc(C, (size_t)(a->nk + 1) * sizeof *kn);
+    if (a->np) memcpy(pv, a->pv, (size_t)a->np * sizeof *pv);
+    if (a->nk) {
+        memcpy(kv, a->kv, (size_t)a->nk * sizeof *kv);
+        memcpy(kn, a->kn, (size_t)a->nk * sizeof *kn);
+    }
+    z->a.pv = pv;
+    z->a.kv = kv;
+    z->a.kn = kn;
+    z->a.pos = pos;
+    jlist *l = jl_new(C, 0);
+    l->lazy = z;
+    return jv_list(l, JL_GEN);
+}
+
+static void force(jr *r, jlist *l) {
+    if (!l->lazy) return;
+    jlazy *z = l->lazy;
+    l->lazy = NULL;
+    jv res = apply_filter_now(r, z->a.pos, z->id, z->v, &z->a);
+    l->v = res.u.l->v;
+    l->n = res.u.l->n;
+    l->cap = res.u.l->cap;
+    l->pos = 0;
+}
+
 static jv apply_filter(jr *r, long pos, int id, jv v, jargs *a) {
+    switch (id) {
+    case F_map:
+    case F_select:
+    case F_reject:
+    case F_selectattr:
+    case F_rejectattr:
+    case F_unique:
+    case F_items: return lazy_gen(r, pos, id, v, a);
+    default: return apply_filter_now(r, pos, id, v, a);
+    }
+}
+
+static jv apply_filter_now(jr *r, long pos, int id, jv v, jargs *a) {
     jv x;
     a->fname = jfilter_names[id];
     tick(r, pos);
@@ -2037,6 +2115,7 @@ static jv apply_filter(jr *r, long pos, int id, jv v, jargs *a) {
         ga_done(r, a, 0);
         if (v.t == JV_LIST && v.k == JL_GEN) {
             jlist *l = v.u.l;
+            force(r, l);
             return l->pos < l->n ? l->v[l->pos++] : jv_undef(NULL);
         }
         if (v.t == JV_STR) return v.u.s.n ? str_sub(r, jv_str(v.u.s.p, v.u.s.n), 0, 1) : jv_undef(NULL);
@@ -2361,7 +2440,43 @@ static jv eval_filter(jr *r, const jnode *n, jscope *sc, const jv *input) {
     return apply_filter(r, n->pos, n->id, v, &a);
 }
 
+// jinja2's has_safe_repr: what its optimizer may turn into a constant.
+static bool safe_repr(jv v) {
+    switch (v.t) {
+    case JV_NONE:
+    case JV_BOOL:
+    case JV_INT:
+    case JV_FLOAT:
+    case JV_STR: return true;
+    case JV_LIST:
+        if (v.k == JL_RANGE) return true;
+        if (v.k != JL_LIST && v.k != JL_TUPLE) return false;
+        for (size_t i = 0; i < v.u.l->n; i++)
+            if (!safe_repr(v.u.l->v[i])) return false;
+        return true;
+    case JV_DICT:
+        for (size_t i = 0; i < v.u.d->n; i++)
+            if (!safe_repr(v.u.d->k[i]) || !safe_repr(v.u.d->v[i])) return false;
+        return true;
+    default: return false;
+    }
+}
+
+static jv eval_node(jr *r, const jnode *n, jscope *sc);
+
+// An expression of literals is folded at compile time by jinja2 when its
+// value is a plain constant; folding reads items through environment.getitem,
+// so a failing slice is undefined there, not an error. Only slices differ.
 static jv eval(jr *r, const jnode *n, jscope *sc) {
+    if (!n->lit || r->fold) return eval_node(r, n, sc);
+    r->fold = true;
+    jv v = eval_node(r, n, sc);
+    r->fold = false;
+    if (safe_repr(v)) return v;
+    return eval_node(r, n, sc);
+}
+
+static jv eval_node(jr *r, const jnode *n, jscope *sc) {
     tick(r, n->pos);
     switch (n->k) {
     case N_CONST: return n->cv;
@@ -2533,7 +2648,14 @@ static int exec_stmt(jr *r, const jnode *n, jscope *sc) {
     tick(r, n->pos);
     switch (n->k) {
     case S_DATA: emit_text(r, n->s, n->sn); return FLOW_NORMAL;
-    case S_PRINT: print_value(r, n->pos, eval(r, n->a, sc)); return FLOW_NORMAL;
+    case S_PRINT: {
+        // {{ literal }} is printed from the folded value, whatever it is
+        r->fold = n->a->lit;
+        jv v = eval(r, n->a, sc);
+        r->fold = false;
+        print_value(r, n->pos, v);
+        return FLOW_NORMAL;
+    }
     case S_IF:
         if (jv_truthy(eval(r, n->a, sc))) return exec_body(r, n->v, n->n, sc);
         return exec_body(r, n->w, n->m, sc);

@@ -110,6 +110,7 @@ typedef struct jlist {
     jv *v;
     size_t n, cap;
     size_t pos;          // JL_GEN: items before pos were consumed
+    void *lazy;          // JL_GEN: the filter that makes the items when first needed
     int64_t r0, r1, r2;  // JL_RANGE
 } jlist;
 
@@ -303,6 +304,7 @@ enum { C_EQ, C_NE, C_LT, C_LE, C_GT, C_GE, C_IN, C_NOTIN };
 typedef struct jnode jnode;
 struct jnode {
     uint8_t k, op;
+    uint8_t lit;  // an expression of literals only (jinja2 folds those)
     int32_t pos;  // byte offset in the source
     int32_t id;   // filter / test id
     jnode *a, *b, *c;

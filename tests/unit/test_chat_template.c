@@ -133,6 +133,10 @@ static void test_corpus(void) {
         if (ok) {
             const cJSON *want = cJSON_GetObjectItem(r, "text");
             const char *w = cJSON_GetStringValue(want);
+            if (unsupported_ok && strstr(w, " object at 0x")) {  // jinja2 printed an address
+                free(got);
+                continue;
+            }
             size_t wn = (size_t)cJSON_GetNumberValue(cJSON_GetObjectItem(r, "text_bytes"));
             if (st != LM_OK) {
                 if (unsupported_ok && st == LM_ERR_UNSUPPORTED) {
