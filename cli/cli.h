@@ -36,6 +36,8 @@ typedef struct cli_model_opts {
     lm_kv_type kv_type;       // --kv bf16|f32
     bool quiet;               // no warnings (a load that only validates)
     const char *device;       // --device cpu|cuda; NULL: cuda when a GPU is usable
+    bool no_graphs;           // --no-graphs: GPU steps run op by op, never replayed as CUDA graphs
+    double gpu_mem;           // --gpu-mem SIZE: GPU memory the run may take (0: all free)
 } cli_model_opts;
 
 #define CLI_MODEL_OPTS_HELP                                                                     \
@@ -46,10 +48,27 @@ typedef struct cli_model_opts {
     "      --kv TYPE         KV cache precision: bf16 (default) or f32 (reference runs)\n"   \
     "      --device DEV      cpu or cuda (default: cuda when this build has CUDA and a GPU\n" \
     "                        is usable, else cpu)\n"                                         \
+    "      --gpu-mem SIZE    GPU: memory the run may take, weights included, e.g. 24G\n"       \
+    "                        (default: all that is free); a run that needs more is refused\n"  \
+    "                        with what takes the memory\n"                                   \
+    "      --no-graphs       GPU: launch every step's kernels one by one instead of replaying\n" \
+    "                        a step shape seen before as a CUDA graph (for comparison)\n"      \
     "  -v, --verbose         say where the weights went and other details\n"
 
 // Consumes -t/--threads, --mmap, --no-mmap, -v at a->i; true if it did.
 bool cli_model_opt(args *a, cli_model_opts *o);
+
+// KV pages for cp (n_seq, n_ctx, executor set): every sequence at full
+// length if that fits the budget, else what the budget holds (at least one
+// sequence of min(n_ctx, 4096)). Budget: kv_mem if > 0; on a GPU what its
+// free memory (or gpu_mem) leaves after the weights, activations and
+// scratch (90% of it); on the CPU a quarter of the available memory.
+void cli_kv_pages(const lm_model *model, lm_context_params *cp, double kv_mem);
+
+// On a GPU run (or verbose): where the memory goes, planned, then measured
+// once the context exists (stderr).
+void cli_mem_report(const char *cmd, const lm_model *model, const lm_context_params *cp, const lm_context *ctx,
+                    bool verbose);
 
 // The executor a run uses (--device, or the default); says which on stderr
 // when it is a GPU or verbose.

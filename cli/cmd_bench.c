@@ -51,13 +51,6 @@ static const char *help =
     "                        pct_of_bound, j_per_token and watts (null when n/a)\n"
     "      --seed S          seed of the synthetic weights (default 1234)\n" CLI_MODEL_OPTS_HELP;
 
-static int32_t argmax(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
 // The ceilings the figures are reported against.
 typedef struct {
     bool gpu;
@@ -240,25 +233,39 @@ int cmd_bench(int argc, char **argv) {
     long total_prefill = (long)batch * plen;
     lm_context_params cp = lm_context_default_params();
     cp.kv_type = mo.kv_type;
+    cp.graphs = !mo.no_graphs;
+    cp.gpu_mem = mo.gpu_mem;
     cp.executor = m.gpu ? "cuda" : "cpu";
     cp.n_seq = batch;
     cp.n_ctx = plen + glen;
-    cp.n_batch = total_prefill < 2048 ? (int)total_prefill : 2048;
+    // Prefill chunks: a GPU's GEMMs want many tokens at once (bounded by the
+    // activations: ~2.5 KB per token per 1k of hidden size).
+    int chunk = m.gpu ? 8192 : 2048;
+    cp.n_batch = total_prefill < chunk ? (int)total_prefill : chunk;
     if (cp.n_batch < batch) cp.n_batch = batch;
+    cp.n_out = batch < cp.n_batch ? batch : cp.n_batch;  // one output row per sequence at most
     lm_context *ctx = NULL;
     int32_t *tok = NULL, *seq = NULL, *pos = NULL, *last = NULL, *first = NULL;
     uint8_t *want = NULL;
     double *rates = NULL;
+    lm_sampler *greedy = NULL, **smp = NULL;
     if ((st = lm_context_init(model, &cp, &ctx))) {
         rc = cli_error("bench", st);
         goto done;
     }
+    cli_mem_report("lightmoe bench", model, &cp, NULL, mo.verbose);
     tok = malloc((size_t)cp.n_batch * sizeof *tok), seq = malloc((size_t)cp.n_batch * sizeof *seq);
     pos = malloc((size_t)batch * sizeof *pos);
     want = malloc((size_t)cp.n_batch);
     last = malloc((size_t)batch * sizeof *last), first = malloc((size_t)batch * sizeof *first);
     rates = malloc((size_t)reps * sizeof *rates);
-    if (!tok || !seq || !pos || !want || !last || !first || !rates) {
+    // Greedy draws through the batch's samplers: a GPU picks the ids where
+    // the logits are (as generate does) instead of copying them back.
+    lm_sampler_params gsp = lm_sampler_default_params();
+    smp = malloc((size_t)cp.n_out * sizeof *smp);
+    if (lm_sampler_init(&gsp, mi.vocab, &greedy) != LM_OK) greedy = NULL;
+    for (int i = 0; smp && i < cp.n_out; i++) smp[i] = greedy;
+    if (!tok || !seq || !pos || !want || !last || !first || !rates || !smp || !greedy) {
         fprintf(stderr, "lightmoe bench: out of memory\n");
         rc = 1;
         goto done;
@@ -282,10 +289,10 @@ int cmd_bench(int argc, char **argv) {
             want[nb] = (done_tok % plen) == plen - 1;
             nb++, done_tok++;
         }
-        lm_batch b = {nb, tok, seq, want, NULL, NULL};
+        lm_batch b = {nb, tok, seq, want, NULL, smp};
         st = lm_decode(ctx, &b);
         for (int k = 0, j = 0; k < nb && !st; k++)
-            if (want[k]) last[seq[k]] = argmax(lm_get_logits(ctx, j++), mi.vocab);
+            if (want[k]) last[seq[k]] = lm_get_token(ctx, j++);
     }
     pf.seconds = cli_now() - t0;
     pf.joules = meter_joules(&em);
@@ -301,9 +308,9 @@ int cmd_bench(int argc, char **argv) {
         t0 = cli_now();
         for (int s = 0; s < glen && !st; s++) {
             for (int i = 0; i < batch; i++) tok[i] = last[i], seq[i] = i, pos[i] = plen + s;
-            lm_batch b = {batch, tok, seq, NULL, pos, NULL};
+            lm_batch b = {batch, tok, seq, NULL, pos, smp};
             st = lm_decode(ctx, &b);
-            for (int i = 0; i < batch && !st; i++) last[i] = argmax(lm_get_logits(ctx, i), mi.vocab);
+            for (int i = 0; i < batch && !st; i++) last[i] = lm_get_token(ctx, i);
         }
         rates[r] = (double)batch * glen / (cli_now() - t0);
     }
@@ -340,8 +347,10 @@ int cmd_bench(int argc, char **argv) {
     char reps_s[32] = "";
     if (reps > 1) snprintf(reps_s, sizeof reps_s, ", reps %d", reps);
     if (m.gpu) {
-        fprintf(tab, "setup            batch %d, prompt %d, gen %d%s, GPU executor, load %.2f s, weights on the GPU\n",
-                batch, plen, glen, reps_s, t_load);
+        const char *kn = getenv("LIGHTMOE_KERNELS");
+        fprintf(tab, "setup            batch %d, prompt %d, gen %d%s, GPU executor (%s kernels, graphs %s), load %.2f s, "
+                "weights on the GPU\n", batch, plen, glen, reps_s, kn && *kn ? kn : "fast", cp.graphs ? "on" : "off",
+                t_load);
         fprintf(tab, "machine          GPU %s, HBM read bandwidth %.1f GB/s, bf16 mma.sync peak %.1f TFLOP/s (measured)\n",
                 m.dev.name, m.bw / 1e9, m.peak / 1e12);
     } else {
@@ -363,6 +372,14 @@ int cmd_bench(int argc, char **argv) {
         fputc('\n', tab);
     }
 
+    if (m.gpu) {
+        lm_mem_used mu;
+        lm_context_mem_used(ctx, &mu);
+        char ab[32], gb[32];
+        fprintf(tab, "memory           %s allocated on the GPU; %d CUDA graph%s kept (%s)\n",
+                lm_format_bytes(mu.allocated, ab, sizeof ab), mu.graphs, mu.graphs == 1 ? "" : "s",
+                lm_format_bytes(mu.graph_bytes, gb, sizeof gb));
+    }
     if (json) {
         cJSON *root = cJSON_CreateObject(), *o;
         cJSON_AddItemToObject(root, "model", o = cJSON_CreateObject());
@@ -381,6 +398,11 @@ int cmd_bench(int argc, char **argv) {
         add_num(o, "reps", reps);
         add_num(o, "threads", n_threads);
         cJSON_AddStringToObject(o, "kv_cache", cp.kv_type == LM_KV_F32 ? "f32" : "bf16");
+        cJSON_AddBoolToObject(o, "graphs", m.gpu && cp.graphs);
+        if (m.gpu) {
+            const char *kn = getenv("LIGHTMOE_KERNELS");
+            cJSON_AddStringToObject(o, "kernels", kn && *kn ? kn : "fast");
+        }
         add_num(o, "load_s", t_load);
         cJSON_AddItemToObject(root, "machine", o = cJSON_CreateObject());
         cJSON_AddStringToObject(o, "kind", m.gpu ? "gpu" : "cpu");
@@ -432,6 +454,8 @@ done:
     free(last);
     free(first);
     free(rates);
+    free(smp);
+    lm_sampler_free(greedy);
     lm_context_free(ctx);
     lm_model_free(model);
     return rc;

@@ -250,22 +250,21 @@ int cmd_generate(int argc, char **argv) {
     // touched only when used, so memory grows with the work, not the budget.
     lm_context_params cp = lm_context_default_params();
     cp.kv_type = mo.kv_type;
+    cp.graphs = !mo.no_graphs;
     cp.executor = cli_device("lightmoe generate", &mo);
     cp.n_seq = parallel < prompts.n ? parallel : prompts.n;
     if (cp.n_seq > batch) cp.n_seq = batch;
     cp.n_ctx = mi.max_positions;
     cp.n_batch = batch;
     cp.n_out = cp.n_seq;
+    cp.gpu_mem = mo.gpu_mem;
+    cli_kv_pages(model, &cp, kv_mem);
     double page_bytes = 2.0 * LM_KV_PAGE * mi.n_kv_heads * mi.head_dim * (mo.kv_type == LM_KV_F32 ? 4 : 2) * mi.n_layers;
-    double full = (double)cp.n_seq * lm_kv_pages_for(cp.n_ctx);
-    uint64_t avail = lm_mem_available();
-    double budget = kv_mem > 0 ? kv_mem : avail ? avail / 4.0 : 1e9;
-    cp.n_pages = (int)(full * page_bytes <= budget ? full : budget / page_bytes);
-    if (cp.n_pages < lm_kv_pages_for(cp.n_ctx < 4096 ? cp.n_ctx : 4096)) cp.n_pages = lm_kv_pages_for(cp.n_ctx < 4096 ? cp.n_ctx : 4096);
     if ((st = lm_context_init(model, &cp, &ctx))) {
         rc = cli_error("generate", st);
         goto done;
     }
+    cli_mem_report("lightmoe generate", model, &cp, ctx, mo.verbose);
     res = calloc((size_t)prompts.n, sizeof *res);
     if (!res) {
         fprintf(stderr, "lightmoe generate: out of memory\n");

@@ -78,11 +78,14 @@ int cmd_logits(int argc, char **argv) {
     lm_model_get_info(model, &mi);
     lm_context_params cp = lm_context_default_params();
     cp.kv_type = mo.kv_type;
+    cp.graphs = !mo.no_graphs;
+    cp.gpu_mem = mo.gpu_mem;
     cp.executor = cli_device("lightmoe logits", &mo);
     cp.n_seq = 1;
     cp.n_ctx = n;
     cp.n_batch = n;
     lm_status st = lm_context_init(model, &cp, &ctx);
+    if (!st) cli_mem_report("lightmoe logits", model, &cp, ctx, mo.verbose);
     int32_t *seq = calloc((size_t)n, sizeof *seq);
     if (!st && !seq) {
         fprintf(stderr, "lightmoe logits: out of memory\n");
@@ -164,28 +167,37 @@ int cmd_tokenize(int argc, char **argv) {
 }
 
 static const char *info_help =
-    "usage: lightmoe info [-m DIR | --synthetic CONFIG.json[:LAYERS]] [--ctx N]\n"
+    "usage: lightmoe info [-m DIR | --synthetic CONFIG.json[:LAYERS]] [--ctx N] [--seqs N] [--batch N]\n"
+    "                     [--gpu-mem SIZE]\n"
     "\n"
     "Describes a checkpoint: architecture, shapes, parameter count (total and active\n"
     "per token), bytes stored per dtype, and the memory a run needs (weights + fp32 KV\n"
-    "cache for N tokens). Reads headers only: no weight is loaded or built.\n"
+    "cache for N tokens). Then the GPU memory plan of a run of --seqs sequences of --ctx\n"
+    "tokens with steps of up to --batch tokens: weights, bf16 KV pages, activations and\n"
+    "scratch against this machine's free GPU memory (or --gpu-mem), and whether it fits.\n"
+    "Reads headers only: no weight is loaded or built.\n"
     "\n"
     "  -m, --model DIR       checkpoint directory (default: the model shipped in models/)\n"
     "      --synthetic CONFIG.json[:LAYERS]\n"
     "                        describe the shapes of a config.json (first LAYERS layers)\n"
-    "      --ctx N           tokens of KV cache to count (default: the model's maximum)\n";
+    "      --ctx N           tokens of KV cache to count (default: the model's maximum)\n"
+    "      --seqs N          sequences at once in the GPU plan (default 1)\n"
+    "      --batch N         tokens per step in the GPU plan (default 512)\n"
+    "      --gpu-mem SIZE    plan against this much GPU memory instead of what is free\n";
 
 int cmd_info(int argc, char **argv) {
     args a = {argc, 1, argv, "info", false};
     const char *dir = NULL, *syn = NULL;
-    int n_ctx = 0;
+    int n_ctx = 0, n_seqs = 1, n_batch = 512;
+    double gpu_mem = 0;
     for (; a.i < argc && !a.failed; a.i++) {
         if (arg_flag(&a, "--help", "-h")) {
             fputs(info_help, stdout);
             return 0;
         }
         if (arg_val(&a, "--model", "-m", &dir) || arg_val(&a, "--synthetic", NULL, &syn) ||
-            arg_int(&a, "--ctx", NULL, 1, 1 << 24, &n_ctx))
+            arg_int(&a, "--ctx", NULL, 1, 1 << 24, &n_ctx) || arg_int(&a, "--seqs", NULL, 1, 65536, &n_seqs) ||
+            arg_int(&a, "--batch", NULL, 1, 65536, &n_batch) || arg_size(&a, "--gpu-mem", NULL, &gpu_mem))
             continue;
         arg_unknown(&a, NULL);
     }
@@ -227,6 +239,36 @@ int cmd_info(int argc, char **argv) {
     double active_bytes = (double)mi.bytes_weights * (double)mi.n_params_active / (double)mi.n_params_total;
     printf("bytes per token   %s of weights read per decoded token at batch 1\n",
            lm_format_bytes(active_bytes, b1, sizeof b1));
+    lm_context_params cp = lm_context_default_params();
+    cp.executor = "cuda";
+    cp.n_seq = n_seqs, cp.n_ctx = n_ctx, cp.n_batch = n_batch, cp.n_out = n_seqs < n_batch ? n_seqs : n_batch;
+    cp.gpu_mem = gpu_mem;
+    lm_mem_plan pl;
+    lm_status st = lm_context_mem_plan(model, &cp, &pl);
+    if (st) {
+        lm_model_free(model);
+        return cli_error("info", st);
+    }
+    char t[32], k[32];
+    printf("GPU plan          %d sequence%s x %d tokens, steps of %d tokens: weights %s + KV cache %s (bf16, %d pages) "
+           "+ activations %s + scratch %s = %s\n", n_seqs, n_seqs == 1 ? "" : "s", n_ctx, n_batch,
+           lm_format_bytes(pl.weights, b1, sizeof b1), lm_format_bytes(pl.kv, k, sizeof k),
+           n_seqs * lm_kv_pages_for(n_ctx), lm_format_bytes(pl.activations, b2, sizeof b2),
+           lm_format_bytes(pl.scratch, b3, sizeof b3), lm_format_bytes(pl.total, t, sizeof t));
+    if (pl.available < 0) {
+        printf("this machine      no CUDA GPU to compare with%s\n", gpu_mem > 0 ? "" : " (give --gpu-mem SIZE)");
+    } else {
+        const char *src = gpu_mem > 0 ? "--gpu-mem" : "free on this GPU";
+        if (pl.total <= pl.available * 0.97)
+            printf("fits              in %s of %s (%.0f%%)\n", lm_format_bytes(pl.available, b4, sizeof b4), src,
+                   100.0 * pl.total / pl.available);
+        else
+            printf("does not fit      %s of %s; the KV cache and activations are what --seqs, --ctx and --batch "
+                   "scale; weights of %s alone %s\n", lm_format_bytes(pl.available, b4, sizeof b4), src,
+                   lm_format_bytes(pl.weights, b5, sizeof b5),
+                   pl.weights > pl.available * 0.97 ? "do not fit: the GPU needs more memory (streaming experts from "
+                   "host memory is not built yet)" : "fit");
+    }
     lm_model_free(model);
     return 0;
 }

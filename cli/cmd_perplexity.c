@@ -119,6 +119,8 @@ int cmd_perplexity(int argc, char **argv) {
     while (chunk > 16 && (double)chunk * mi.vocab * 4 > 256e6) chunk /= 2;
     lm_context_params cp = lm_context_default_params();
     cp.kv_type = mo.kv_type;
+    cp.graphs = !mo.no_graphs;
+    cp.gpu_mem = mo.gpu_mem;
     cp.executor = cli_device("lightmoe perplexity", &mo);
     cp.n_seq = 1;
     cp.n_ctx = win;
@@ -127,6 +129,7 @@ int cmd_perplexity(int argc, char **argv) {
         rc = cli_error("perplexity", st);
         goto done;
     }
+    cli_mem_report("lightmoe perplexity", model, &cp, ctx, mo.verbose);
     int32_t *seq = calloc((size_t)chunk, sizeof *seq);
     if (!seq) {
         fprintf(stderr, "lightmoe perplexity: out of memory\n");

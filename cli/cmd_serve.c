@@ -1212,6 +1212,7 @@ int cmd_serve(int argc, char **argv) {
     lm_model_get_info(model, &S.mi);
     lm_context_params cp = lm_context_default_params();
     cp.kv_type = mo.kv_type;
+    cp.graphs = !mo.no_graphs;
     cp.executor = cli_device("lightmoe serve", &mo);
     cp.n_seq = max_seqs;
     cp.n_ctx = n_ctx > 0 ? n_ctx : S.mi.max_positions;
@@ -1222,17 +1223,14 @@ int cmd_serve(int argc, char **argv) {
     }
     cp.n_batch = max_seqs > 512 ? max_seqs : 512;
     cp.n_out = max_seqs;
-    double page_bytes =
-        2.0 * LM_KV_PAGE * S.mi.n_kv_heads * S.mi.head_dim * (mo.kv_type == LM_KV_F32 ? 4 : 2) * S.mi.n_layers;
-    double full = (double)cp.n_seq * lm_kv_pages_for(cp.n_ctx);
-    uint64_t avail = lm_mem_available();
-    double budget = kv_mem > 0 ? kv_mem : avail ? avail / 4.0 : 1e9;
-    cp.n_pages = (int)(full * page_bytes <= budget ? full : budget / page_bytes);
-    if (cp.n_pages < lm_kv_pages_for(cp.n_ctx)) cp.n_pages = lm_kv_pages_for(cp.n_ctx);
+    cp.gpu_mem = mo.gpu_mem;
+    cli_kv_pages(model, &cp, kv_mem);
+    if (cp.n_pages < lm_kv_pages_for(cp.n_ctx)) cp.n_pages = lm_kv_pages_for(cp.n_ctx);  // one full request fits
     if ((st = lm_context_init(model, &cp, &ctx))) {
         rc = cli_error("serve", st);
         goto done;
     }
+    cli_mem_report("lightmoe serve", model, &cp, ctx, mo.verbose);
     S.ctx = ctx, S.tok = tok, S.n_ctx = cp.n_ctx, S.max_seqs = max_seqs, S.max_queue = max_queue;
     S.max_tokens_cap = cap, S.max_body = (size_t)max_body, S.api_key = key;
     S.m_pages_total = cp.n_pages;

@@ -68,6 +68,8 @@ bool cli_model_opt(args *a, cli_model_opts *o) {
     if (arg_flag(a, "--mmap", NULL)) return o->weights = LM_WEIGHTS_MMAP, true;
     if (arg_flag(a, "--no-mmap", NULL)) return o->weights = LM_WEIGHTS_COPY, true;
     if (arg_flag(a, "--verbose", "-v")) return o->verbose = true, true;
+    if (arg_flag(a, "--no-graphs", NULL)) return o->no_graphs = true, true;
+    if (arg_size(a, "--gpu-mem", NULL, &o->gpu_mem)) return true;
     const char *v;
     if (arg_val(a, "--kv", NULL, &v)) {
         if (v && !strcmp(v, "bf16")) o->kv_type = LM_KV_BF16;
@@ -81,6 +83,48 @@ bool cli_model_opt(args *a, cli_model_opts *o) {
         return true;
     }
     return false;
+}
+
+void cli_kv_pages(const lm_model *model, lm_context_params *cp, double kv_mem) {
+    lm_model_info mi;
+    lm_model_get_info(model, &mi);
+    double page_bytes = 2.0 * LM_KV_PAGE * mi.n_kv_heads * mi.head_dim * (cp->kv_type == LM_KV_F32 ? 4 : 2) * mi.n_layers;
+    double full = (double)cp->n_seq * lm_kv_pages_for(cp->n_ctx);
+    double budget = kv_mem;
+    if (budget <= 0) {
+        lm_context_params one = *cp;
+        one.n_pages = 1;
+        lm_mem_plan pl;
+        if (cp->executor && !strcmp(cp->executor, "cuda") && lm_context_mem_plan(model, &one, &pl) == LM_OK)
+            budget = 0.9 * (pl.available - (pl.total - pl.kv));
+        else {
+            uint64_t avail = lm_mem_available();
+            budget = avail ? avail / 4.0 : 1e9;
+        }
+    }
+    int floor_pages = lm_kv_pages_for(cp->n_ctx < 4096 ? cp->n_ctx : 4096);
+    double pages = full * page_bytes <= budget ? full : budget / page_bytes;
+    cp->n_pages = pages < floor_pages ? floor_pages : pages > 1 << 30 ? 1 << 30 : (int)pages;
+}
+
+void cli_mem_report(const char *cmd, const lm_model *model, const lm_context_params *cp, const lm_context *ctx,
+                    bool verbose) {
+    lm_mem_plan pl;
+    if (lm_context_mem_plan(model, cp, &pl) != LM_OK || (!pl.gpu && !verbose)) return;
+    char w[32], k[32], a[32], x[32], t[32], f[32], d[32];
+    fprintf(stderr, "%s: %s memory: weights %s + KV cache %s (%d pages of %d tokens) + activations %s + scratch %s = "
+            "%s planned, of %s %s%s\n", cmd, pl.gpu ? "GPU" : "host", lm_format_bytes(pl.weights, w, sizeof w),
+            lm_format_bytes(pl.kv, k, sizeof k), cp->n_pages, LM_KV_PAGE, lm_format_bytes(pl.activations, a, sizeof a),
+            lm_format_bytes(pl.scratch, x, sizeof x), lm_format_bytes(pl.total, t, sizeof t),
+            lm_format_bytes(pl.available, f, sizeof f), pl.gpu ? "free" : "available",
+            pl.gpu && cp->gpu_mem > 0 ? " (--gpu-mem)" : "");
+    if (ctx && pl.gpu) {
+        lm_mem_used mu;
+        lm_context_mem_used(ctx, &mu);
+        fprintf(stderr, "%s: GPU memory allocated: %s; %d CUDA graph%s kept, %s\n", cmd,
+                lm_format_bytes(mu.allocated, d, sizeof d), mu.graphs, mu.graphs == 1 ? "" : "s",
+                lm_format_bytes(mu.graph_bytes, f, sizeof f));
+    }
 }
 
 const char *cli_device(const char *cmd, const cli_model_opts *o) {

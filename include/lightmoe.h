@@ -193,10 +193,40 @@ typedef struct lm_context_params {
     int n_out;             // max tokens of one call that ask for logits; 0: n_batch
     int n_pages;           // KV pages; 0: enough for n_seq full sequences
     lm_kv_type kv_type;
-    const char *executor;  // "cpu" (default, NULL) or "ref" (the scalar reference)
+    const char *executor;  // "cpu" (default, NULL), "ref" (the scalar reference) or "cuda"
+    bool graphs;           // GPU: replay a step shape seen before as a CUDA graph (default true)
+    double gpu_mem;        // GPU: bytes the run may take, weights included; 0: all free memory
 } lm_context_params;
 
 lm_context_params lm_context_default_params(void);
+
+// Where a context's memory goes, in bytes: what lm_context_init will
+// allocate in the executor's memory (the GPU's for "cuda", host memory
+// otherwise) and what is available there (free memory, capped by gpu_mem).
+typedef struct lm_mem_plan {
+    bool gpu;
+    double weights;      // the model's weights (uploaded once to a GPU; in place on the CPU)
+    double kv;           // the paged KV cache: n_pages pages x layers
+    double activations;  // a step's tensors at n_batch tokens, MoE scratch, logits of n_out rows
+    double scratch;      // executor scratch (bf16 GEMM staging, attention work lists, sampling)
+    double total;        // the sum
+    double available;    // free memory there now (GPU: min(free, gpu_mem)); -1: no GPU here to ask
+    double device_total; // GPU: its memory; 0 on the CPU or without a GPU
+} lm_mem_plan;
+
+// The plan for a context of these parameters on this model (before making
+// it); lm_context_init refuses a GPU context whose plan exceeds what is
+// available, naming the parts and what would make it fit.
+lm_status lm_context_mem_plan(const lm_model *model, const lm_context_params *params, lm_mem_plan *out);
+
+// What a live context's executor holds, measured: bytes allocated in its
+// memory, CUDA graphs captured and the device memory they took.
+typedef struct lm_mem_used {
+    double allocated;
+    int graphs;
+    double graph_bytes;
+} lm_mem_used;
+void lm_context_mem_used(const lm_context *ctx, lm_mem_used *out);
 
 lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_context **out);
 void lm_context_free(lm_context *ctx);

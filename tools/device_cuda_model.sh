@@ -24,3 +24,5 @@ print(f"greedy continuations identical: {same} of {len(a)}")
 la = np.fromfile(o + "/logits_cpu.f32", dtype=np.float32); lb = np.fromfile(o + "/logits_cuda.f32", dtype=np.float32)
 print(f"logits rel L2 cuda vs cpu: {np.linalg.norm(la - lb) / np.linalg.norm(la):.3g} over {la.size} values")
 PY
+echo "### where the CPU and CUDA greedy texts part: transformers' top-2 margin there"
+python3 tools/greedy_margins.py .devbin/p200.jsonl "$OUT/gen_cpu.jsonl" "$OUT/gen_cuda.jsonl" -n 32 2>&1 | grep -v Warning | tail -40

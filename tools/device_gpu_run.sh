@@ -4,10 +4,9 @@
 # carry `.devbin` (lightmoe, test_ops, test_golden, moe_cuda, attn_cuda,
 # p200.jsonl, the shared configs) and `.deps` (libcjson1, libpcre2-8-0,
 # libutf8proc2, libmicrohttpd12 .debs: the machine has none of our Debian
-# libraries). LIGHTMOE_KERNELS picks the kernels the executor runs (simple
-# by default until the fast ones are verified; stage ops-fast and
-# golden-fast run the fast ones).
-#   bash tools/device_gpu_run.sh moe attn ops golden memcheck model bench
+# libraries). LIGHTMOE_KERNELS picks the kernels the executor runs (fast by
+# default; stages ops-simple and golden-simple run the v0 kernels).
+#   bash tools/device_gpu_run.sh moe attn ops golden memcheck model bench profile
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p /tmp/lmdeps "$OUT" build && cp .devbin/lightmoe build/
@@ -27,12 +26,20 @@ for s in "$@"; do
     ops) stage "op tests, cuda against ref"
         LM_OPS_EXECS=cuda timeout 200 ./.devbin/test_ops >"$OUT/ops.log" 2>&1; echo "rc=$?"
         tail -28 "$OUT/ops.log"; grep -m8 FAIL "$OUT/ops.log" ;;
-    ops-fast) stage "op tests, cuda (LIGHTMOE_KERNELS=fast) against ref"
-        LIGHTMOE_KERNELS=fast LM_OPS_EXECS=cuda timeout 200 ./.devbin/test_ops >"$OUT/ops_fast.log" 2>&1; echo "rc=$?"
-        tail -28 "$OUT/ops_fast.log"; grep -m8 FAIL "$OUT/ops_fast.log" ;;
-    golden-fast) stage "golden models, cuda fast kernels"
-        LIGHTMOE_KERNELS=fast LM_GOLDEN_EXECS=cuda timeout 200 ./.devbin/test_golden >"$OUT/golden_fast.log" 2>&1; echo "rc=$?"
-        grep -E "cuda|checks|FAIL" "$OUT/golden_fast.log" | head -14 ;;
+    ops-simple) stage "op tests, cuda (LIGHTMOE_KERNELS=simple) against ref"
+        LIGHTMOE_KERNELS=simple LM_OPS_EXECS=cuda timeout 200 ./.devbin/test_ops >"$OUT/ops_simple.log" 2>&1; echo "rc=$?"
+        tail -28 "$OUT/ops_simple.log"; grep -m8 FAIL "$OUT/ops_simple.log" ;;
+    golden-simple) stage "golden models, cuda simple kernels"
+        LIGHTMOE_KERNELS=simple LM_GOLDEN_EXECS=cuda timeout 200 ./.devbin/test_golden >"$OUT/golden_simple.log" 2>&1; echo "rc=$?"
+        grep -E "cuda|checks|FAIL" "$OUT/golden_simple.log" | head -14 ;;
+    golden-portable) stage "golden models, cuda portable kernels"
+        LIGHTMOE_KERNELS=portable LM_GOLDEN_EXECS=cuda timeout 200 ./.devbin/test_golden >"$OUT/golden_portable.log" 2>&1; echo "rc=$?"
+        grep -E "cuda|checks|FAIL" "$OUT/golden_portable.log" | head -14 ;;
+    profile) stage "per-op GPU time (LIGHTMOE_PROFILE=1), mixtral-8x7b:8"
+        for b in ${PROFILE_BATCHES:-1 256}; do
+            LIGHTMOE_PROFILE=1 timeout 200 $B bench --synthetic .devbin/mixtral-8x7b.json:8 --batch $b --prompt-len 128 \
+                --gen-len 16 --device cuda 2>&1 | tee -a "$OUT/profile.log" | grep -vE "^\s*$|^(measuring|building|lightmoe)"
+        done ;;
     golden) stage "golden models through the cuda executor"
         LM_GOLDEN_EXECS=cuda timeout 200 ./.devbin/test_golden >"$OUT/golden.log" 2>&1; echo "rc=$?"
         grep -E "cuda|checks|FAIL" "$OUT/golden.log" | head -14 ;;
@@ -42,8 +49,16 @@ for s in "$@"; do
     model) stage "shipped model, cpu vs cuda"; timeout 200 bash tools/device_cuda_model.sh ;;
     bench) stage "bench synthetic mixtral-8x7b:8"
         for b in ${BENCH_BATCHES:-1 64}; do
-            timeout 240 $B bench --synthetic .devbin/mixtral-8x7b.json:8 --batch $b --prompt-len 128 --gen-len ${GEN:-128} \
-                --device cuda ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench.log" | grep -vE "^\s*$"
+            for g in ${GRAPHS:-on}; do
+                ga=; [ "$g" = off ] && ga=--no-graphs
+                timeout 240 $B bench --synthetic .devbin/mixtral-8x7b.json:8 --batch $b --prompt-len 128 --gen-len ${GEN:-128} \
+                    --device cuda $ga ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench.log" | grep -E "^(setup|prefill|decode)"
+            done
+        done ;;
+    bench-qwen3) stage "bench synthetic qwen3-30b-a3b (48 layers)"
+        for b in ${QWEN_BATCHES:-1 64 256}; do
+            timeout 300 $B bench --synthetic .devbin/qwen3-30b-a3b.json --batch $b --prompt-len 128 --gen-len ${GEN:-128} \
+                --device cuda ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench_qwen3.log" | grep -E "^(setup|prefill|decode|model)"
         done ;;
     *) echo "unknown stage $s" ;;
     esac

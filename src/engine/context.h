@@ -23,6 +23,8 @@ typedef struct lm_step_tensors {
     lm_tensor kv_len;           // I32 [n_seq][1]
     lm_tensor pages;            // I32 [n_seq][max_pages]
     lm_tensor out_rows;         // I32 [n_out][1]
+    lm_tensor sample;           // I32 [n_out][LM_SAMPLE_ROW_WORDS] sampling parameters (lm_sample_row)
+    lm_tensor res;              // I32 [n_out][2] sampled id, non-finite flag (the sample op's output)
     // activations
     lm_tensor x;                // [n_batch][hidden] residual stream
     lm_tensor xn;               // [n_batch][hidden] normalised
@@ -56,8 +58,11 @@ struct lm_context {
     int32_t *free_pages;  // stack of free page ids
     int n_free;
 
-    // step building (host), sized n_batch / n_seq
+    // step building (host), sized n_batch / n_seq / n_out: the executor's
+    // staging memory (pinned on a GPU), untouched while a step runs
     int32_t *h_ids, *h_pos, *h_slot, *h_seq_start, *h_kv_len, *h_pages, *h_out;
+    lm_sample_row *h_sample;  // [n_out]
+    int32_t *h_res;           // [n_out][2] the sample op's results
     int *order;           // [n_batch] batch index of the g-th grouped token
     int *step_seq;        // [n_seq] sequence id of the step's s-th sequence
     int *seq_slot;        // [n_seq] index of a sequence in the step, -1 if absent
@@ -66,7 +71,8 @@ struct lm_context {
 
     lm_step_tensors t;
     int n_logits;
-    const float *logits;  // [n_logits][vocab] on the host
+    const float *logits;  // [n_logits][vocab] on the host; NULL until lm_get_logits fetches them
+    bool logits_remote;   // they are still in executor memory (sampled there)
     int32_t *sampled;     // [n_out] ids drawn by the batch's samplers (-1: none)
     float *logits_buf;    // download target when the executor's memory is not host memory
     uint64_t *counts;     // [n_layers][n_experts] host copy of the routing statistics

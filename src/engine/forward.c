@@ -8,20 +8,22 @@
 #include <string.h>
 
 #include "engine/context.h"
+#include "engine/sample.h"
 #include "kernels/cpu/kernels.h"
 #include "util/err.h"
 #include "util/file.h"
 
 lm_context_params lm_context_default_params(void) {
     return (lm_context_params){
-        .n_seq = 1, .n_ctx = 2048, .n_batch = 512, .n_out = 0, .n_pages = 0, .kv_type = LM_KV_BF16, .executor = NULL};
+        .n_seq = 1, .n_ctx = 2048, .n_batch = 512, .n_out = 0, .n_pages = 0, .kv_type = LM_KV_BF16, .executor = NULL,
+        .graphs = true};
 }
 
 void lm_context_free(lm_context *ctx) {
     if (!ctx) return;
     if (ctx->ex) ctx->ex->ops->free(ctx->ex);
-    void *bufs[] = {ctx->inv_freq, ctx->seq_len, ctx->seq_pages, ctx->table, ctx->free_pages, ctx->h_ids,
-                    ctx->h_pos, ctx->h_slot, ctx->h_seq_start, ctx->h_kv_len, ctx->h_pages, ctx->h_out,
+    // the staging block (h_ids ...) is the executor's and went with it
+    void *bufs[] = {ctx->inv_freq, ctx->seq_len, ctx->seq_pages, ctx->table, ctx->free_pages,
                     ctx->order, ctx->step_seq, ctx->seq_slot, ctx->seq_cnt, ctx->seq_p0,
                     ctx->logits_buf, ctx->counts, ctx->sampled};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
@@ -35,6 +37,31 @@ static lm_status rope_init(lm_context *ctx) {
     if (!ctx->inv_freq) return LM_ERR_OOM;
     lm_rope_inv_freq(c->rope_theta, c->head_dim, ctx->inv_freq);
     ctx->rope = (lm_rope){c->head_dim, ctx->inv_freq};
+    return LM_OK;
+}
+
+// The host side of a step's uploads and downloads, in one block from the
+// executor (pinned memory on a GPU, so the copies are asynchronous and the
+// step has one host sync): ids, pos, slot [n_batch], seq_start [n_seq + 1],
+// kv_len [n_seq], pages [n_seq][max_pages], out rows [n_out], the sampling
+// parameters [n_out][LM_SAMPLE_ROW_WORDS] and results [n_out][2].
+static lm_status staging_init(lm_context *ctx) {
+    size_t nb = (size_t)ctx->p.n_batch, ns = (size_t)ctx->p.n_seq, no = (size_t)ctx->p.n_out;
+    size_t words = 3 * nb + (ns + 1) + ns + ns * (size_t)ctx->max_pages + no + no * LM_SAMPLE_ROW_WORDS + 2 * no;
+    int32_t *w;
+    lm_status st = ctx->ex->ops->host_alloc(ctx->ex, (words + 2) * sizeof(int32_t), (void **)&w);
+    if (st) return st;
+    memset(w, 0, words * sizeof(int32_t));
+    ctx->h_ids = w, w += nb;
+    ctx->h_pos = w, w += nb;
+    ctx->h_slot = w, w += nb;
+    ctx->h_seq_start = w, w += ns + 1;
+    ctx->h_kv_len = w, w += ns;
+    ctx->h_pages = w, w += ns * (size_t)ctx->max_pages;
+    ctx->h_out = w, w += no;
+    if ((uintptr_t)w % 8) w++;  // lm_sample_row holds 64-bit fields
+    ctx->h_sample = (lm_sample_row *)w, w += no * LM_SAMPLE_ROW_WORDS;
+    ctx->h_res = w;
     return LM_OK;
 }
 
@@ -66,6 +93,7 @@ static lm_status alloc_tensors(lm_context *ctx) {
         {&t->sel, LM_DT_I32, nb, k},           {&t->selw, LM_DT_F32, nb, k},
         {&t->moe_h, ex->ops->moe_h_dt, rmax, c->moe_inter},
         {&t->moe_y, LM_DT_F32, rmax, H},       {&t->plan.row_of, LM_DT_I32, nb, k},
+        {&t->sample, LM_DT_I32, no, LM_SAMPLE_ROW_WORDS}, {&t->res, LM_DT_I32, no, 2},
         {&t->plan.token_of, LM_DT_I32, rmax, 1},
         {&t->plan.tiles, LM_DT_I32, rmax / block + E, 2},
         {&t->plan.n_tiles, LM_DT_I32, 1, 1},   {&t->plan.counts, LM_DT_I32, E, 1},
@@ -85,25 +113,25 @@ typedef struct {
 } ctx_bytes;
 
 static ctx_bytes context_bytes(const lm_config *c, const lm_context_params *p, int max_pages, const lm_kv_layout *kv,
-                               int block) {
+                               int block, bool gpu) {
     double nb = p->n_batch, H = c->hidden, qd = (double)c->n_heads * c->head_dim;
     double kvd = (double)c->n_kv_heads * c->head_dim, k = c->top_k, E = c->n_experts;
     double dense = c->n_moe_layers < c->n_layers ? c->dense_inter : 0;
     double inter = dense > c->shared_inter ? dense : c->shared_inter;
     double rmax = nb * k + E * (block - 1);
+    double h_bytes = gpu ? 2 : 4;  // the GPU keeps the MoE intermediate in bf16
     double act = 4.0 * nb * (6 * H + 2 * qd + 2 * kvd + inter + E + 2 * k) + 4.0 * p->n_out * 2 * H +
-                 4.0 * rmax * (c->moe_inter + H + 1);
+                 rmax * (h_bytes * c->moe_inter + 4.0 * H + 4.0) + 4.0 * p->n_out * (LM_SAMPLE_ROW_WORDS + 2);
     double meta = 4.0 * ((double)p->n_seq * (max_pages + 8) + 12.0 * nb) + 8.0 * c->n_layers * E;
-    double rope = 4.0 * p->n_ctx * (double)c->head_dim;  // cos and sin tables of the CPU executor
-    double moe_scratch = 4.0 * rmax * (H + inter + c->moe_inter);  // its gathered expert inputs and up projections
+    // the CPU executor's cos and sin tables, its gathered expert inputs and up projections
+    double cpu_only = gpu ? 0 : 4.0 * p->n_ctx * (double)c->head_dim + 4.0 * rmax * (H + inter + c->moe_inter);
     return (ctx_bytes){(double)c->n_layers * p->n_pages * (double)lm_kv_page_bytes(kv), 4.0 * p->n_out * c->vocab,
-                       act + meta + rope + moe_scratch};
+                       act + meta + cpu_only};
 }
 
-lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_context **out) {
-    *out = NULL;
-    lm_context_params p = params ? *params : lm_context_default_params();
-    const lm_config *c = &model->cfg;
+// Checks the parameters and fills in their defaults (n_out, n_pages).
+static lm_status resolve_params(const lm_config *c, lm_context_params *pp, int *max_pages_out) {
+    lm_context_params p = *pp;
     if (p.n_seq < 1 || p.n_seq > 65536)
         return lm_err(LM_ERR_INVALID_ARG, "number of sequences %d is out of range [1, 65536]", p.n_seq);
     if (p.n_ctx < 1 || p.n_ctx > c->max_pos)
@@ -116,6 +144,7 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
                       p.n_batch);
     if (!p.n_out) p.n_out = p.n_batch;
     if (p.kv_type != LM_KV_BF16 && p.kv_type != LM_KV_F32) return lm_err(LM_ERR_INVALID_ARG, "unknown KV cache type");
+    if (!(p.gpu_mem >= 0) || p.gpu_mem > 1e18) return lm_err(LM_ERR_INVALID_ARG, "GPU memory cap %g", p.gpu_mem);
     int max_pages = lm_kv_pages_for(p.n_ctx);
     double full = (double)p.n_seq * max_pages;
     if (p.n_pages < 0) return lm_err(LM_ERR_INVALID_ARG, "KV pages %d must be >= 0", p.n_pages);
@@ -124,6 +153,76 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
                                           p.n_ctx);
         p.n_pages = (int)full;
     }
+    *pp = p;
+    *max_pages_out = max_pages;
+    return LM_OK;
+}
+
+static bool on_gpu(const lm_context_params *p) { return p->executor && !strcmp(p->executor, "cuda"); }
+
+lm_status lm_context_mem_plan(const lm_model *model, const lm_context_params *params, lm_mem_plan *out) {
+    memset(out, 0, sizeof *out);
+    lm_context_params p = params ? *params : lm_context_default_params();
+    const lm_config *c = &model->cfg;
+    int max_pages;
+    lm_status st = resolve_params(c, &p, &max_pages);
+    if (st) return st;
+    lm_kv_layout kv = {c->n_layers, p.n_pages, LM_KV_PAGE, c->n_kv_heads, c->head_dim,
+                       p.kv_type == LM_KV_F32 ? LM_DT_F32 : LM_DT_BF16};
+    const char *ex = p.executor ? p.executor : "cpu";
+    ctx_bytes cb = context_bytes(c, &p, max_pages, &kv, lm_exec_moe_block(ex), on_gpu(&p));
+    lm_model_info mi;
+    lm_model_get_info(model, &mi);
+    out->gpu = on_gpu(&p);
+    out->weights = (double)mi.bytes_weights;
+    out->kv = cb.kv;
+    out->activations = cb.other + cb.logits;
+    if (out->gpu) {
+        out->scratch = lm_exec_cuda_scratch_bytes(c, p.n_batch, p.n_ctx);
+        size_t fr, tot;
+        if (lm_exec_cuda_mem_info(&fr, &tot)) {  // no GPU here: the plan still says what one would need
+            out->available = p.gpu_mem > 0 ? p.gpu_mem : -1;
+        } else {
+            out->available = p.gpu_mem > 0 && p.gpu_mem < (double)fr ? p.gpu_mem : (double)fr;
+            out->device_total = (double)tot;
+        }
+    } else {
+        out->available = (double)lm_mem_available();
+    }
+    out->total = out->weights + out->kv + out->activations + out->scratch;
+    return LM_OK;
+}
+
+void lm_context_mem_used(const lm_context *ctx, lm_mem_used *out) {
+    memset(out, 0, sizeof *out);
+    if (ctx->ex->ops->mem_used) ctx->ex->ops->mem_used(ctx->ex, &out->allocated, &out->graphs, &out->graph_bytes);
+}
+
+// A GPU context must fit in the GPU's free memory (or the --gpu-mem cap):
+// refused before anything is allocated, with the parts and the way out.
+static lm_status check_gpu_plan(const lm_model *model, const lm_context_params *p) {
+    lm_mem_plan pl;
+    lm_status st = lm_context_mem_plan(model, p, &pl);
+    if (st || pl.available < 0 || pl.total <= pl.available * 0.97) return st;
+    char t[32], a[32], w[32], k[32], x[32];
+    return lm_err(LM_ERR_OOM, "the run needs %s of GPU memory and %s is available%s: weights %s, KV cache %s (%d "
+                  "pages), activations and scratch %s. Use fewer sequences at once or a shorter context (a smaller "
+                  "KV cache), a smaller batch, or --device cpu; running models larger than the GPU (streaming the "
+                  "experts from host memory) is not built yet",
+                  lm_format_bytes(pl.total, t, sizeof t), lm_format_bytes(pl.available, a, sizeof a),
+                  p->gpu_mem > 0 ? " under --gpu-mem" : "", lm_format_bytes(pl.weights, w, sizeof w),
+                  lm_format_bytes(pl.kv, k, sizeof k), p->n_pages,
+                  lm_format_bytes(pl.activations + pl.scratch, x, sizeof x));
+}
+
+lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_context **out) {
+    *out = NULL;
+    lm_context_params p = params ? *params : lm_context_default_params();
+    const lm_config *c = &model->cfg;
+    int max_pages;
+    lm_status rs = resolve_params(c, &p, &max_pages);
+    if (rs) return rs;
+    if (on_gpu(&p) && !model->shapes_only && (rs = check_gpu_plan(model, &p))) return rs;
     lm_kv_layout kv = {c->n_layers, p.n_pages, LM_KV_PAGE, c->n_kv_heads, c->head_dim,
                        p.kv_type == LM_KV_F32 ? LM_DT_F32 : LM_DT_BF16};
     lm_context *ctx = lm_calloc(1, sizeof *ctx);
@@ -135,8 +234,8 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     }
     // Everything below is checked against the memory there is before it is
     // allocated (an over-committed allocation is killed later, not refused).
-    ctx_bytes cb = context_bytes(c, &p, max_pages, &kv, ctx->ex->ops->moe_block);
-    double need = cb.kv + cb.logits + cb.other;
+    ctx_bytes cb = context_bytes(c, &p, max_pages, &kv, ctx->ex->ops->moe_block, on_gpu(&p));
+    double need = on_gpu(&p) ? cb.logits : cb.kv + cb.logits + cb.other;  // a GPU's share was checked above
     char what[300], b1[32], b2[32], b3[32];
     snprintf(what, sizeof what, "a context of %d sequences x %d tokens (KV cache %s, logits of %d rows %s, "
              "activations and scratch %s)", p.n_seq, p.n_ctx, lm_format_bytes(cb.kv, b1, sizeof b1), p.n_out,
@@ -158,13 +257,6 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     ctx->seq_pages = lm_calloc(ns, sizeof(int));
     ctx->table = lm_calloc(ns * mp, sizeof(int32_t));
     ctx->free_pages = lm_malloc((size_t)p.n_pages * sizeof(int32_t));
-    ctx->h_ids = lm_malloc(nb * sizeof(int32_t));
-    ctx->h_pos = lm_malloc(nb * sizeof(int32_t));
-    ctx->h_slot = lm_malloc(nb * sizeof(int32_t));
-    ctx->h_seq_start = lm_malloc((ns + 1) * sizeof(int32_t));
-    ctx->h_kv_len = lm_malloc(ns * sizeof(int32_t));
-    ctx->h_pages = lm_calloc(ns * mp, sizeof(int32_t));
-    ctx->h_out = lm_malloc((size_t)p.n_out * sizeof(int32_t));
     ctx->sampled = lm_malloc((size_t)p.n_out * sizeof(int32_t));
     ctx->order = lm_malloc(nb * sizeof(int));
     ctx->step_seq = lm_malloc(ns * sizeof(int));
@@ -172,8 +264,7 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     ctx->seq_cnt = lm_calloc(ns, sizeof(int));
     ctx->seq_p0 = lm_malloc(ns * sizeof(int));
     ctx->counts = lm_calloc((size_t)model->cfg.n_layers * (size_t)model->cfg.n_experts, sizeof(uint64_t));
-    if (!ctx->seq_len || !ctx->seq_pages || !ctx->table || !ctx->free_pages || !ctx->h_ids || !ctx->h_pos ||
-        !ctx->h_slot || !ctx->h_seq_start || !ctx->h_kv_len || !ctx->h_pages || !ctx->h_out || !ctx->sampled || !ctx->order ||
+    if (!ctx->seq_len || !ctx->seq_pages || !ctx->table || !ctx->free_pages || !ctx->sampled || !ctx->order ||
         !ctx->step_seq || !ctx->seq_slot || !ctx->seq_cnt || !ctx->seq_p0 || !ctx->counts) {
         lm_context_free(ctx);
         return lm_err(LM_ERR_OOM, "cannot allocate %s", what);
@@ -182,7 +273,7 @@ lm_status lm_context_init(lm_model *model, const lm_context_params *params, lm_c
     // pages handed out lowest first
     for (int i = 0; i < p.n_pages; i++) ctx->free_pages[i] = p.n_pages - 1 - i;
     ctx->n_free = p.n_pages;
-    if ((st = rope_init(ctx)) || (st = ctx->ex->ops->bind_weights(ctx->ex, model)) ||
+    if ((st = rope_init(ctx)) || (st = staging_init(ctx)) || (st = ctx->ex->ops->bind_weights(ctx->ex, model)) ||
         (st = ctx->ex->ops->kv_alloc(ctx->ex, &kv)) || (st = alloc_tensors(ctx)) ||
         (st = ctx->ex->ops->reserve(ctx->ex, p.n_batch, p.n_ctx))) {
         lm_context_free(ctx);
@@ -225,7 +316,13 @@ void lm_seq_clear(lm_context *ctx, int seq) {
 }
 
 const float *lm_get_logits(lm_context *ctx, int j) {
-    if (j < 0 || j >= ctx->n_logits || !ctx->logits) return NULL;
+    if (j < 0 || j >= ctx->n_logits) return NULL;
+    if (!ctx->logits && ctx->logits_remote) {  // sampled on the executor: fetch the step's logits now
+        lm_tensor lg = lm_rows(ctx->t.logits, 0, ctx->n_logits);
+        if (ctx->ex->ops->download(ctx->ex, lg, ctx->logits_buf)) return NULL;
+        ctx->logits = ctx->logits_buf;
+    }
+    if (!ctx->logits) return NULL;
     return ctx->logits + (size_t)j * (size_t)ctx->model->cfg.vocab;
 }
 
@@ -337,16 +434,47 @@ lm_status lm_decode(lm_context *ctx, const lm_batch *b) {
     const lm_exec_ops *op = ex->ops;
     lm_step_tensors *t = &ctx->t;
     lm_ubatch all = {0, n, 0, ns};
+    // Sampling where the logits are, when the executor can: then only the
+    // ids come back (the logits on demand, lm_get_logits). Every output row
+    // gets a row of parameters: rows without a sampler are only checked.
+    bool dev_sample = op->sample && n_out > 0, full = false;
+    const uint8_t *banned = NULL;
+    int n_banned = 0;
+    for (int j = 0; j < n_out && dev_sample && b->samplers; j++) {
+        lm_sampler *sm = b->samplers[j];
+        if (!sm) continue;
+        full |= lm_sampler_draws(sm);
+        const uint8_t *bn = lm_sampler_banned(sm);
+        if (bn && banned && bn != banned) dev_sample = false;  // one banned map per step
+        if (bn) banned = bn, n_banned = lm_sampler_vocab(sm);
+    }
+    if (dev_sample && full && !op->sample_full) dev_sample = false;
+    for (int j = 0; j < n_out && dev_sample; j++) {
+        lm_sampler *sm = b->samplers ? b->samplers[j] : NULL;
+        const uint8_t *bn;
+        if (sm) lm_sampler_take_row(sm, &ctx->h_sample[j], &bn);  // advances the sampler: a draw is taken
+        else ctx->h_sample[j] = (lm_sample_row){.temperature = -1.0f, .n_valid = c->vocab};
+    }
+    // The step's metadata, queued ahead of its ops (asynchronous from the
+    // staging block; one host sync per step, at step_end).
+    st = op->upload_async(ex, lm_rows(t->ids, 0, n), ctx->h_ids, 0);
+    if (!st) st = op->upload_async(ex, lm_rows(t->pos, 0, n), ctx->h_pos, 0);
+    if (!st) st = op->upload_async(ex, lm_rows(t->slot, 0, n), ctx->h_slot, 0);
+    if (!st) st = op->upload_async(ex, lm_rows(t->seq_start, 0, ns + 1), ctx->h_seq_start, 0);
+    if (!st) st = op->upload_async(ex, lm_rows(t->kv_len, 0, ns), ctx->h_kv_len, 0);
+    if (!st) st = op->upload_async(ex, lm_rows(t->pages, 0, ns), ctx->h_pages, 0);
+    if (!st && n_out) st = op->upload_async(ex, lm_rows(t->out_rows, 0, n_out), ctx->h_out, 0);
+    if (!st && dev_sample) st = op->upload_async(ex, lm_rows(t->sample, 0, n_out), ctx->h_sample, 0);
+    // Everything the ops below are given on the host follows from these
+    // (tensor views are rows 0.. of the context's tensors): a step of the
+    // same shape may replay the previous one's graph.
+    // Exact, not a hash: n, ns, n_out <= 65536 take 17 bits each; bit 0 says
+    // whether the executor may capture and replay.
+    uint64_t key = (uint64_t)n << 38 | (uint64_t)ns << 21 | (uint64_t)n_out << 4 | (uint64_t)(dev_sample + full) << 2 |
+                   (uint64_t)(banned != NULL) << 1 | (uint64_t)ctx->p.graphs;
     // One sequential pass over the step. The pipeline executor runs the same
     // stages over several micro-batches.
-    st = op->step_begin(ex);
-    if (!st) st = op->upload(ex, lm_rows(t->ids, 0, n), ctx->h_ids);
-    if (!st) st = op->upload(ex, lm_rows(t->pos, 0, n), ctx->h_pos);
-    if (!st) st = op->upload(ex, lm_rows(t->slot, 0, n), ctx->h_slot);
-    if (!st) st = op->upload(ex, lm_rows(t->seq_start, 0, ns + 1), ctx->h_seq_start);
-    if (!st) st = op->upload(ex, lm_rows(t->kv_len, 0, ns), ctx->h_kv_len);
-    if (!st) st = op->upload(ex, lm_rows(t->pages, 0, ns), ctx->h_pages);
-    if (!st && n_out) st = op->upload(ex, lm_rows(t->out_rows, 0, n_out), ctx->h_out);
+    if (!st) st = op->step_begin(ex, key);
     if (!st) st = lm_block_embed(ctx, &all);
     for (int l = 0; l < c->n_layers && !st; l++) {
         st = lm_block_pre_attn(ctx, l, &all);
@@ -354,10 +482,17 @@ lm_status lm_decode(lm_context *ctx, const lm_batch *b) {
         if (!st) st = lm_block_post_attn(ctx, l, &all);
     }
     if (!st && n_out) st = lm_block_logits(ctx, n_out);
+    if (!st && dev_sample) {
+        st = op->sample(ex, lm_rows(t->logits, 0, n_out), lm_rows(t->sample, 0, n_out), banned, n_banned,
+                        lm_rows(t->res, 0, n_out));
+        if (!st) st = op->download_async(ex, lm_rows(t->res, 0, n_out), ctx->h_res, 0);
+    }
     lm_status end = op->step_end(ex);
     if (!st) st = end;
     ctx->n_logits = 0;
-    if (!st && n_out) {
+    ctx->logits = NULL;
+    ctx->logits_remote = false;
+    if (!st && n_out && !dev_sample) {
         const void *hp = op->host_ptr(ex, t->logits);
         if (hp) ctx->logits = hp;
         else if (!(st = op->download(ex, lm_rows(t->logits, 0, n_out), ctx->logits_buf))) ctx->logits = ctx->logits_buf;
@@ -365,10 +500,14 @@ lm_status lm_decode(lm_context *ctx, const lm_batch *b) {
     // NaN/Inf logits would be sampled as garbage or scored as "perplexity
     // nan": fail the step instead and say where it came from.
     for (int j = 0; j < n_out && !st; j++) {
-        const float *lg = ctx->logits + (size_t)j * (size_t)c->vocab;
-        float acc = 0;
-        for (int v = 0; v < c->vocab; v++) acc += lg[v] * 0.0f;  // NaN if any entry is NaN or Inf
-        if (acc == 0) continue;
+        if (dev_sample) {
+            if (!ctx->h_res[2 * j + 1]) continue;
+        } else {
+            const float *lg = ctx->logits + (size_t)j * (size_t)c->vocab;
+            float acc = 0;
+            for (int v = 0; v < c->vocab; v++) acc += lg[v] * 0.0f;  // NaN if any entry is NaN or Inf
+            if (acc == 0) continue;
+        }
         int g = ctx->h_out[j], i = ctx->order[g];
         char why[512];
         if (lm_model_weights_finite(ctx->model, why, sizeof why))
@@ -378,9 +517,11 @@ lm_status lm_decode(lm_context *ctx, const lm_batch *b) {
                     "(sequence %d, position %d): %s", i, b->seq[i], ctx->h_pos[g], why);
     }
     for (int j = 0; j < n_out && !st; j++)
-        ctx->sampled[j] = b->samplers && b->samplers[j]
+        ctx->sampled[j] = dev_sample ? (b->samplers && b->samplers[j] ? ctx->h_res[2 * j] : -1)
+                          : b->samplers && b->samplers[j]
                               ? lm_sampler_sample(b->samplers[j], ctx->logits + (size_t)j * (size_t)c->vocab)
                               : -1;
+    if (!st && dev_sample) ctx->logits_remote = true;
     // Commit: a sequence's length advances only now; the pages beyond what
     // it holds go back. On failure it keeps its length, except that what the
     // step overwrote (positions from p0 on, when they were given) is gone.

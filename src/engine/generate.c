@@ -210,8 +210,16 @@ static void token_info(lm_gen_session *G, const float *logits, int32_t t, int n,
     }
 }
 
+// The scheduler's callback: the sampler of request `id`'s next token, so
+// that a device executor draws it where the logits are.
+static lm_sampler *token_sampler(void *user, int id) {
+    lm_gen_session *G = user;
+    gen_seq *g = &G->seq[id];
+    return G->err || g->done ? NULL : g->sampler;
+}
+
 // The scheduler's callback: the next token of request `id`, or -1 when it ended.
-static int32_t next_token(void *user, int id, const float *logits) {
+static int32_t next_token(void *user, int id, lm_context *ctx, int row) {
     lm_gen_session *G = user;
     gen_seq *g = &G->seq[id];
     if (G->err || g->done) return -1;
@@ -221,7 +229,15 @@ static int32_t next_token(void *user, int id, const float *logits) {
             return -1;
         }
     }
-    int32_t t = lm_sampler_sample_with(g->sampler, logits, G->scratch);
+    int32_t t = lm_get_token(ctx, row);
+    const float *logits = NULL;
+    if (t < 0 || (g->top_logprobs >= 0 && G->ev.on_token)) {
+        if (!(logits = lm_get_logits(ctx, row))) {
+            G->err = lm_err(LM_ERR_DEVICE, "the logits of a request could not be read back: %s", lm_last_error());
+            return -1;
+        }
+    }
+    if (t < 0) t = lm_sampler_sample_with(g->sampler, logits, G->scratch);
     if (g->top_logprobs >= 0 && G->ev.on_token) {
         lm_gen_token ti;
         token_info(G, logits, t, g->top_logprobs, &ti);
@@ -271,7 +287,7 @@ lm_status lm_gen_session_init(lm_context *ctx, const lm_tokenizer *tok, int max_
             else G->banned[id] = 1;
         }
     lm_sched_params sp = {.max_running = max_parallel, .step_tokens = 0};
-    if (!st) st = lm_sched_init(ctx, &sp, next_token, G, &G->sched);
+    if (!st) st = lm_sched_init(ctx, &sp, next_token, token_sampler, G, &G->sched);
     if (st) {
         lm_gen_session_free(G);
         return st;

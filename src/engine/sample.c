@@ -86,6 +86,20 @@ void lm_sampler_free(lm_sampler *s) {
 }
 
 void lm_sampler_ban(lm_sampler *s, const uint8_t *banned) { s->banned = banned; }
+
+const uint8_t *lm_sampler_banned(const lm_sampler *s) { return s->banned; }
+int lm_sampler_vocab(const lm_sampler *s) { return s->vocab; }
+
+bool lm_sampler_draws(const lm_sampler *s) { return s->p.temperature > 0 && isfinite(1.0f / s->p.temperature); }
+
+void lm_sampler_take_row(lm_sampler *s, lm_sample_row *row, const uint8_t **banned) {
+    bool draws = lm_sampler_draws(s);
+    *row = (lm_sample_row){.temperature = draws ? s->p.temperature : 0.0f, .top_k = s->p.top_k, .top_p = s->p.top_p,
+                           .n_valid = s->vocab, .use_banned = s->banned != NULL, .seed = s->p.seed,
+                           .stream = s->stream, .step = s->step};
+    *banned = s->banned;
+    if (draws) s->step++;
+}
 void lm_sampler_set_stream(lm_sampler *s, uint64_t stream) { s->stream = stream; }
 
 // Uniform in [0, 1) from (seed, stream, step).

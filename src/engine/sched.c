@@ -19,6 +19,7 @@ typedef struct sreq {
 struct lm_sched {
     lm_context *ctx;
     lm_sched_next_fn next;
+    lm_sched_sampler_fn sampler;
     void *user;
     int max_running, budget, n_ctx;
     sreq *r;
@@ -32,18 +33,20 @@ struct lm_sched {
     int32_t *b_tok, *b_seq, *b_pos;  // the step's batch [budget]
     uint8_t *b_want;
     int *b_req;            // [budget] request of each output row
+    lm_sampler **b_smp;    // [budget] its sampler
     int *chunk;            // [max_running] tokens each running request feeds this step
     lm_sched_stats stats;
 };
 
-lm_status lm_sched_init(lm_context *ctx, const lm_sched_params *p, lm_sched_next_fn next, void *user,
-                        lm_sched **out) {
+lm_status lm_sched_init(lm_context *ctx, const lm_sched_params *p, lm_sched_next_fn next,
+                        lm_sched_sampler_fn sampler, void *user, lm_sched **out) {
     *out = NULL;
     lm_context_params cp = lm_context_get_params(ctx);
     lm_sched *s = lm_calloc(1, sizeof *s);
     if (!s) return LM_ERR_OOM;
     s->ctx = ctx;
     s->next = next;
+    s->sampler = sampler;
     s->user = user;
     s->budget = p && p->step_tokens > 0 && p->step_tokens < cp.n_batch ? p->step_tokens : cp.n_batch;
     s->max_running = p && p->max_running > 0 && p->max_running < cp.n_seq ? p->max_running : cp.n_seq;
@@ -59,7 +62,9 @@ lm_status lm_sched_init(lm_context *ctx, const lm_sched_params *p, lm_sched_next
     s->b_pos = lm_malloc((size_t)s->budget * sizeof(int32_t));
     s->b_want = lm_malloc((size_t)s->budget);
     s->b_req = lm_malloc((size_t)s->budget * sizeof(int));
-    if (!s->running || !s->free_seq || !s->chunk || !s->b_tok || !s->b_seq || !s->b_pos || !s->b_want || !s->b_req) {
+    s->b_smp = lm_calloc((size_t)s->budget, sizeof *s->b_smp);
+    if (!s->running || !s->free_seq || !s->chunk || !s->b_tok || !s->b_seq || !s->b_pos || !s->b_want || !s->b_req ||
+        !s->b_smp) {
         lm_sched_free(s);
         return LM_ERR_OOM;
     }
@@ -75,7 +80,7 @@ lm_status lm_sched_init(lm_context *ctx, const lm_sched_params *p, lm_sched_next
 void lm_sched_free(lm_sched *s) {
     if (!s) return;
     for (int i = 0; i < s->n; i++) free(s->r[i].tok);
-    void *bufs[] = {s->r, s->wq, s->running, s->free_seq, s->chunk, s->b_tok, s->b_seq, s->b_pos, s->b_want, s->b_req};
+    void *bufs[] = {s->r, s->wq, s->running, s->free_seq, s->chunk, s->b_tok, s->b_seq, s->b_pos, s->b_want, s->b_req, s->b_smp};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s);
 }
@@ -260,7 +265,8 @@ lm_status lm_sched_step(lm_sched *s, bool *active) {
         return lm_err(LM_ERR_INVALID_ARG, "scheduler: no request can make progress (%d running, %d waiting, %d pages free)",
                       s->n_running, s->wq_len, lm_kv_pages_free(s->ctx));
     }
-    lm_batch b = {nb, s->b_tok, s->b_seq, s->b_want, s->b_pos, NULL};
+    for (int j = 0; j < n_out && s->sampler; j++) s->b_smp[j] = s->sampler(s->user, s->running[s->b_req[j]]);
+    lm_batch b = {nb, s->b_tok, s->b_seq, s->b_want, s->b_pos, s->sampler ? s->b_smp : NULL};
     lm_status st = lm_decode(s->ctx, &b);
     if (st) return st;
     s->stats.tokens_computed += nb;
@@ -269,7 +275,7 @@ lm_status lm_sched_step(lm_sched *s, bool *active) {
     int32_t *nxt = (int32_t *)s->b_tok;  // reuse: one entry per output row
     for (int j = 0; j < n_out; j++) {
         int k = s->b_req[j], id = s->running[k];
-        nxt[j] = s->next(s->user, id, lm_get_logits(s->ctx, j));
+        nxt[j] = s->next(s->user, id, s->ctx, j);
     }
     for (int j = n_out - 1; j >= 0; j--) {
         int k = s->b_req[j];

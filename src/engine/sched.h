@@ -22,12 +22,18 @@ typedef struct lm_sched_params {
     int step_tokens;  // token budget per step (<= the context's n_batch); 0: n_batch
 } lm_sched_params;
 
-// Called with the logits of request `req` after its last token was computed;
-// returns the next token to feed, or -1 when the request is finished.
-typedef int32_t (*lm_sched_next_fn)(void *user, int req, const float *logits);
+// Called after request `req`'s last token was computed; its results are
+// output row `row` of the step: lm_get_token(ctx, row) is the id its
+// sampler drew (where the executor sampled; -1 otherwise) and
+// lm_get_logits(ctx, row) its logits (fetched on demand from a device).
+// Returns the next token to feed, or -1 when the request is finished.
+typedef int32_t (*lm_sched_next_fn)(void *user, int req, lm_context *ctx, int row);
+// The sampler of request `req` for its next token, handed to lm_decode so
+// that a device executor samples where the logits are; NULL: none.
+typedef lm_sampler *(*lm_sched_sampler_fn)(void *user, int req);
 
-lm_status lm_sched_init(lm_context *ctx, const lm_sched_params *p, lm_sched_next_fn next, void *user,
-                        lm_sched **out);
+lm_status lm_sched_init(lm_context *ctx, const lm_sched_params *p, lm_sched_next_fn next,
+                        lm_sched_sampler_fn sampler, void *user, lm_sched **out);
 void lm_sched_free(lm_sched *s);
 
 // Queues a request: prompt tokens (copied), up to max_new tokens to come;

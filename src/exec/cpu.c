@@ -102,6 +102,7 @@ static lm_status cpu_reserve(lm_exec *ex, int max_tokens, int max_ctx) {
 }
 
 static lm_status cpu_nop(lm_exec *ex) { return LM_OK; }
+static lm_status cpu_begin(lm_exec *ex, uint64_t key) { return LM_OK; }
 
 static inline float *f32_row(lm_tensor t, int r) { return (float *)t.data + (size_t)r * t.ld; }
 static inline int32_t i32_at(lm_tensor t, int r, int col) { return ((const int32_t *)t.data)[(size_t)r * t.ld + col]; }
@@ -585,7 +586,7 @@ static const lm_exec_ops cpu_ops = {
     .expert_stats = cpu_expert_stats,
     .host_alloc = lm_exec_sync_host_alloc,
     .bind_weights = lm_exec_sync_bind_weights,
-    .step_begin = cpu_nop,
+    .step_begin = cpu_begin,
     .step_end = cpu_nop,
     .upload_async = lm_exec_sync_upload_async,
     .download_async = lm_exec_sync_download_async,

@@ -23,6 +23,13 @@ lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
     return lm_err(LM_ERR_UNSUPPORTED, "this lightmoe was built without CUDA (nvcc was not found at build time)");
 }
 
+double lm_exec_cuda_scratch_bytes(const lm_config *cfg, int max_tokens, int max_ctx) { return 0; }
+
+lm_status lm_exec_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
+    *free_bytes = *total_bytes = 0;
+    return lm_err(LM_ERR_UNSUPPORTED, "this lightmoe was built without CUDA (nvcc was not found at build time)");
+}
+
 #else
 
 #include <cuda_runtime_api.h>
@@ -47,12 +54,20 @@ typedef struct {
     int dt;
 } etable;
 
+#define GRAPH_SLOTS 48  // step shapes kept as graphs
+#define PROF_GROUPS 16  // step sizes the profile tells apart
+#define PROF_STATS 512
+#define SEEN_SLOTS 64   // step shapes remembered as seen once
+
 typedef struct cuda_exec {
     lm_exec base;
     const lm_config *cfg;
     cudaStream_t st[LM_EXEC_STREAMS];
     cudaEvent_t ev[LM_EXEC_EVENTS];
     lm_buf allocs;  // void * of every device allocation
+    double allocated;               // their bytes
+    double graph_bytes;             // device memory the kept graphs took (free memory before and after)
+    int n_graphs;
     lm_buf pinned;  // void * of every cudaMallocHost'ed staging buffer
     lm_kv_layout kv;
     void **kv_layer;             // [n_layers] device page pools
@@ -66,13 +81,36 @@ typedef struct cuda_exec {
     int inv_n;
     void *act16;                 // bf16 copy of a GEMM's f32 activations (large-M path), sized at reserve
     size_t act16_bytes;
-    int kernels;                 // LIGHTMOE_KERNELS: 0 fast, 1 simple (the v0 kernels only; default)
+    int kernels;                 // LIGHTMOE_KERNELS: 0 fast (default), 1 simple (the v0 kernels), 2 portable
     lm_status err;               // first failure, returned by step_end
+    // graphs: steps of a key seen before are captured once, then replayed
+    int mode;                    // MODE_EAGER, MODE_CAPTURE or MODE_REPLAY, for the step under way
+    uint64_t key;                // its key
+    struct gslot { uint64_t key, used; cudaGraphExec_t exec; } graph[GRAPH_SLOTS];
+    uint64_t seen[SEEN_SLOTS];   // keys of steps run once (eagerly)
+    uint64_t clock;              // steps, for least-recently-used eviction
+    int graphs_off;              // LIGHTMOE_PROFILE: never capture
+    // sampling
+    uint8_t *banned_host;        // pinned copy of the step's banned map
+    void *banned_dev;
+    int banned_n, banned_cap;
+    // LIGHTMOE_PROFILE=1: an event after every op launch, summed per op name at step_end
+    cudaEvent_t *pev;
+    const char **pname;
+    int pn, pcap;
+    struct pstat { const char *name; int n; double ms; long calls; } *pst;  // per (step tokens, op)
+    int npst;
+    struct pstep { int n; long steps; double ms; } pgrp[PROF_GROUPS];  // per step token count
+    int npgrp;
     void *attn_ws;               // attention scratch (work list, split-K partials), sized at reserve
     size_t attn_ws_bytes;
 } cuda_exec;
 
 #define S0(c) ((c)->st[0])
+enum { MODE_EAGER, MODE_CAPTURE, MODE_REPLAY };
+// While a graph is replayed the step's ops were captured already: each op
+// returns at once (the driver still calls them in order).
+#define REPLAYING(c) ((c)->mode == MODE_REPLAY)
 
 static lm_status cuda_fail(cuda_exec *c, cudaError_t e, const char *what) {
     lm_status st = lm_err(LM_ERR_DEVICE, "CUDA: %s: %s", what, cudaGetErrorString(e));
@@ -86,10 +124,27 @@ static lm_status cuda_fail(cuda_exec *c, cudaError_t e, const char *what) {
         if (_e != cudaSuccess) return cuda_fail((c), _e, #call);   \
     } while (0)
 
+static void prof_mark(cuda_exec *c, const char *op) {
+    if (c->pn == c->pcap) {  // grow (eagerly run steps only: never inside a capture)
+        int nc = c->pcap ? 2 * c->pcap : 256;
+        cudaEvent_t *ev = realloc(c->pev, (size_t)nc * sizeof *ev);
+        if (ev) c->pev = ev;
+        const char **nm = realloc(c->pname, (size_t)nc * sizeof *nm);
+        if (nm) c->pname = nm;
+        if (!ev || !nm) return;
+        for (int i = c->pcap; i < nc; i++) cudaEventCreate(&c->pev[i]);
+        c->pcap = nc;
+    }
+    c->pname[c->pn] = op;
+    cudaEventRecord(c->pev[c->pn++], S0(c));
+}
+
 // A launcher's result (the launch error) as a status.
 static lm_status launched(cuda_exec *c, int e, const char *op) {
     if (c->err) return c->err;
-    return e ? cuda_fail(c, (cudaError_t)e, op) : LM_OK;
+    if (e) return cuda_fail(c, (cudaError_t)e, op);
+    if (c->pst) prof_mark(c, op);
+    return LM_OK;
 }
 
 static lm_status dev_alloc(cuda_exec *c, size_t bytes, void **out) {
@@ -109,6 +164,7 @@ static lm_status dev_alloc(cuda_exec *c, size_t bytes, void **out) {
         cudaFree(p);
         return LM_ERR_OOM;
     }
+    c->allocated += (double)bytes;
     *out = p;
     return LM_OK;
 }
@@ -176,6 +232,7 @@ static lm_status cu_host_alloc(lm_exec *ex, size_t bytes, void **out) {
 
 static lm_status cu_upload_async(lm_exec *ex, lm_tensor dst, const void *src, int stream) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;  // part of the graph
     lm_status st = lm_exec_check_stream("upload_async", stream);
     if (st) return st;
     size_t es = lm_dtype_size(dst.dt), row = (size_t)dst.cols * es;
@@ -184,6 +241,7 @@ static lm_status cu_upload_async(lm_exec *ex, lm_tensor dst, const void *src, in
 
 static lm_status cu_download_async(lm_exec *ex, lm_tensor src, void *dst, int stream) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;  // part of the graph
     lm_status st = lm_exec_check_stream("download_async", stream);
     if (st) return st;
     size_t es = lm_dtype_size(src.dt), row = (size_t)src.cols * es;
@@ -192,6 +250,7 @@ static lm_status cu_download_async(lm_exec *ex, lm_tensor src, void *dst, int st
 
 static lm_status cu_event_record(lm_exec *ex, int event, int stream) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;  // part of the graph
     lm_status st = lm_exec_sync_event_record(ex, event, stream);
     if (st) return st;
     CK(c, cudaEventRecord(c->ev[event], c->st[stream]));
@@ -200,6 +259,7 @@ static lm_status cu_event_record(lm_exec *ex, int event, int stream) {
 
 static lm_status cu_event_wait(lm_exec *ex, int event, int stream) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;  // part of the graph
     lm_status st = lm_exec_sync_event_wait(ex, event, stream);
     if (st) return st;
     CK(c, cudaStreamWaitEvent(c->st[stream], c->ev[event], 0));
@@ -243,6 +303,11 @@ static lm_status gemm_reserve(cuda_exec *c, int max_tokens) {
 static lm_status cu_reserve(lm_exec *ex, int max_tokens, int max_ctx) {
     cuda_exec *c = (cuda_exec *)ex;
     TRYW(gemm_reserve(c, max_tokens));
+    if (!c->banned_dev) {  // one byte per id of the vocabulary
+        c->banned_cap = c->cfg->vocab;
+        TRYW(dev_alloc(c, (size_t)c->banned_cap, &c->banned_dev));
+        TRYW(cu_host_alloc(ex, (size_t)c->banned_cap, (void **)&c->banned_host));
+    }
     size_t need = lm_cuda_attention_workspace_bytes(max_tokens, c->cfg->n_heads, max_ctx, c->cfg->head_dim);
     if (need > c->attn_ws_bytes) {  // a smaller earlier one stays in allocs until free
         TRYW(dev_alloc(c, need, &c->attn_ws));
@@ -260,12 +325,129 @@ static lm_status cu_expert_stats(lm_exec *ex, uint64_t *out, bool reset) {
     return LM_OK;
 }
 
-static lm_status cu_step_begin(lm_exec *ex) { return ((cuda_exec *)ex)->err; }
+static struct gslot *graph_find(cuda_exec *c, uint64_t key) {
+    for (int i = 0; i < GRAPH_SLOTS; i++)
+        if (c->graph[i].exec && c->graph[i].key == key) return &c->graph[i];
+    return NULL;
+}
+
+static lm_status cu_step_begin(lm_exec *ex, uint64_t key) {
+    cuda_exec *c = (cuda_exec *)ex;
+    if (c->err) return c->err;
+    c->mode = MODE_EAGER;
+    c->key = key;
+    c->clock++;
+    if (c->pst) {
+        c->pn = 0;
+        prof_mark(c, NULL);
+    }
+    if (!(key & 1) || c->graphs_off) return LM_OK;
+    struct gslot *g = graph_find(c, key);
+    if (g) {
+        g->used = c->clock;
+        c->mode = MODE_REPLAY;
+        return LM_OK;
+    }
+    // Capture a key's second step: its first ran eagerly and did what is
+    // done once (weights, tables, kernel attributes), which a capture cannot.
+    for (int i = 0; i < SEEN_SLOTS; i++)
+        if (c->seen[i] == key) {
+            c->mode = MODE_CAPTURE;
+            CK(c, cudaStreamBeginCapture(S0(c), cudaStreamCaptureModeThreadLocal));
+            return LM_OK;
+        }
+    c->seen[c->clock % SEEN_SLOTS] = key;
+    return LM_OK;
+}
+
+// Ends a capture: the step's graph is instantiated, kept (the least
+// recently used one makes room) and launched.
+static lm_status capture_end(cuda_exec *c) {
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(S0(c), &g);
+    if (e != cudaSuccess && !c->err) cuda_fail(c, e, "graph capture");
+    if (c->err) {
+        if (g) cudaGraphDestroy(g);
+        return c->err;
+    }
+    cudaGraphExec_t x;
+    size_t f0 = 0, f1 = 0, tot;
+    cudaMemGetInfo(&f0, &tot);
+    e = cudaGraphInstantiate(&x, g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) return cuda_fail(c, e, "graph instantiation");
+    cudaMemGetInfo(&f1, &tot);
+    if (f1 < f0) c->graph_bytes += (double)(f0 - f1);
+    c->n_graphs++;
+    struct gslot *slot = &c->graph[0];
+    for (int i = 0; i < GRAPH_SLOTS; i++) {
+        if (!c->graph[i].exec) {
+            slot = &c->graph[i];
+            break;
+        }
+        if (c->graph[i].used < slot->used) slot = &c->graph[i];
+    }
+    if (slot->exec) cudaGraphExecDestroy(slot->exec), c->n_graphs--;  // no graph is in flight between steps
+    *slot = (struct gslot){c->key, c->clock, x};
+    CK(c, cudaGraphLaunch(x, S0(c)));
+    return LM_OK;
+}
+
+static void prof_collect(cuda_exec *c) {
+    int n = (int)(c->key >> 38), gi = 0;
+    while (gi < c->npgrp && c->pgrp[gi].n != n) gi++;
+    if (gi == c->npgrp) {
+        if (c->npgrp == PROF_GROUPS) return;
+        c->pgrp[c->npgrp++] = (struct pstep){n, 0, 0};
+    }
+    c->pgrp[gi].steps++;
+    for (int i = 1; i < c->pn; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, c->pev[i - 1], c->pev[i]) != cudaSuccess) continue;
+        c->pgrp[gi].ms += ms;
+        int j = 0;
+        while (j < c->npst && (c->pst[j].n != n || strcmp(c->pst[j].name, c->pname[i]))) j++;
+        if (j == c->npst) {
+            if (c->npst == PROF_STATS) continue;
+            c->pst[c->npst++] = (struct pstat){c->pname[i], n, 0, 0};
+        }
+        c->pst[j].ms += ms, c->pst[j].calls++;
+    }
+}
+
+// Per step size: GPU time per step and each op's share. Times are between
+// consecutive launches' completions, so an op also carries any wait for the
+// host before it (launch overhead shows up, as it costs).
+static void prof_report(cuda_exec *c) {
+    if (!c->pst || !c->npgrp) return;
+    fprintf(stderr, "\nCUDA op profile (LIGHTMOE_PROFILE=1; steps run eagerly, events after every launch)\n");
+    for (int g = 0; g < c->npgrp; g++) {
+        const struct pstep *G = &c->pgrp[g];
+        if (!G->steps) continue;
+        fprintf(stderr, "steps of %d tokens: %ld steps, %.3f ms per step\n", G->n, G->steps, G->ms / G->steps);
+        fprintf(stderr, "  %-14s %10s %12s %10s %6s\n", "op", "per step", "us per call", "us/step", "share");
+        for (int i = 0; i < c->npst; i++) {
+            const struct pstat *P = &c->pst[i];
+            if (P->n != G->n) continue;
+            fprintf(stderr, "  %-14s %10.1f %12.2f %10.1f %5.1f%%\n", P->name, (double)P->calls / G->steps,
+                    1e3 * P->ms / P->calls, 1e3 * P->ms / G->steps, 100.0 * P->ms / (G->ms > 0 ? G->ms : 1));
+        }
+    }
+}
 
 static lm_status cu_step_end(lm_exec *ex) {
     cuda_exec *c = (cuda_exec *)ex;
+    int mode = c->mode;
+    c->mode = MODE_EAGER;
+    if (mode == MODE_CAPTURE) capture_end(c);
+    else if (mode == MODE_REPLAY && !c->err) {
+        struct gslot *g = graph_find(c, c->key);
+        cudaError_t e = g ? cudaGraphLaunch(g->exec, S0(c)) : cudaErrorInvalidValue;
+        if (e != cudaSuccess) cuda_fail(c, e, "graph launch");
+    }
     cudaError_t e = cudaStreamSynchronize(S0(c));
     if (e != cudaSuccess) cuda_fail(c, e, "the step");
+    if (c->pst && !c->err) prof_collect(c);
     return c->err;
 }
 
@@ -386,6 +568,7 @@ static lm_status cu_bind_weights(lm_exec *ex, const lm_model *m) {
 
 static lm_status cu_embed(lm_exec *ex, const lm_mat *E, lm_tensor ids, lm_tensor x) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     const void *e;
     TRYW(mat_dev(c, E, &e));
     return launched(c, lm_cuda_embed(e, E->dt, E->stride, ids.data, x.data, x.ld, x.rows, x.cols, S0(c)), "embed");
@@ -393,6 +576,7 @@ static lm_status cu_embed(lm_exec *ex, const lm_mat *E, lm_tensor ids, lm_tensor
 
 static lm_status cu_rmsnorm(lm_exec *ex, const lm_mat *w, lm_tensor x, int group, float eps, lm_tensor y) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     const void *wd;
     TRYW(mat_dev(c, w, &wd));
     return launched(c, lm_cuda_rmsnorm(x.data, x.ld, x.rows, x.cols, group, wd, w->dt, w->cols, eps, y.data, y.ld, S0(c)),
@@ -401,6 +585,7 @@ static lm_status cu_rmsnorm(lm_exec *ex, const lm_mat *w, lm_tensor x, int group
 
 static lm_status cu_add_rmsnorm(lm_exec *ex, lm_tensor x, lm_tensor d, const lm_mat *w, float eps, lm_tensor y) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     const void *wd = NULL;
     if (w) TRYW(mat_dev(c, w, &wd));
     return launched(c, lm_cuda_add_rmsnorm(x.data, x.ld, d.data, d.ld, x.rows, x.cols, wd, w ? w->dt : 0, w ? w->cols : 1,
@@ -412,11 +597,12 @@ static lm_status cu_add_rmsnorm(lm_exec *ex, lm_tensor x, lm_tensor d, const lm_
 // 16 bytes at a time; the simple kernels otherwise (and with
 // LIGHTMOE_KERNELS=simple).
 static bool fast_gemm(cuda_exec *c, int wdt, size_t ldw, int K, size_t lda, int a_f32) {
-    return !c->kernels && lm_cuda_gg_supported(wdt, ldw, K, lda, a_f32);
+    return c->kernels != 1 && lm_cuda_gg_supported(wdt, ldw, K, lda, a_f32);
 }
 
 static lm_status cu_matmul(lm_exec *ex, const lm_mat *W, const lm_mat *bias, lm_tensor x, lm_tensor y) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     const void *wd, *bd;
     TRYW(mat_dev(c, W, &wd));
     TRYW(mat_dev(c, bias, &bd));
@@ -434,6 +620,7 @@ static lm_status cu_matmul(lm_exec *ex, const lm_mat *W, const lm_mat *bias, lm_
 static lm_status cu_rope_kv(lm_exec *ex, const lm_rope *rope, lm_tensor q, lm_tensor k, lm_tensor v, lm_tensor pos,
                             lm_tensor slot, int layer) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     int half = rope->head_dim / 2;
     if (rope->head_dim != c->kv.head_dim)
         return lm_err(LM_ERR_INVALID_ARG, "rope_kv: head_dim %d, the cache's %d", rope->head_dim, c->kv.head_dim);
@@ -458,21 +645,24 @@ static lm_status cu_rope_kv(lm_exec *ex, const lm_rope *rope, lm_tensor q, lm_te
 
 static lm_status cu_attention(lm_exec *ex, const lm_attn_view *v, int layer, int n_heads, lm_tensor q, lm_tensor out) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     const lm_kv_layout *kv = &c->kv;
     return launched(c, lm_cuda_attention(q.data, q.ld, out.data, out.ld, q.rows, n_heads, v->seq_start.data, v->n_seqs,
                                          v->pages.data, v->pages.ld, v->pos.data, c->kv_layer[layer], kv->dt,
-                                         kv->page_size, kv->n_kv_heads, kv->head_dim, c->kernels ? NULL : c->attn_ws,
+                                         kv->page_size, kv->n_kv_heads, kv->head_dim, c->kernels == 1 ? NULL : c->attn_ws,
                                          c->attn_ws_bytes, S0(c)),  // no workspace: the simple kernel
                     "attention");
 }
 
 static lm_status cu_gather(lm_exec *ex, lm_tensor x, lm_tensor idx, lm_tensor y) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     return launched(c, lm_cuda_gather(x.data, x.ld, idx.data, y.data, y.ld, y.rows, x.cols, S0(c)), "gather");
 }
 
 static lm_status cu_route(lm_exec *ex, lm_tensor logits, int k, bool norm_topk, lm_tensor sel, lm_tensor w) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     int E = logits.cols;
     if (E < 1 || k < 1 || k > E || k > 32) return lm_err(LM_ERR_INVALID_ARG, "route: top-%d of %d experts", k, E);
     return launched(c, lm_cuda_route(logits.data, logits.ld, logits.rows, E, k, norm_topk, sel.data, sel.ld, w.data, w.ld,
@@ -482,9 +672,10 @@ static lm_status cu_route(lm_exec *ex, lm_tensor logits, int k, bool norm_topk, 
 
 static lm_status cu_align(lm_exec *ex, lm_tensor sel, int E, int layer, lm_moe_plan *p) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     unsigned long long *stats = layer >= 0 ? c->stats + (size_t)layer * E : NULL;
     int (*align)(const int *, size_t, int, int, int, int, int *, size_t, int *, int *, int *, int *,
-                 unsigned long long *, lm_cuda_stream) = c->kernels ? lm_cuda_align : lm_cuda_align_fast;
+                 unsigned long long *, lm_cuda_stream) = c->kernels == 1 ? lm_cuda_align : lm_cuda_align_fast;
     return launched(c, align(sel.data, sel.ld, sel.rows, sel.cols, E, p->block, p->row_of.data, p->row_of.ld,
                              p->token_of.data, p->tiles.data, p->n_tiles.data, p->counts.data, stats, S0(c)),
                     "align");
@@ -492,6 +683,7 @@ static lm_status cu_align(lm_exec *ex, lm_tensor sel, int E, int layer, lm_moe_p
 
 static lm_status cu_expert_up(lm_exec *ex, const lm_ffn_w *experts, const lm_moe_plan *p, lm_tensor x, lm_tensor h) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     const void *const *g, *const *u, *const *d;
     int dt, E = c->cfg->n_experts, k = p->row_of.cols;
     TRYW(experts_dev(c, experts, &g, &u, &d, &dt));
@@ -510,6 +702,7 @@ static lm_status cu_expert_up(lm_exec *ex, const lm_ffn_w *experts, const lm_moe
 
 static lm_status cu_expert_down(lm_exec *ex, const lm_ffn_w *experts, const lm_moe_plan *p, lm_tensor h, lm_tensor y) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     const void *const *g, *const *u, *const *d;
     int dt, E = c->cfg->n_experts, k = p->row_of.cols;
     TRYW(experts_dev(c, experts, &g, &u, &d, &dt));
@@ -526,6 +719,7 @@ static lm_status cu_expert_down(lm_exec *ex, const lm_ffn_w *experts, const lm_m
 
 static lm_status cu_combine(lm_exec *ex, const lm_moe_plan *p, lm_tensor w, lm_tensor y, lm_tensor out) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     return launched(c, lm_cuda_combine(p->row_of.data, p->row_of.ld, w.data, w.ld, out.rows, w.cols, y.data, y.ld,
                                        out.data, out.ld, out.cols, S0(c)),
                     "combine");
@@ -535,6 +729,7 @@ static lm_status cu_combine(lm_exec *ex, const lm_moe_plan *p, lm_tensor w, lm_t
 // h in it as bf16 (half of it), which only this op reads.
 static lm_status cu_ffn(lm_exec *ex, const lm_ffn_w *f, lm_tensor x, lm_tensor h, lm_tensor y) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     const void *g, *u, *d;
     TRYW(mat_dev(c, &f->gate, &g));
     TRYW(mat_dev(c, &f->up, &u));
@@ -562,10 +757,41 @@ static lm_status cu_ffn(lm_exec *ex, const lm_ffn_w *f, lm_tensor x, lm_tensor h
 
 static lm_status cu_gated_add(lm_exec *ex, const lm_mat *g, lm_tensor x, lm_tensor y, lm_tensor out) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
     const void *gd;
     TRYW(mat_dev(c, g, &gd));
     return launched(c, lm_cuda_gated_add(x.data, x.ld, gd, g->dt, x.cols, y.data, y.ld, out.data, out.ld, x.rows, S0(c)),
                     "gated_add");
+}
+
+static void cu_mem_used(lm_exec *ex, double *allocated, int *graphs, double *graph_bytes) {
+    cuda_exec *c = (cuda_exec *)ex;
+    *allocated = c->allocated, *graphs = c->n_graphs, *graph_bytes = c->graph_bytes;
+}
+
+// Greedy ids and the finite check of the step's output rows; the banned map
+// goes through pinned memory (a graph's copy node reads it at replay).
+static lm_status cu_sample(lm_exec *ex, lm_tensor logits, lm_tensor params, const uint8_t *banned, int n_banned,
+                           lm_tensor out) {
+    cuda_exec *c = (cuda_exec *)ex;
+    const void *bd = NULL;
+    if (banned) {
+        if (n_banned < 1 || n_banned > c->banned_cap)
+            return lm_err(LM_ERR_INVALID_ARG, "sample: a banned map of %d ids for a vocabulary of %d", n_banned,
+                          c->banned_cap);
+        if (n_banned != c->banned_n || memcmp(c->banned_host, banned, (size_t)n_banned)) {
+            if (REPLAYING(c))  // the graph copies the pinned map: it must hold this step's before the launch
+                CK(c, cudaStreamSynchronize(S0(c)));
+            memcpy(c->banned_host, banned, (size_t)n_banned);
+            c->banned_n = n_banned;
+        }
+        bd = c->banned_dev;
+    }
+    if (REPLAYING(c)) return LM_OK;
+    if (banned) CK(c, cudaMemcpyAsync(c->banned_dev, c->banned_host, (size_t)n_banned, cudaMemcpyHostToDevice, S0(c)));
+    return launched(c, lm_cuda_sample_greedy(logits.data, logits.ld, logits.rows, logits.cols, params.data,
+                                             (int)params.ld, bd, out.data, S0(c)),
+                    "sample");
 }
 
 // ------------------------------------------------------------ lifecycle ---
@@ -574,6 +800,13 @@ static void cu_free(lm_exec *ex) {
     cuda_exec *c = (cuda_exec *)ex;
     if (!c) return;
     cudaDeviceSynchronize();
+    prof_report(c);
+    for (int i = 0; i < GRAPH_SLOTS; i++)
+        if (c->graph[i].exec) cudaGraphExecDestroy(c->graph[i].exec);
+    for (int i = 0; i < c->pcap; i++) cudaEventDestroy(c->pev[i]);
+    free(c->pev);
+    free(c->pname);
+    free(c->pst);
     for (size_t i = 0; i < c->allocs.n / sizeof(void *); i++) cudaFree(((void **)c->allocs.p)[i]);
     for (size_t i = 0; i < c->pinned.n / sizeof(void *); i++) cudaFreeHost(((void **)c->pinned.p)[i]);
     for (int i = 0; i < LM_EXEC_STREAMS; i++)
@@ -624,8 +857,30 @@ static const lm_exec_ops cuda_ops = {
     .combine = cu_combine,
     .ffn = cu_ffn,
     .gated_add = cu_gated_add,
+    .sample = cu_sample,
+    .sample_full = 0,
+    .mem_used = cu_mem_used,
     .free = cu_free,
 };
+
+double lm_exec_cuda_scratch_bytes(const lm_config *cfg, int max_tokens, int max_ctx) {
+    double K = cfg->hidden > cfg->n_heads * cfg->head_dim ? cfg->hidden : (double)cfg->n_heads * cfg->head_dim;
+    return (double)(max_tokens > 0 ? max_tokens : 1) * K * 2 +
+           (double)lm_cuda_attention_workspace_bytes(max_tokens, cfg->n_heads, max_ctx, cfg->head_dim) +
+           2.0 * cfg->vocab + 8.0 * cfg->n_layers * cfg->n_experts;
+}
+
+lm_status lm_exec_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
+    *free_bytes = *total_bytes = 0;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e == cudaSuccess && n > 0) e = cudaMemGetInfo(free_bytes, total_bytes);
+    if (e != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        return lm_err(LM_ERR_DEVICE, "no CUDA GPU is usable here (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    }
+    return LM_OK;
+}
 
 int lm_cuda_devices(char *name, size_t cap) {
     int n = 0;
@@ -650,19 +905,25 @@ lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
     if (!c) return LM_ERR_OOM;
     c->base.ops = &cuda_ops;
     c->cfg = cfg;
-    // LIGHTMOE_KERNELS=simple runs the v0 kernels (one warp per dot product,
-    // verified on the H100 against the CPU op by op and on every golden
-    // model); =fast the tensor-core GEMMs (gemm.cu) and the paged
-    // flash/split-K attention (attention.cu). simple stays the default until
-    // a GPU run has verified the fast kernels (they were written and checked
-    // on a CPU emulator of the device code only: dev/kernels/emu). Any other
-    // value is an error, not a silent fallback.
+    // LIGHTMOE_KERNELS picks the kernels: fast (default) the tensor-core
+    // GEMMs (gemm.cu, and the Hopper ones on sm_90) and the paged
+    // flash/split-K attention (attention.cu); portable the same without the
+    // Hopper-only kernels (what an A100/L4 runs, for comparison on an H100);
+    // simple the v0 kernels (one warp per dot product, fp32 activations: the
+    // CPU's numbers to ~1e-7). Any other value is an error, not a fallback.
     const char *kn = getenv("LIGHTMOE_KERNELS");
-    if (kn && *kn && strcmp(kn, "fast") && strcmp(kn, "simple")) {
+    if (kn && *kn && strcmp(kn, "fast") && strcmp(kn, "simple") && strcmp(kn, "portable")) {
         free(c);
-        return lm_err(LM_ERR_INVALID_ARG, "LIGHTMOE_KERNELS=%s: expected simple or fast", kn);
+        return lm_err(LM_ERR_INVALID_ARG, "LIGHTMOE_KERNELS=%s: expected fast, portable or simple", kn);
     }
-    c->kernels = !(kn && !strcmp(kn, "fast"));
+    c->kernels = !kn || !*kn || !strcmp(kn, "fast") ? 0 : !strcmp(kn, "simple") ? 1 : 2;
+    // LIGHTMOE_PROFILE=1: GPU time per op (events between launches; steps
+    // then run eagerly, never as graphs), printed when the executor is freed.
+    const char *pf = getenv("LIGHTMOE_PROFILE");
+    if (pf && *pf && strcmp(pf, "0")) {
+        c->pst = calloc(PROF_STATS, sizeof *c->pst);
+        c->graphs_off = 1;
+    }
     lm_status st = LM_OK;
     for (int i = 0; i < LM_EXEC_STREAMS && !st; i++)
         if ((e = cudaStreamCreateWithFlags(&c->st[i], cudaStreamNonBlocking)) != cudaSuccess) st = cuda_fail(NULL, e, "stream");

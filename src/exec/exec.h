@@ -90,6 +90,19 @@ typedef struct lm_moe_plan {
     lm_tensor counts;     // I32 [E][1]: tokens per expert
 } lm_moe_plan;
 
+// One row's sampling parameters as the sample op reads them (the host
+// sampler's state at this draw: src/engine/sample.c).
+typedef struct lm_sample_row {
+    float temperature;   // > 0: draw; 0: greedy (argmax, ties to the lower id); < 0: only check the row
+    int32_t top_k;       // <= 0: off
+    float top_p;         // >= 1: off
+    int32_t n_valid;     // ids [0, n_valid) may be drawn
+    int32_t use_banned;  // ids with banned[id] != 0 are never drawn
+    int32_t pad;
+    uint64_t seed, stream, step;  // the counter-based RNG's key of this draw
+} lm_sample_row;
+#define LM_SAMPLE_ROW_WORDS ((int)(sizeof(lm_sample_row) / 4))
+
 // Packed rows a plan may need for n tokens with top-k of E experts: every
 // expert padded by at most block - 1.
 static inline int lm_moe_rows_max(int n, int k, int n_experts, int block) {
@@ -157,9 +170,17 @@ typedef struct lm_exec_ops {
     // executor, so copies overlap compute), freed with the executor.
     lm_status (*host_alloc)(lm_exec *ex, size_t bytes, void **out);
 
-    // --- step bracket: a device executor may capture everything between
-    // them as one graph; step_end waits for the step and returns its status.
-    lm_status (*step_begin)(lm_exec *ex);
+    // --- step bracket: step_end waits for the step and returns its status.
+    // key names the step's shape: every host-side value the driver passes to
+    // the ops in between (sizes, tensor views, host pointers) is a function
+    // of key >> 1, and only device memory (the metadata uploaded before
+    // step_begin) differs between steps of one key. When bit 0 is set, a
+    // device executor may capture the ops of a key once as a graph and
+    // replay it for later steps of the same key; the ops must still be
+    // called in the same order (they return at once while a graph is
+    // replayed). The step's token count is key >> 38 (for reports); key 0
+    // says nothing.
+    lm_status (*step_begin)(lm_exec *ex, uint64_t key);
     lm_status (*step_end)(lm_exec *ex);
 
     // --- streams and events. Ops run in order on stream 0; copies may run on
@@ -214,6 +235,23 @@ typedef struct lm_exec_ops {
     // out += sigmoid(x g^T) * y                   g [1][H] (Qwen2-MoE shared expert gate)
     lm_status (*gated_add)(lm_exec *ex, const lm_mat *g, lm_tensor x, lm_tensor y, lm_tensor out);
 
+    // --- sampling where the logits are (optional: NULL, and the driver
+    // downloads the logits and samples on the host). For each row r of
+    // logits [n][vocab], with params I32 [n][LM_SAMPLE_ROW_WORDS] holding an
+    // lm_sample_row: out[r][0] = the id drawn (-1 for a row that only asked
+    // for the check), out[r][1] = 1 when the row holds NaN or Inf, else 0.
+    // banned: the host bitmap (one byte per id, n_banned of them) that rows
+    // with use_banned refer to, or NULL; read when the op is called.
+    // sample_full: whether the executor can draw from a distribution (else
+    // the driver calls it only when every row is greedy or check-only).
+    lm_status (*sample)(lm_exec *ex, lm_tensor logits, lm_tensor params, const uint8_t *banned, int n_banned,
+                        lm_tensor out);
+    int sample_full;
+
+    // Bytes allocated in the executor's memory, and the CUDA graphs it keeps
+    // with the device memory they took (NULL on host executors: nothing extra).
+    void (*mem_used)(lm_exec *ex, double *allocated, int *graphs, double *graph_bytes);
+
     void (*free)(lm_exec *ex);
 } lm_exec_ops;
 
@@ -243,6 +281,14 @@ lm_status lm_exec_sync_event_wait(lm_exec *ex, int event, int stream);
 lm_status lm_exec_sync_event_sync(lm_exec *ex, int event);
 lm_status lm_exec_sync_host_alloc(lm_exec *ex, size_t bytes, void **out);
 lm_status lm_exec_sync_bind_weights(lm_exec *ex, const lm_model *m);
+
+// Planning a context before its executor exists: rows per MoE tile of the
+// named executor, the CUDA executor's own scratch for steps of max_tokens
+// tokens over contexts up to max_ctx (0 without CUDA), and the current GPU's
+// free and total memory (LM_ERR_DEVICE / LM_ERR_UNSUPPORTED without one).
+int lm_exec_moe_block(const char *name);
+double lm_exec_cuda_scratch_bytes(const lm_config *cfg, int max_tokens, int max_ctx);
+lm_status lm_exec_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
 
 // By name ("cpu", "ref", "cuda"), for tests and the command line.
 lm_status lm_exec_init(const char *name, const lm_config *cfg, lm_pool *pool, lm_exec **out);

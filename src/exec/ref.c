@@ -61,6 +61,7 @@ static lm_status ref_expert_stats(lm_exec *ex, uint64_t *out, bool reset) {
 }
 
 static lm_status ref_nop(lm_exec *ex) { return LM_OK; }
+static lm_status ref_begin(lm_exec *ex, uint64_t key) { return LM_OK; }
 static lm_status ref_reserve(lm_exec *ex, int max_tokens, int max_ctx) { return LM_OK; }
 
 // ------------------------------------------------------------- accessors ---
@@ -370,7 +371,7 @@ static const lm_exec_ops ref_ops = {
     .expert_stats = ref_expert_stats,
     .host_alloc = lm_exec_sync_host_alloc,
     .bind_weights = lm_exec_sync_bind_weights,
-    .step_begin = ref_nop,
+    .step_begin = ref_begin,
     .step_end = ref_nop,
     .upload_async = lm_exec_sync_upload_async,
     .download_async = lm_exec_sync_download_async,
@@ -407,6 +408,10 @@ lm_status lm_exec_ref_init(const lm_config *cfg, lm_exec **out) {
     }
     *out = &r->base;
     return LM_OK;
+}
+
+int lm_exec_moe_block(const char *name) {
+    return !name || !strcmp(name, "cpu") ? 8 : !strcmp(name, "ref") ? 4 : 16;  // the ops tables' moe_block
 }
 
 lm_status lm_exec_init(const char *name, const lm_config *cfg, lm_pool *pool, lm_exec **out) {

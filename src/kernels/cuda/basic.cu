@@ -376,3 +376,55 @@ extern "C" int lm_cuda_gated_add(const float *x, size_t ldx, const void *g, int 
     if (n > 0) k_gated_add<<<n, 256, 0, st>>>(x, ldx, g, gdt, H, y, ldy, out, ldo);
     return launched();
 }
+
+// --------------------------------------------------------------- greedy ---
+
+// One CTA per row: the argmax over the allowed ids (ties to the lower id,
+// NaN never wins, as the CPU sampler's greedy) and whether any entry of the
+// row is NaN or Inf.
+__global__ void k_sample_greedy(const float *logits, size_t ldl, int V, const int *params, int pw,
+                                const uint8_t *banned, int *out) {
+    const int r = blockIdx.x;
+    const float *x = logits + (size_t)r * ldl;
+    const int *pr = params + (size_t)r * pw;
+    const float temp = __int_as_float(pr[0]);
+    const int n_valid = min(pr[3], V), use_banned = pr[4] && banned;
+    float best = -INFINITY;
+    int bi = -1, bad = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float v = x[i];
+        bad |= !isfinite(v);
+        if (i < n_valid && !(use_banned && banned[i]) && (bi < 0 || v > best)) best = v, bi = i;
+    }
+    __shared__ float sv[32];
+    __shared__ int si[32], sb[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        bad |= __shfl_xor_sync(0xffffffffu, bad, o);
+        if (oi >= 0 && (bi < 0 || ov > best || (ov == best && oi < bi))) best = ov, bi = oi;
+    }
+    int w = threadIdx.x / 32, l = threadIdx.x % 32;
+    if (l == 0) sv[w] = best, si[w] = bi, sb[w] = bad;
+    __syncthreads();
+    if (w == 0) {
+        int nw = blockDim.x / 32;
+        best = l < nw ? sv[l] : -INFINITY, bi = l < nw ? si[l] : -1, bad = l < nw ? sb[l] : 0;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            bad |= __shfl_xor_sync(0xffffffffu, bad, o);
+            if (oi >= 0 && (bi < 0 || ov > best || (ov == best && oi < bi))) best = ov, bi = oi;
+        }
+        if (l == 0) {
+            out[2 * r] = temp < 0 ? -1 : bi < 0 ? 0 : bi;
+            out[2 * r + 1] = bad;
+        }
+    }
+}
+
+extern "C" int lm_cuda_sample_greedy(const float *logits, size_t ldl, int n, int V, const int *params, int pw,
+                                     const uint8_t *banned, int *out, lm_cuda_stream st) {
+    if (n > 0) k_sample_greedy<<<n, 512, 0, st>>>(logits, ldl, V, params, pw, banned, out);
+    return launched();
+}

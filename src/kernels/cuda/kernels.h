@@ -97,6 +97,14 @@ int lm_cuda_combine(const int *row_of, size_t ldr, const float *w, size_t ldw, i
 int lm_cuda_gated_add(const float *x, size_t ldx, const void *g, int gdt, int H, const float *y, size_t ldy,
                       float *out, size_t ldo, int n, lm_cuda_stream st);
 
+// Greedy sampling and the finite check of rows of logits [n][V] (stride
+// ldl). params [n][pw] int32: word 0 the temperature (f32 bits; < 0: only
+// the check, id -1), word 3 the ids allowed [0, n), word 4 whether banned
+// (one byte per id) applies. out [n][2]: the id (argmax, ties to the lower
+// id), 1 when the row holds NaN or Inf.
+int lm_cuda_sample_greedy(const float *logits, size_t ldl, int n, int V, const int *params, int pw,
+                          const unsigned char *banned, int *out, lm_cuda_stream st);
+
 #ifdef __cplusplus
 }
 #endif
