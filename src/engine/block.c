@@ -34,9 +34,14 @@ lm_status lm_block_pre_attn(lm_context *ctx, int l, const lm_ubatch *ub) {
     lm_tensor x = rows(t->x, ub), xn = rows(t->xn, ub), q = rows(t->q, ub), k = rows(t->k, ub), v = rows(t->v, ub);
     if (l == 0) TRY(op->rmsnorm(ex, &w->attn_norm, x, c->hidden, c->rms_eps, xn));
     else TRY(op->add_rmsnorm(ex, x, rows(t->ffn_out, ub), &w->attn_norm, c->rms_eps, xn));
-    TRY(op->matmul(ex, &w->wq, &w->bq, xn, q));
-    TRY(op->matmul(ex, &w->wk, &w->bk, xn, k));
-    TRY(op->matmul(ex, &w->wv, &w->bv, xn, v));
+    if (op->matmul_qkv) {
+        const lm_mat *W[3] = {&w->wq, &w->wk, &w->wv}, *B[3] = {&w->bq, &w->bk, &w->bv};
+        TRY(op->matmul_qkv(ex, W, B, xn, rows(t->qkv, ub)));
+    } else {
+        TRY(op->matmul(ex, &w->wq, &w->bq, xn, q));
+        TRY(op->matmul(ex, &w->wk, &w->bk, xn, k));
+        TRY(op->matmul(ex, &w->wv, &w->bv, xn, v));
+    }
     if (c->qk_norm == LM_QK_NORM_HEAD) {
         TRY(op->rmsnorm(ex, &w->q_norm, q, c->head_dim, c->rms_eps, q));
         TRY(op->rmsnorm(ex, &w->k_norm, k, c->head_dim, c->rms_eps, k));

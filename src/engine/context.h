@@ -28,7 +28,8 @@ typedef struct lm_step_tensors {
     // activations
     lm_tensor x;                // [n_batch][hidden] residual stream
     lm_tensor xn;               // [n_batch][hidden] normalised
-    lm_tensor q, k, v, att;     // [n_batch][nq*hd], [n_batch][nkv*hd] x2, [n_batch][nq*hd]
+    lm_tensor qkv;              // [n_batch][nq*hd + 2*nkv*hd]: q, k and v side by side
+    lm_tensor q, k, v, att;     // column views of qkv [n_batch][nq*hd], [n_batch][nkv*hd] x2; [n_batch][nq*hd]
     lm_tensor tmp;              // [n_batch][hidden] attention output projection, shared expert
     lm_tensor ffn_out;          // [n_batch][hidden] the FFN's output, added to x by the next norm
     lm_tensor h;                // [n_batch][max_inter] dense / shared expert intermediate

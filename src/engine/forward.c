@@ -84,8 +84,7 @@ static lm_status alloc_tensors(lm_context *ctx) {
         {&t->slot, LM_DT_I32, nb, 1},          {&t->seq_start, LM_DT_I32, ns + 1, 1},
         {&t->kv_len, LM_DT_I32, ns, 1},        {&t->pages, LM_DT_I32, ns, ctx->max_pages},
         {&t->out_rows, LM_DT_I32, no, 1},      {&t->x, LM_DT_F32, nb, H},
-        {&t->xn, LM_DT_F32, nb, H},            {&t->q, LM_DT_F32, nb, qd},
-        {&t->k, LM_DT_F32, nb, kvd},           {&t->v, LM_DT_F32, nb, kvd},
+        {&t->xn, LM_DT_F32, nb, H},            {&t->qkv, LM_DT_F32, nb, qd + 2 * kvd},
         {&t->att, LM_DT_F32, nb, qd},          {&t->tmp, LM_DT_F32, nb, H},
         {&t->ffn_out, LM_DT_F32, nb, H},       {&t->h, LM_DT_F32, nb, inter > 0 ? inter : 1},
         {&t->xo, LM_DT_F32, no, H},            {&t->dout, LM_DT_F32, no, H},
@@ -103,6 +102,9 @@ static lm_status alloc_tensors(lm_context *ctx) {
         if (st) return st;
     }
     t->plan.block = block;
+    t->q = lm_cols(t->qkv, 0, qd);
+    t->k = lm_cols(t->qkv, qd, kvd);
+    t->v = lm_cols(t->qkv, qd + kvd, kvd);
     return LM_OK;
 }
 

@@ -39,6 +39,7 @@ lm_status lm_exec_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
 #include <string.h>
 
 #include "kernels/cuda/gemm.h"
+#include "kernels/cpu/kernels.h"
 #include "kernels/cuda/kernels.h"
 #include "util/buf.h"
 
@@ -76,8 +77,11 @@ typedef struct cuda_exec {
     size_t w_cap, w_n;
     etable *et;
     int n_et, cap_et;
-    float *inv_freq;             // device copy of the RoPE frequencies last given
-    float *inv_host;             // their host values
+    struct qkv_w { const void *wq; const void *w, *b; int bdt; } *qkv;  // fused q|k|v weights (and biases) by wq
+    int n_qkv;
+    float *inv_freq;             // device RoPE table [max_ctx][cos half | sin half] of the frequencies last given
+    float *inv_host;             // those frequencies
+    int max_ctx;                 // positions the table covers (reserve's max_ctx)
     int inv_n;
     void *act16;                 // bf16 copy of a GEMM's f32 activations (large-M path), sized at reserve
     size_t act16_bytes;
@@ -302,6 +306,7 @@ static lm_status gemm_reserve(cuda_exec *c, int max_tokens) {
 
 static lm_status cu_reserve(lm_exec *ex, int max_tokens, int max_ctx) {
     cuda_exec *c = (cuda_exec *)ex;
+    if (max_ctx > c->max_ctx) c->max_ctx = max_ctx, c->inv_n = 0;  // the RoPE table is remade at the next rope
     TRYW(gemm_reserve(c, max_tokens));
     if (!c->banned_dev) {  // one byte per id of the vocabulary
         c->banned_cap = c->cfg->vocab;
@@ -456,20 +461,25 @@ static lm_status cu_step_end(lm_exec *ex) {
 static size_t w_hash(const void *p, size_t cap) { return (size_t)(((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ull) & (cap - 1); }
 
 // The device copy of a host weight array (uploaded on first use).
+// Keeps the open-addressing table at most half full.
+static lm_status w_grow(cuda_exec *c) {
+    if (c->w_n * 2 + 2 < c->w_cap) return LM_OK;
+    size_t nc = c->w_cap ? c->w_cap * 2 : 1024;
+    wslot *nw = calloc(nc, sizeof *nw);
+    if (!nw) return LM_ERR_OOM;
+    for (size_t i = 0; i < c->w_cap; i++)
+        if (c->w[i].host) {
+            size_t j = w_hash(c->w[i].host, nc);
+            while (nw[j].host) j = (j + 1) & (nc - 1);
+            nw[j] = c->w[i];
+        }
+    free(c->w);
+    c->w = nw, c->w_cap = nc;
+    return LM_OK;
+}
+
 static lm_status dev_weight(cuda_exec *c, const void *host, size_t bytes, const void **out) {
-    if (c->w_n * 2 >= c->w_cap) {  // grow the table
-        size_t nc = c->w_cap ? c->w_cap * 2 : 1024;
-        wslot *nw = calloc(nc, sizeof *nw);
-        if (!nw) return LM_ERR_OOM;
-        for (size_t i = 0; i < c->w_cap; i++)
-            if (c->w[i].host) {
-                size_t j = w_hash(c->w[i].host, nc);
-                while (nw[j].host) j = (j + 1) & (nc - 1);
-                nw[j] = c->w[i];
-            }
-        free(c->w);
-        c->w = nw, c->w_cap = nc;
-    }
+    TRYW(w_grow(c));
     size_t j = w_hash(host, c->w_cap);
     while (c->w[j].host && c->w[j].host != host) j = (j + 1) & (c->w_cap - 1);
     if (!c->w[j].host) {
@@ -481,6 +491,16 @@ static lm_status dev_weight(cuda_exec *c, const void *host, size_t bytes, const 
         c->w_n++;
     }
     *out = c->w[j].dev;
+    return LM_OK;
+}
+
+// Registers dev as the device copy of host (a view into a larger upload).
+static lm_status dev_weight_alias(cuda_exec *c, const void *host, void *dev) {
+    TRYW(w_grow(c));
+    size_t j = w_hash(host, c->w_cap);
+    while (c->w[j].host && c->w[j].host != host) j = (j + 1) & (c->w_cap - 1);
+    if (!c->w[j].host) c->w_n++;
+    c->w[j] = (wslot){host, dev};
     return LM_OK;
 }
 
@@ -533,6 +553,41 @@ static lm_status experts_dev(cuda_exec *c, const lm_ffn_w *ew, const void *const
     return LM_OK;
 }
 
+// q, k and v of a layer as one [nq*hd + 2*nkv*hd][K] device matrix (and
+// their biases as one vector), so one GEMM makes all three; the three host
+// matrices map to views of it. Only for three dense row-major matrices of
+// one dtype (host stride == K): otherwise they stay separate.
+static lm_status bind_qkv(cuda_exec *c, const lm_layer_w *w) {
+    const lm_mat *m[3] = {&w->wq, &w->wk, &w->wv}, *b[3] = {&w->bq, &w->bk, &w->bv};
+    int K = m[0]->cols, O = 0, nb = 0;
+    for (int i = 0; i < 3; i++) {
+        if (!m[i]->data || m[i]->dt != m[0]->dt || m[i]->cols != K || m[i]->stride != (size_t)K) return LM_OK;
+        O += m[i]->rows;
+        nb += b[i]->data != NULL;
+        if (b[i]->data && (b[i]->dt != b[0]->dt || !b[0]->data)) return LM_OK;
+    }
+    if (nb != 0 && nb != 3) return LM_OK;
+    size_t es = lm_dtype_size(m[0]->dt), bes = nb ? lm_dtype_size(b[0]->dt) : 0;
+    void *d, *bd = NULL;
+    TRYW(dev_alloc(c, (size_t)O * K * es, &d));
+    if (nb) TRYW(dev_alloc(c, (size_t)O * bes, &bd));
+    for (int i = 0, r = 0; i < 3; r += m[i++]->rows) {
+        char *dst = (char *)d + (size_t)r * K * es;
+        CK(c, cudaMemcpyAsync(dst, m[i]->data, (size_t)m[i]->rows * K * es, cudaMemcpyHostToDevice, S0(c)));
+        TRYW(dev_weight_alias(c, m[i]->data, dst));
+        if (nb) {
+            char *bdst = (char *)bd + (size_t)r * bes;
+            CK(c, cudaMemcpyAsync(bdst, b[i]->data, (size_t)m[i]->rows * bes, cudaMemcpyHostToDevice, S0(c)));
+            TRYW(dev_weight_alias(c, b[i]->data, bdst));
+        }
+    }
+    struct qkv_w *q = realloc(c->qkv, (size_t)(c->n_qkv + 1) * sizeof *q);
+    if (!q) return LM_ERR_OOM;
+    c->qkv = q;
+    q[c->n_qkv++] = (struct qkv_w){m[0]->data, d, bd, nb ? b[0]->dt : 0};
+    return LM_OK;
+}
+
 static lm_status cu_bind_weights(lm_exec *ex, const lm_model *m) {
     cuda_exec *c = (cuda_exec *)ex;
     const lm_config *cfg = &m->cfg;
@@ -550,6 +605,7 @@ static lm_status cu_bind_weights(lm_exec *ex, const lm_model *m) {
     for (int i = 0; i < 3; i++) TRYW(mat_dev(c, top[i], &d));
     for (int l = 0; l < cfg->n_layers; l++) {
         const lm_layer_w *w = &m->layers[l];
+        TRYW(bind_qkv(c, w));  // first, so that the three map to views of the fused copy
         const lm_mat *ms[] = {&w->attn_norm, &w->ffn_norm, &w->wq, &w->wk, &w->wv, &w->wo, &w->bq, &w->bk, &w->bv,
                               &w->q_norm, &w->k_norm, &w->router, &w->dense.gate, &w->dense.up, &w->dense.down,
                               &w->shared.gate, &w->shared.up, &w->shared.down, &w->shared_gate};
@@ -617,6 +673,30 @@ static lm_status cu_matmul(lm_exec *ex, const lm_mat *W, const lm_mat *bias, lm_
                     "matmul");
 }
 
+static lm_status cu_matmul_qkv(lm_exec *ex, const lm_mat *const w[3], const lm_mat *const b[3], lm_tensor x,
+                               lm_tensor qkv) {
+    cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
+    const struct qkv_w *f = NULL;
+    for (int i = 0; i < c->n_qkv && !f; i++)
+        if (c->qkv[i].wq == w[0]->data) f = &c->qkv[i];
+    if (!f) {  // not fused: three GEMMs into the column views
+        for (int i = 0, c0 = 0; i < 3; c0 += w[i++]->rows)
+            TRYW(cu_matmul(ex, w[i], b[i], x, lm_cols(qkv, c0, w[i]->rows)));
+        return LM_OK;
+    }
+    int K = w[0]->cols, wdt = w[0]->dt;
+    if (fast_gemm(c, wdt, (size_t)K, K, x.ld, 1)) {
+        lm_cuda_gg g = {.a = x.data, .a_f32 = 1, .lda = x.ld, .a_rows = x.rows, .n_rows = x.rows, .w1_0 = f->w,
+                        .ldw = (size_t)K, .K = K, .O = qkv.cols, .bias = f->b, .bias_dt = f->bdt, .out = qkv.data,
+                        .ldo = qkv.ld, .scratch = c->act16, .scratch_bytes = c->act16_bytes};
+        return launched(c, lm_cuda_gg_run(&g, S0(c)), "matmul_qkv");
+    }
+    return launched(c, lm_cuda_matmul(x.data, x.ld, x.rows, f->w, wdt, (size_t)K, qkv.cols, K, f->b, f->bdt, qkv.data,
+                                      qkv.ld, S0(c)),
+                    "matmul_qkv");
+}
+
 static lm_status cu_rope_kv(lm_exec *ex, const lm_rope *rope, lm_tensor q, lm_tensor k, lm_tensor v, lm_tensor pos,
                             lm_tensor slot, int layer) {
     cuda_exec *c = (cuda_exec *)ex;
@@ -624,17 +704,34 @@ static lm_status cu_rope_kv(lm_exec *ex, const lm_rope *rope, lm_tensor q, lm_te
     int half = rope->head_dim / 2;
     if (rope->head_dim != c->kv.head_dim)
         return lm_err(LM_ERR_INVALID_ARG, "rope_kv: head_dim %d, the cache's %d", rope->head_dim, c->kv.head_dim);
+    // cos/sin of every position the context can reach, made once on the host
+    // exactly as the CPU executor makes them (lm_rope_cos_sin), so the GPU
+    // rotates by the same numbers and the kernel does no trigonometry.
     if (!c->inv_freq || c->inv_n != half || memcmp(c->inv_host, rope->inv_freq, (size_t)half * sizeof(float))) {
-        if (c->inv_n != half) {
+        if (c->max_ctx < 1) return lm_err(LM_ERR_INVALID_ARG, "rope_kv before reserve");
+        size_t bytes = (size_t)c->max_ctx * 2 * half * sizeof(float);
+        float *tab = malloc(bytes), *h = realloc(c->inv_host, (size_t)half * sizeof(float));
+        if (!tab || !h) {
+            free(tab);
+            if (h) c->inv_host = h;
+            return LM_ERR_OOM;
+        }
+        c->inv_host = h;
+        if (c->inv_n != half) {  // a cache of another head size: a new table (the old one stays until free)
             void *d;
-            TRYW(dev_alloc(c, (size_t)half * sizeof(float), &d));
-            float *h = realloc(c->inv_host, (size_t)half * sizeof(float));
-            if (!h) return LM_ERR_OOM;
-            c->inv_freq = d, c->inv_host = h, c->inv_n = half;
+            lm_status st = dev_alloc(c, bytes, &d);
+            if (st) {
+                free(tab);
+                return st;
+            }
+            c->inv_freq = d, c->inv_n = half;
         }
         memcpy(c->inv_host, rope->inv_freq, (size_t)half * sizeof(float));
-        CK(c, cudaMemcpyAsync(c->inv_freq, c->inv_host, (size_t)half * sizeof(float), cudaMemcpyHostToDevice, S0(c)));
-        CK(c, cudaStreamSynchronize(S0(c)));  // inv_host may change with the next rope
+        for (int p = 0; p < c->max_ctx; p++)
+            lm_rope_cos_sin(rope->inv_freq, half, p, tab + (size_t)p * 2 * half, tab + (size_t)p * 2 * half + half);
+        cudaError_t e = cudaMemcpy(c->inv_freq, tab, bytes, cudaMemcpyHostToDevice);  // synchronous: tab goes now
+        free(tab);
+        if (e != cudaSuccess) return cuda_fail(c, e, "RoPE tables");
     }
     const lm_kv_layout *kv = &c->kv;
     return launched(c, lm_cuda_rope_kv(q.data, q.ld, q.cols / kv->head_dim, k.data, k.ld, v.data, v.ld, kv->n_kv_heads,
@@ -818,6 +915,7 @@ static void cu_free(lm_exec *ex) {
     free(c->kv_layer);
     free(c->w);
     free(c->et);
+    free(c->qkv);
     free(c->inv_host);
     free(c);
 }
@@ -847,6 +945,7 @@ static const lm_exec_ops cuda_ops = {
     .rmsnorm = cu_rmsnorm,
     .add_rmsnorm = cu_add_rmsnorm,
     .matmul = cu_matmul,
+    .matmul_qkv = cu_matmul_qkv,
     .rope_kv = cu_rope_kv,
     .attention = cu_attention,
     .gather = cu_gather,

@@ -40,6 +40,13 @@ static inline lm_tensor lm_rows(lm_tensor t, int r0, int n) {
     return t;
 }
 
+// Columns [c0, c0 + n) of t (same rows and row stride).
+static inline lm_tensor lm_cols(lm_tensor t, int c0, int n) {
+    t.data = (char *)t.data + (size_t)c0 * lm_dtype_size(t.dt);
+    t.cols = n;
+    return t;
+}
+
 // The paged KV cache, one pool of pages per layer, in FlashInfer's HND
 // layout: [page][K|V][kv_head][page_size][head_dim]. A token of a sequence
 // lives at slot = page * page_size + offset; a sequence's pages are listed in
@@ -204,6 +211,12 @@ typedef struct lm_exec_ops {
     lm_status (*add_rmsnorm)(lm_exec *ex, lm_tensor x, lm_tensor d, const lm_mat *w, float eps, lm_tensor y);
     // y = x W^T (+ bias)                          x [n][W.cols], y [n][W.rows]
     lm_status (*matmul)(lm_exec *ex, const lm_mat *W, const lm_mat *bias, lm_tensor x, lm_tensor y);
+    // Optional: q, k and v of one input at once. qkv [n][nq*hd + 2*nkv*hd]
+    // holds them side by side (q, then k, then v: the step's q, k, v tensors
+    // are its column views); w and b are the three projections and their
+    // biases (b[i]->data NULL: none). NULL: the driver calls matmul three times.
+    lm_status (*matmul_qkv)(lm_exec *ex, const lm_mat *const w[3], const lm_mat *const b[3], lm_tensor x,
+                            lm_tensor qkv);
     // RoPE (rotate-half) on q and k by position, then k and v into the cache
     // of `layer` at their slots. q [n][nq*hd] (rotated in place), k/v [n][nkv*hd].
     lm_status (*rope_kv)(lm_exec *ex, const lm_rope *rope, lm_tensor q, lm_tensor k, lm_tensor v, lm_tensor pos,

@@ -126,18 +126,15 @@ __device__ __forceinline__ void store_kv(void *base, int kvdt, size_t e, float v
     else ((float *)base)[e] = v;
 }
 
-// One block per token. cos/sin as transformers computes them: the angle
-// rounded to fp32, then cos/sin in double precision rounded to fp32.
+// One block per token; cos/sin from the table (made on the host as
+// transformers computes them: the angle rounded to fp32, then cos/sin in
+// double precision rounded to fp32).
 __global__ void k_rope_kv(float *q, size_t ldq, int nq, float *k, size_t ldk, const float *v, size_t ldv, int nkv,
-                          int hd, const float *inv, const int *pos, const int *slot, void *kv, int kvdt, int ps) {
+                          int hd, const float *tab, const int *pos, const int *slot, void *kv, int kvdt, int ps) {
     extern __shared__ float cs[];  // [half] cos, [half] sin
     int t = blockIdx.x, half = hd / 2, p = pos[t], s = slot[t];
     float *sn = cs + half;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        float ang = (float)p * inv[i];
-        cs[i] = (float)cos((double)ang);
-        sn[i] = (float)sin((double)ang);
-    }
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) cs[i] = tab[(size_t)p * hd + i];
     __syncthreads();
     float *qr = q + (size_t)t * ldq, *kr = k + (size_t)t * ldk;
     for (int j = threadIdx.x; j < nq * half; j += blockDim.x) {
@@ -166,10 +163,10 @@ __global__ void k_rope_kv(float *q, size_t ldq, int nq, float *k, size_t ldk, co
 }
 
 extern "C" int lm_cuda_rope_kv(float *q, size_t ldq, int nq, float *k, size_t ldk, const float *v, size_t ldv,
-                               int nkv, int hd, const float *inv_freq, const int *pos, const int *slot, int n,
+                               int nkv, int hd, const float *cos_sin, const int *pos, const int *slot, int n,
                                void *kv, int kvdt, int page_size, lm_cuda_stream st) {
     if (n > 0)
-        k_rope_kv<<<n, 128, (size_t)hd * sizeof(float), st>>>(q, ldq, nq, k, ldk, v, ldv, nkv, hd, inv_freq, pos,
+        k_rope_kv<<<n, 128, (size_t)hd * sizeof(float), st>>>(q, ldq, nq, k, ldk, v, ldv, nkv, hd, cos_sin, pos,
                                                                slot, kv, kvdt, page_size);
     return launched();
 }

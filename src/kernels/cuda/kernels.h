@@ -38,9 +38,10 @@ int lm_cuda_matmul(const float *x, size_t ldx, int n, const void *W, int wdt, si
 
 // RoPE (rotate-half) of q [n][nq*hd] in place and of k, then k and v into
 // the paged cache (HND: [page][K|V][nkv][page_size][hd], kvdt F32 or BF16) at
-// slot[t] = page * page_size + offset.
+// slot[t] = page * page_size + offset. cos_sin [positions][hd]: for each
+// position the hd/2 cosines, then the hd/2 sines.
 int lm_cuda_rope_kv(float *q, size_t ldq, int nq, float *k, size_t ldk, const float *v, size_t ldv, int nkv, int hd,
-                    const float *inv_freq, const int *pos, const int *slot, int n, void *kv, int kvdt, int page_size,
+                    const float *cos_sin, const int *pos, const int *slot, int n, void *kv, int kvdt, int page_size,
                     lm_cuda_stream st);
 
 // Causal attention over pages (src/kernels/cuda/attention.cu).
