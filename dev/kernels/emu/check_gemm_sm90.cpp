@@ -47,10 +47,12 @@ static float f32_nan() { return __uint_as_float(0x7fc00001u); }
 
 static std::string launches_str() {
     std::map<const void *, std::string> names = {
-        {(const void *)&k_s9_gemm<256, 4, false>, "gemm<256,4,f32out>"},
-        {(const void *)&k_s9_gemm<256, 4, true>, "gemm<256,4,swiglu>"},
-        {(const void *)&k_s9_gemm<128, 6, false>, "gemm<128,6,f32out>"},
-        {(const void *)&k_s9_gemm<128, 6, true>, "gemm<128,6,swiglu>"},
+        {(const void *)&k_s9_gemm<256, 4, false, true>, "gemm<256,4,f32out>"},
+        {(const void *)&k_s9_gemm<256, 4, true, true>, "gemm<256,4,swiglu>"},
+        {(const void *)&k_s9_gemm<128, 6, false, true>, "gemm<128,6,f32out>"},
+        {(const void *)&k_s9_gemm<128, 6, true, true>, "gemm<128,6,swiglu>"},
+        {(const void *)&k_s9_gemm<256, 4, false, false>, "gemm<256,4,f32out,nofence>"},
+        {(const void *)&k_s9_gemm<256, 4, true, false>, "gemm<256,4,swiglu,nofence>"},
         {(const void *)&k_s9_prep, "prep"},
         {(const void *)&k_s9_to_bf16, "to_bf16"},
     };
@@ -269,6 +271,8 @@ static std::vector<gcase> cases() {
                     .var(1).pads(0, 8, 5).expects("prep(1) + gemm<256,4,f32out>(3)"));
     v.push_back(gcase("v2 f32out+bias bf16 groups{0,1,17,130,1000}/8 gather a32 K8 O45").groups(awk, 8).gather(40).k(8)
                     .a32().bias(2).var(2).pads(4, 0, 1).expects("to_bf16(1) + prep(1) + gemm<128,6,f32out>(3)"));
+    v.push_back(gcase("v3 (no proxy fence) swiglu groups{0,1,17,130,1000}/16 gather K136 O130").groups(awk, 16)
+                    .gather(300).swiglu().k(136).o(130).var(3).expects("prep(1) + gemm<256,4,swiglu,nofence>(3)"));
     // K: one full slice (64), tails (72 = 64 + 8, 136), a single chunk (8); long K through every stage many times
     v.push_back(gcase("v1 dense 300 f32out+bias f16 K2048 O45 (32 k-slices, 8 stage wraps)").dense(300).k(2048).bias(1)
                     .var(1).expects("gemm<256,4,f32out>(3)"));

@@ -22,7 +22,9 @@
 // each 8-column block i, d[4i], d[4i+1] at row 16w + l/4, columns
 // 8i + 2(l%4) + {0,1}, and d[4i+2], d[4i+3] at row 16w + l/4 + 8) is the
 // PTX ISA's "WGMMA .m64nNk16 register fragment layout for D", cross-checked
-// with DeepGEMM's f32 epilogue.
+// with DeepGEMM's f32 epilogue and CUTLASS's CLayout_64xN
+// (cute/atom/mma_traits_sm90_gmma.hpp: ((4,8,4),(2,2,N/8)):((128,1,16),
+// (64,8,512)) over the column-major 64 x N tile).
 #include <cuda.h>  // CUtensorMap and its enums (types only: nothing links libcuda)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -277,7 +279,11 @@ __device__ __forceinline__ int s9_total_tiles(const s9_params &p) {
 
 // ---------------------------------------------------------- the kernel ---
 
-template <int BN, int STAGES, bool SWI>
+// FENCE: the consumers' fence.proxy.async after each full barrier (the
+// activation tile is written by cp.async, a generic-proxy write, and read by
+// wgmma through the async proxy). Variant 3 leaves it out, for the lab to
+// measure what it costs; the launcher's choice always has it.
+template <int BN, int STAGES, bool SWI, bool FENCE>
 __device__ __forceinline__ void s9_body(const s9_params &p, const CUtensorMap *dm1, const CUtensorMap *dm2) {
     constexpr int A_BYTES = S9_BM * 128, B_BYTES = BN * 128;
     constexpr int BN_OUT = SWI ? BN / 2 : BN;  // output columns per tile
@@ -365,7 +371,7 @@ __device__ __forceinline__ void s9_body(const s9_params &p, const CUtensorMap *d
             for (int kb = 0; kb < nk; kb++) {
                 while (!s9_mbar_try_wait(full(s), ph)) {
                 }
-                s9_fence_proxy_async();
+                if (FENCE) s9_fence_proxy_async();
 #pragma unroll
                 for (int i = 0; i < NACC; i++) s9_fence_reg(acc[i]);
                 s9_wgmma_fence();
@@ -500,12 +506,12 @@ __global__ void k_s9_to_bf16(const float *x, size_t ldx, int rows, int cols, __n
         }
 }
 
-template <int BN, int STAGES, bool SWI>
+template <int BN, int STAGES, bool SWI, bool FENCE>
 __global__ void __launch_bounds__(S9_THREADS, 1)
     k_s9_gemm(const __grid_constant__ s9_params p, const __grid_constant__ CUtensorMap dm1,
               const __grid_constant__ CUtensorMap dm2) {
 #if S9_DEV
-    s9_body<BN, STAGES, SWI>(p, &dm1, &dm2);
+    s9_body<BN, STAGES, SWI, FENCE>(p, &dm1, &dm2);
 #endif
 }
 
@@ -526,10 +532,11 @@ typedef CUresult (*s9_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t,
                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 
 struct s9_variant {
-    int bn, stages;
+    int bn, stages, fence;
 };
-// 1: 128 x 256 tiles, 4 stages (48 KB each); 2: 128 x 128, 6 stages (32 KB each)
-static const s9_variant S9_VARIANTS[] = {{256, 4}, {128, 6}};
+// 1: 128 x 256 tiles, 4 stages (48 KB each); 2: 128 x 128, 6 stages (32 KB
+// each); 3: variant 1 without the consumers' proxy fence (lab only: see s9_body)
+static const s9_variant S9_VARIANTS[] = {{256, 4, 1}, {128, 6, 1}, {256, 4, 0}};
 #define S9_NVAR ((int)(sizeof S9_VARIANTS / sizeof S9_VARIANTS[0]))
 static int g_s9_variant;  // 0: auto
 
@@ -608,17 +615,17 @@ static int s9_encode(CUtensorMap *m, const void *addr, int K, int O, size_t ldw)
     return r == CUDA_SUCCESS ? 0 : (int)cudaErrorInvalidValue;
 }
 
-template <int BN, int ST, bool SWI>
+template <int BN, int ST, bool SWI, bool FENCE = true>
 static int s9_launch(const s9_params &p, const CUtensorMap &d1, const CUtensorMap &d2, int grid, cudaStream_t st) {
     const size_t smem = s9_smem_bytes(BN, ST);
     static bool attr = false;  // once per instantiation: allow > 48 KB of dynamic shared memory
     if (!attr) {
-        cudaError_t e = cudaFuncSetAttribute(k_s9_gemm<BN, ST, SWI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        cudaError_t e = cudaFuncSetAttribute(k_s9_gemm<BN, ST, SWI, FENCE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              (int)smem);
         if (e != cudaSuccess) return (int)e;
         attr = true;
     }
-    k_s9_gemm<BN, ST, SWI><<<grid, S9_THREADS, smem, st>>>(p, d1, d2);
+    k_s9_gemm<BN, ST, SWI, FENCE><<<grid, S9_THREADS, smem, st>>>(p, d1, d2);
     return (int)cudaGetLastError();
 }
 
@@ -682,6 +689,9 @@ extern "C" int lm_cuda_gg_sm90_run(const lm_cuda_gg *p, lm_cuda_stream st) {
 
     if (v == 1)
         return p->swiglu ? s9_launch<256, 4, true>(q, d1, d2, grid, st) : s9_launch<256, 4, false>(q, d1, d2, grid, st);
+    if (v == 3)
+        return p->swiglu ? s9_launch<256, 4, true, false>(q, d1, d2, grid, st)
+                         : s9_launch<256, 4, false, false>(q, d1, d2, grid, st);
     return p->swiglu ? s9_launch<128, 6, true>(q, d1, d2, grid, st) : s9_launch<128, 6, false>(q, d1, d2, grid, st);
 }
 
@@ -691,14 +701,20 @@ extern "C" int lm_cuda_gg_sm90_describe(int v, int swiglu, char *buf, int len) {
     cudaFuncAttributes fa;
     cudaError_t e;
     if (v == 1)
-        e = swiglu ? cudaFuncGetAttributes(&fa, k_s9_gemm<256, 4, true>) : cudaFuncGetAttributes(&fa, k_s9_gemm<256, 4, false>);
+        e = swiglu ? cudaFuncGetAttributes(&fa, k_s9_gemm<256, 4, true, true>)
+                   : cudaFuncGetAttributes(&fa, k_s9_gemm<256, 4, false, true>);
+    else if (v == 3)
+        e = swiglu ? cudaFuncGetAttributes(&fa, k_s9_gemm<256, 4, true, false>)
+                   : cudaFuncGetAttributes(&fa, k_s9_gemm<256, 4, false, false>);
     else
-        e = swiglu ? cudaFuncGetAttributes(&fa, k_s9_gemm<128, 6, true>) : cudaFuncGetAttributes(&fa, k_s9_gemm<128, 6, false>);
+        e = swiglu ? cudaFuncGetAttributes(&fa, k_s9_gemm<128, 6, true, true>)
+                   : cudaFuncGetAttributes(&fa, k_s9_gemm<128, 6, false, true>);
     if (e != cudaSuccess) return (int)e;
     snprintf(buf, (size_t)len,
-             "v%d %s: tile %dx%d (x%d k), %d stages, %d threads (2 consumer WGs, 1 producer WG), dyn smem %zu B, "
+             "v%d %s: tile %dx%d (x%d k), %d stages%s, %d threads (2 consumer WGs, 1 producer WG), dyn smem %zu B, "
              "%d regs/thread at entry (setmaxnreg %d/%d), local %zu B, binary sm_%d",
-             v, swiglu ? "swiglu" : "f32out", S9_BM, var.bn, S9_BK, var.stages, S9_THREADS,
+             v, swiglu ? "swiglu" : "f32out", S9_BM, var.bn, S9_BK, var.stages,
+             var.fence ? "" : ", no proxy fence", S9_THREADS,
              s9_smem_bytes(var.bn, var.stages), fa.numRegs, S9_CONS_REGS, S9_PROD_REGS, (size_t)fa.localSizeBytes,
              fa.binaryVersion);
     return 0;
