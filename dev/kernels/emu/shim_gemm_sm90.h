@@ -13,6 +13,7 @@ static inline void s9_mbar_arrive(uint32_t bar) { emu_mbar_arrive(bar); }
 static inline void s9_mbar_arrive_tx(uint32_t bar, uint32_t bytes) { emu_mbar_arrive_expect_tx(bar, bytes); }
 static inline bool s9_mbar_try_wait(uint32_t bar, uint32_t parity) { return emu_mbar_try_wait(bar, parity); }
 static inline void s9_cp_async_arrive(uint32_t bar) { emu_cp_async_mbar_arrive_noinc(bar); }
+static inline void s9_cp_async_wait_all() { emu_cp_wait(0); }
 static inline void s9_cp_async16(uint32_t dst, const void *src, bool ok) { emu_cp_async(dst, src, 16, ok ? 16 : 0); }
 static inline void s9_tma_2d(uint32_t dst, const CUtensorMap *map, int x, int y, uint32_t bar) {
     emu_tma_load_2d(dst, map, x, y, bar);

@@ -111,6 +111,7 @@ __device__ __forceinline__ bool s9_mbar_try_wait(uint32_t bar, uint32_t parity) 
 __device__ __forceinline__ void s9_cp_async_arrive(uint32_t bar) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
+__device__ __forceinline__ void s9_cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 __device__ __forceinline__ void s9_cp_async16(uint32_t dst, const void *src, bool ok) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0) : "memory");
 }
@@ -360,6 +361,7 @@ __device__ __forceinline__ void s9_body(const s9_params &p, const CUtensorMap *d
                 if (++s == STAGES) s = 0, ph ^= 1;
             }
         }
+        s9_cp_async_wait_all();  // leave no copy of this thread in flight past its exit
     } else {
         // ------------------------------------------------ consumers ---
         s9_setmaxnreg_inc<S9_CONS_REGS>();
