@@ -1,5 +1,6 @@
 // CUDA-on-CPU emulation: fibers, barriers, warp collectives, launches.
 #include "emu.h"
+#include "cuda.h"  // include/: the emulator's tensor-map types
 
 #include <signal.h>
 #include <stdarg.h>
@@ -173,6 +174,9 @@ static void resume(emu_fiber &f) {
     abort();
 }
 
+static void sm90_block_start();
+static void sm90_block_end();
+
 static void run_block(int n, const std::function<void()> &body) {
     EMU_CHECK(n >= 1 && n <= 1024, "block of %d threads", n);
     if ((int)g_fib.size() < n) {
@@ -189,6 +193,7 @@ static void run_block(int n, const std::function<void()> &body) {
         }
     }
     g_body = &body;
+    sm90_block_start();
     emu_block_bar = emu_bar();
     for (auto &b : emu_warp_bar) b = emu_bar();
     for (int i = 0; i < n; i++) {
@@ -237,6 +242,7 @@ static void run_block(int n, const std::function<void()> &body) {
         }
     }
     emu_cur = NULL;
+    sm90_block_end();
     emu_stat.threads += n;
 }
 
@@ -381,6 +387,359 @@ void emu_cp_wait(int n) {
     }
 }
 
+// ------------------------------------------------------ Hopper (sm_90a) ---
+// Sources for the semantics modelled here (read, cross-checked; the kernel
+// under test was written from the same reading, so the checks compare two
+// independent transcriptions, and the activation tile, which the kernel
+// swizzles with its own arithmetic, against this file's TMA and wgmma):
+// - PTX ISA: mbarrier (init, arrive, expect_tx, complete_tx, try_wait.parity:
+//   true once the phase of that parity has completed; a fresh barrier is in
+//   phase 0, so parity 1 is "complete"), cp.async.mbarrier.arrive.noinc,
+//   cp.async.bulk.tensor (tile mode), tensormap.replace / cp_fenceproxy,
+//   wgmma.mma_async with the matrix descriptor (start address bits 0-13,
+//   leading byte offset 16-29, stride byte offset 32-45, base offset 49-51,
+//   layout type 62-63: 0 interleave / none, 1 128B, 2 64B, 3 32B swizzle) and
+//   the K-major canonical layouts in units of T = 16 bytes / element:
+//     none:  ((8,m),(T,2k)):((1T,SBO),(1,LBO))
+//     32B:   Swizzle<1,4,3> o ((8,m),(T,2k)):((2T,SBO),(1,T))
+//     64B:   Swizzle<2,4,3> o ((8,m),(T,2k)):((4T,SBO),(1,T))
+//     128B:  Swizzle<3,4,3> o ((8,m),(T,2k)):((8T,SBO),(1,T))
+//   (Swizzle<B,4,3> XORs byte-address bits [4, 4+B) with bits [7, 7+B)).
+// - CUTLASS cute/arch/mma_sm90_desc.hpp (GmmaDescriptor bit fields, the
+//   LayoutType values) and DeepGEMM (K-major SW128: SBO 1024, LBO unused,
+//   k advanced by adding bytes/16 to the start address; its gather path
+//   writes chunk c of row r at c ^ (r % 8), as TMA's SWIZZLE_128B does).
+// - The CUDA driver API's cuTensorMapEncodeTiled parameter rules (cuda.h).
+// Not modelled: the async proxy (fence.proxy.async and wgmma.fence are
+// no-ops here), swizzle atomicities other than 16 B, TMA boxes narrower than
+// the swizzle span, multicast, clusters, tensor maps of rank > 3.
+
+struct emu_tma_op { unsigned char *dst; std::vector<unsigned char> data; long long bytes; };
+struct emu_mbar {
+    int expected = 0, pending = 0;
+    long long tx = 0;
+    unsigned phase = 0;                       // phases completed
+    emu_bar chg;                              // gen moves on every change a waiter may care about
+    std::vector<emu_tma_op> tma;              // issued copies, landing when someone polls (or the phase needs them)
+    std::vector<std::vector<emu_cp_op>> cpa;  // cp.async.mbarrier.arrive.noinc: a thread's copies, then one arrival
+};
+static std::map<uint32_t, emu_mbar> g_mbar;  // by shared address, per block
+
+static void mbar_bump(emu_mbar &m) { m.chg.gen++, g_releases++; }
+static void mbar_complete(emu_mbar &m) {
+    if (m.pending == 0 && m.tx == 0) {
+        m.phase++, m.pending = m.expected;
+        mbar_bump(m);
+    }
+}
+static emu_mbar &mbar_at(uint32_t a, const char *what) {
+    emu_smem_ptr(a, 8, what);
+    EMU_CHECK(a % 8 == 0, "%s: mbarrier address %u not 8-byte aligned", what, a);
+    auto it = g_mbar.find(a);
+    EMU_CHECK(it != g_mbar.end(), "%s: mbarrier at %u not initialised", what, a);
+    return it->second;
+}
+void emu_mbar_init(uint32_t a, int count) {
+    emu_smem_ptr(a, 8, "mbarrier.init");
+    EMU_CHECK(a % 8 == 0, "mbarrier.init: address %u not 8-byte aligned", a);
+    EMU_CHECK(count >= 1 && count < (1 << 20), "mbarrier.init: count %d", count);
+    auto it = g_mbar.find(a);
+    EMU_CHECK(it == g_mbar.end() || (it->second.tma.empty() && it->second.cpa.empty()),
+              "mbarrier.init at %u while copies are in flight to it", a);
+    emu_mbar &m = g_mbar[a];
+    m.expected = m.pending = count, m.tx = 0, m.phase = 0;
+    m.tma.clear(), m.cpa.clear();
+    memset(emu_smem_ptr(a, 8, "mbarrier.init"), 0x5a, 8);  // opaque
+}
+static void mbar_arrive1(emu_mbar &m, uint32_t a, const char *what) {
+    EMU_CHECK(m.pending > 0, "%s: more arrivals than the expected count %d on the mbarrier at %u", what, m.expected, a);
+    m.pending--;
+    mbar_complete(m);
+}
+void emu_mbar_arrive(uint32_t a) { emu_mbar &m = mbar_at(a, "mbarrier.arrive"); mbar_arrive1(m, a, "mbarrier.arrive"); }
+void emu_mbar_arrive_expect_tx(uint32_t a, uint32_t bytes) {
+    emu_mbar &m = mbar_at(a, "mbarrier.arrive.expect_tx");
+    m.tx += bytes;
+    mbar_arrive1(m, a, "mbarrier.arrive.expect_tx");
+}
+// The latest the copies can land: when a thread looks at the barrier. They
+// land one at a time, and no more once the phase completes: what a phase
+// did not wait for (a wrong expect_tx, a missing arrival) is still poison
+// when the waiters read it.
+static void mbar_land(emu_mbar &m, uint32_t a) {
+    const unsigned ph = m.phase;
+    while (!m.tma.empty() && m.phase == ph) {
+        emu_tma_op o = std::move(m.tma.front());
+        m.tma.erase(m.tma.begin());
+        memcpy(o.dst, o.data.data(), o.data.size());
+        m.tx -= o.bytes;
+        mbar_complete(m);
+    }
+    while (!m.cpa.empty() && m.phase == ph) {
+        std::vector<emu_cp_op> g = std::move(m.cpa.front());
+        m.cpa.erase(m.cpa.begin());
+        cp_land(g);
+        mbar_arrive1(m, a, "cp.async.mbarrier.arrive.noinc");
+    }
+}
+bool emu_mbar_try_wait(uint32_t a, uint32_t parity) {
+    emu_mbar &m = mbar_at(a, "mbarrier.try_wait");
+    EMU_CHECK(parity <= 1, "mbarrier.try_wait.parity: parity %u", parity);
+    if ((m.phase & 1) != parity) return true;
+    mbar_land(m, a);  // only what the waited-for phase needs, and only now
+    if ((m.phase & 1) != parity) return true;
+    // not yet: sleep until something changes on this barrier, then let the caller poll again
+    emu_cur->wbar = &m.chg, emu_cur->wgen = m.chg.gen, emu_cur->wait_at = "mbarrier.try_wait";
+    while (m.chg.gen == emu_cur->wgen) ctx_to_sched(emu_cur);
+    emu_cur->wbar = NULL;
+    return false;
+}
+void emu_cp_async_mbar_arrive_noinc(uint32_t a) {
+    emu_mbar &m = mbar_at(a, "cp.async.mbarrier.arrive.noinc");
+    emu_cp *c = emu_cur->cp;
+    std::vector<emu_cp_op> all;
+    for (auto &g : c->groups) all.insert(all.end(), g.begin(), g.end());
+    all.insert(all.end(), c->open.begin(), c->open.end());
+    c->groups.clear(), c->open.clear();
+    m.cpa.push_back(std::move(all));
+    mbar_bump(m);
+}
+
+// ---- tensor maps: the emulator's own layout in the opaque 128 bytes ----
+struct emu_tmap {
+    uint64_t magic, addr;
+    uint32_t rank, esz;
+    uint64_t dim[3], stride[2];  // stride[i]: bytes between steps of dimension i + 1
+    uint32_t box[3], es[3];
+    int32_t swz, il, oob, l2;
+};
+static_assert(sizeof(emu_tmap) <= 128, "tensor map layout");
+static const uint64_t TMAP_MAGIC = 0x54454e534f524d41ull;
+static std::map<const void *, unsigned> g_tmap_ver;  // maps published by tensormap.cp_fenceproxy: version
+static std::map<const void *, unsigned> g_tmap_acq;  // per block: the version acquired
+
+CUresult emu_tensor_map_encode_tiled(CUtensorMap *map, CUtensorMapDataType dt, cuuint32_t rank, void *addr,
+                                     const cuuint64_t *dim, const cuuint64_t *strides, const cuuint32_t *box,
+                                     const cuuint32_t *es, CUtensorMapInterleave il, CUtensorMapSwizzle swz,
+                                     CUtensorMapL2promotion l2, CUtensorMapFloatOOBfill oob) {
+    static const int esz_of[] = {1, 2, 4, 4, 8, 8, 2, 4, 8, 2};
+    if (!map || (uintptr_t)map % 64 || (int)dt < 0 || (int)dt > 9 || rank < 1 || rank > 3) return CUDA_ERROR_INVALID_VALUE;
+    if (il != CU_TENSOR_MAP_INTERLEAVE_NONE) return CUDA_ERROR_INVALID_VALUE;  // not emulated
+    const uint32_t esz = esz_of[dt];
+    if ((uintptr_t)addr % 16) return CUDA_ERROR_INVALID_VALUE;
+    for (uint32_t i = 0; i < rank; i++) {
+        if (dim[i] == 0 || dim[i] > (1ull << 32) || box[i] == 0 || box[i] > 256 || es[i] == 0 || es[i] > 8)
+            return CUDA_ERROR_INVALID_VALUE;
+        if (i + 1 < rank) {
+            uint64_t prev = i == 0 ? dim[0] * esz : strides[i - 1] * dim[i];
+            if (strides[i] % 16 || strides[i] >= (1ull << 40) || strides[i] < prev) return CUDA_ERROR_INVALID_VALUE;
+        }
+    }
+    if ((box[0] * esz) % 16) return CUDA_ERROR_INVALID_VALUE;
+    const uint32_t span = swz == CU_TENSOR_MAP_SWIZZLE_NONE ? 0 : 16u << (int)swz;
+    if (span && box[0] * esz > span) return CUDA_ERROR_INVALID_VALUE;
+    emu_tmap t = {};
+    t.magic = TMAP_MAGIC, t.addr = (uint64_t)(uintptr_t)addr, t.rank = rank, t.esz = esz;
+    for (uint32_t i = 0; i < rank; i++) t.dim[i] = dim[i], t.box[i] = box[i], t.es[i] = es[i];
+    for (uint32_t i = 0; i + 1 < rank; i++) t.stride[i] = strides[i];
+    t.swz = swz, t.il = il, t.oob = oob, t.l2 = l2;
+    memset(map, 0, sizeof *map);
+    memcpy(map, &t, sizeof t);
+    return CUDA_SUCCESS;
+}
+cudaError_t cudaGetDriverEntryPointByVersion(const char *sym, void **fn, unsigned version, unsigned long long flags,
+                                             cudaDriverEntryPointQueryResult *status) {
+    (void)flags;
+    bool ok = !strcmp(sym, "cuTensorMapEncodeTiled") && version >= 12000;
+    *fn = ok ? (void *)&emu_tensor_map_encode_tiled : NULL;
+    if (status) *status = ok ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
+    return cudaSuccess;
+}
+
+static emu_tmap tmap_read(const void *map, const char *what) {
+    emu_tmap t;
+    EMU_CHECK((uintptr_t)map % 64 == 0, "%s: tensor map at %p not 64-byte aligned", what, map);
+    memcpy(&t, map, sizeof t);
+    EMU_CHECK(t.magic == TMAP_MAGIC, "%s: %p is not a tensor map", what, map);
+    return t;
+}
+void emu_tmap_replace_global_address(uint32_t smap, const void *addr) {
+    EMU_CHECK(smap % 128 == 0, "tensormap.replace: shared address %u not 128-byte aligned", smap);
+    unsigned char *p = emu_smem_ptr(smap, 128, "tensormap.replace");
+    emu_tmap t = tmap_read(p, "tensormap.replace");
+    EMU_CHECK((uintptr_t)addr % 16 == 0, "tensormap.replace: global address %p not 16-byte aligned", addr);
+    t.addr = (uint64_t)(uintptr_t)addr;
+    memcpy(p, &t, sizeof t);
+}
+void emu_tmap_cp_fenceproxy(CUtensorMap *gmap, uint32_t smap) {
+    struct { CUtensorMap *g; uint32_t s; } mine = {gmap, smap}, first;
+    first = emu_exchange(mine, 0, "tensormap.cp_fenceproxy");  // .sync.aligned: the whole warp, same operands
+    EMU_CHECK(first.g == gmap && first.s == smap, "tensormap.cp_fenceproxy: lanes disagree on the operands");
+    if (emu_lane() == 0) {
+        EMU_CHECK((uintptr_t)gmap % 128 == 0 && smap % 128 == 0, "tensormap.cp_fenceproxy: operands not 128-byte aligned");
+        memcpy(gmap, emu_smem_ptr(smap, 128, "tensormap.cp_fenceproxy"), 128);
+        g_tmap_ver[gmap]++;
+    }
+}
+void emu_tmap_acquire(const CUtensorMap *map) {
+    auto it = g_tmap_ver.find(map);
+    if (it != g_tmap_ver.end()) g_tmap_acq[map] = it->second;
+}
+
+void emu_tma_load_2d(uint32_t dst, const CUtensorMap *map, int x, int y, uint32_t bar) {
+    emu_stat.tma++;
+    emu_tmap t = tmap_read(map, "cp.async.bulk.tensor");
+    auto v = g_tmap_ver.find(map);
+    EMU_CHECK(v == g_tmap_ver.end() || g_tmap_acq[map] == v->second,
+              "cp.async.bulk.tensor: the tensor map at %p was written on the device and not acquired by this block "
+              "(fence.proxy.tensormap::generic.acquire)", (const void *)map);
+    EMU_CHECK(t.rank == 2, "cp.async.bulk.tensor.2d with a rank-%u map", t.rank);
+    EMU_CHECK(t.es[1] == 1, "element strides other than 1 not emulated");
+    const uint32_t row = t.box[0] * t.esz, bytes = row * t.box[1];
+    const uint32_t span = t.swz ? 16u << t.swz : 0;
+    EMU_CHECK(dst % (span ? 8 * span : 128) == 0, "cp.async.bulk.tensor: shared destination %u not %u-byte aligned", dst,
+              span ? 8 * span : 128);
+    EMU_CHECK(!span || row == span, "TMA box rows of %u bytes under a %u-byte swizzle: not emulated", row, span);
+    unsigned char *d = emu_smem_ptr(dst, bytes, "cp.async.bulk.tensor");
+    emu_mbar &m = mbar_at(bar, "cp.async.bulk.tensor");
+    emu_tma_op o;
+    o.dst = d, o.bytes = bytes, o.data.assign(bytes, 0);
+    for (uint32_t r = 0; r < t.box[1]; r++)
+        for (uint32_t e = 0; e < t.box[0]; e++) {
+            long long gx = (long long)x + e, gy = (long long)y + r;
+            uint32_t off = r * row + e * t.esz;
+            if (span) {  // Swizzle<log2(span/16),4,3> on the shared address
+                uint32_t a = dst + off;
+                a ^= ((a >> 7) & (span / 16 - 1)) << 4;
+                off = a - dst;
+            }
+            if (gx >= 0 && gy >= 0 && (uint64_t)gx < t.dim[0] && (uint64_t)gy < t.dim[1])
+                memcpy(&o.data[off], (const char *)(uintptr_t)t.addr + gy * t.stride[0] + gx * t.esz, t.esz);
+        }
+    memset(d, 0xff, bytes);  // until it lands
+    m.tma.push_back(std::move(o));
+    mbar_bump(m);
+}
+
+// ---- wgmma ----
+struct emu_wg_op { uint64_t da, db; int n, scale_d, group; float *acc[128]; };
+struct emu_wg {
+    std::vector<emu_wg_op> ops;
+    int next_group = 0;
+    int arrived = 0;  // the collective being assembled
+    const char *what = NULL;
+    uint64_t key = 0;
+    emu_wg_op cur;
+};
+static emu_wg g_wg[8];
+static emu_bar g_wg_bar[8];
+struct emu_shadow { std::vector<float> v; int pending; };
+static std::map<float *, emu_shadow> g_shadow;  // accumulators in flight: their values as the MMAs see them
+
+// A warpgroup-wide instruction: every thread of the warpgroup, same operands;
+// the last to arrive performs it, then the warpgroup moves on together.
+template <class F> static void wg_collective(const char *what, uint64_t key, F last) {
+    const int nthr = (int)(blockDim.x * blockDim.y * blockDim.z), wgi = emu_cur->lin / 128;
+    EMU_CHECK(nthr % 128 == 0, "%s: the block (%d threads) is not made of whole warpgroups", what, nthr);
+    emu_wg &w = g_wg[wgi];
+    if (w.arrived == 0) w.what = what, w.key = key;
+    EMU_CHECK(w.what == what && w.key == key, "%s: threads of warpgroup %d disagree (%s): not .aligned", what, wgi, w.what);
+    if (++w.arrived == 128) {
+        w.arrived = 0;
+        last(w);
+    }
+    emu_wait(g_wg_bar[wgi], 128, what);
+}
+
+// element (row, k) of a K-major bf16 operand through its descriptor
+static float wgmma_elem(uint64_t desc, int row, int k) {
+    const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4, lbo = (uint32_t)((desc >> 16) & 0x3FFF) << 4,
+                   sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
+    const int base = (int)((desc >> 49) & 7), mode = (int)(desc >> 62);
+    EMU_CHECK(base == 0, "wgmma descriptor: base offset %d not emulated", base);
+    uint32_t a;
+    if (mode == 0) {  // no swizzle: 8 x 16-byte core matrices, LBO between them along k
+        a = start + (row / 8) * sbo + (row % 8) * 16 + (k / 8) * lbo + (k % 8) * 2;
+    } else {  // 1: 128B, 2: 64B, 3: 32B; the 16 k of one wgmma fit in a swizzle row, LBO unused
+        const uint32_t span = mode == 1 ? 128 : mode == 2 ? 64 : 32;
+        a = start + (row / 8) * sbo + (row % 8) * span + k * 2;
+        a ^= ((a >> 7) & (span / 16 - 1)) << 4;
+    }
+    uint16_t v;
+    memcpy(&v, emu_smem_ptr(a, 2, "wgmma operand"), 2);
+    return emu_bf2f(v);
+}
+
+static void wgmma_run(emu_wg_op &o) {
+    std::vector<double> A(64 * 16), B((size_t)o.n * 16);
+    for (int r = 0; r < 64; r++)
+        for (int k = 0; k < 16; k++) A[r * 16 + k] = wgmma_elem(o.da, r, k);
+    for (int c = 0; c < o.n; c++)
+        for (int k = 0; k < 16; k++) B[c * 16 + k] = wgmma_elem(o.db, c, k);
+    for (int lt = 0; lt < 128; lt++) {
+        emu_shadow &sh = g_shadow[o.acc[lt]];
+        const int w = lt / 32, l = lt % 32, g = l / 4, t = l % 4;
+        for (int i = 0; i < o.n / 8; i++)
+            for (int e = 0; e < 4; e++) {  // d[4i+e]: row 16w + g (+8 for e >= 2), column 8i + 2t + (e & 1)
+                const int r = 16 * w + g + 8 * (e >> 1), c = 8 * i + 2 * t + (e & 1);
+                double s = o.scale_d ? sh.v[4 * i + e] : 0.0;
+                for (int k = 0; k < 16; k++) s += A[r * 16 + k] * B[c * 16 + k];
+                sh.v[4 * i + e] = (float)s;
+            }
+        if (--sh.pending == 0) {
+            memcpy(o.acc[lt], sh.v.data(), sh.v.size() * sizeof(float));
+            g_shadow.erase(o.acc[lt]);
+        }
+    }
+}
+
+void emu_wgmma_bf16(float *d, int n, uint64_t da, uint64_t db, int scale_d) {
+    EMU_CHECK(n >= 8 && n <= 256 && n % 8 == 0, "wgmma: n %d", n);
+    emu_stat.wgmma++;
+    // in flight from here: the registers hold NaN until the wait that covers this MMA
+    emu_shadow &sh = g_shadow[d];
+    if (sh.pending++ == 0) sh.v.assign(d, d + n / 2);
+    EMU_CHECK((int)sh.v.size() == n / 2, "wgmma: accumulators in flight with another shape");
+    for (int i = 0; i < n / 2; i++) d[i] = __uint_as_float(0x7fc00bad);
+    const int lt = emu_cur->lin % 128;
+    uint64_t key = da * 0x9e3779b97f4a7c15ull ^ db ^ ((uint64_t)n << 1) ^ (uint64_t)(scale_d != 0);
+    g_wg[emu_cur->lin / 128].cur.acc[lt] = d;
+    wg_collective("wgmma.mma_async", key, [&](emu_wg &w) {
+        w.cur.da = da, w.cur.db = db, w.cur.n = n, w.cur.scale_d = scale_d != 0, w.cur.group = -1;
+        w.ops.push_back(w.cur);
+    });
+}
+void emu_wgmma_fence() { wg_collective("wgmma.fence", 0, [](emu_wg &) {}); }
+void emu_wgmma_commit() {
+    wg_collective("wgmma.commit_group", 0, [](emu_wg &w) {
+        for (auto &o : w.ops)  // an empty group counts as a group too
+            if (o.group < 0) o.group = w.next_group;
+        w.next_group++;
+    });
+}
+void emu_wgmma_wait(int n) {
+    wg_collective("wgmma.wait_group", (uint64_t)n, [n](emu_wg &w) {
+        std::vector<emu_wg_op> keep;
+        for (auto &o : w.ops) {
+            if (o.group >= 0 && o.group < w.next_group - n) wgmma_run(o);
+            else keep.push_back(o);
+        }
+        w.ops.swap(keep);
+    });
+}
+
+static void sm90_block_start() {
+    g_mbar.clear();
+    g_tmap_acq.clear();
+    g_shadow.clear();
+    for (int i = 0; i < 8; i++) g_wg[i] = emu_wg(), g_wg_bar[i] = emu_bar();
+}
+static void sm90_block_end() {
+    for (int i = 0; i < 8; i++)
+        EMU_CHECK(g_wg[i].ops.empty(), "block %u: warpgroup %d exited with %zu wgmma not waited for", blockIdx.x, i,
+                  g_wg[i].ops.size());
+}
+
 // --------------------------------------------------------------- runtime ---
 static cudaError_t g_last_error;
 static std::map<const void *, int> g_max_dyn;  // kernel -> cudaFuncAttributeMaxDynamicSharedMemorySize
@@ -409,6 +768,8 @@ cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int dev) {
     case cudaDevAttrMaxThreadsPerBlock: *v = 1024; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlock: *v = 48 * 1024; return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = (int)emu_dev.smem_optin; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *v = emu_dev.cc_major; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *v = emu_dev.cc_minor; return cudaSuccess;
     }
     return cudaErrorInvalidValue;
 }
@@ -417,6 +778,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorNotSupported: return "operation not supported";
     }
     return "error";
 }

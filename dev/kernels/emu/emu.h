@@ -34,6 +34,7 @@ using std::min;
 #define __shared__ static
 #define __align__(n) alignas(n)
 #define __restrict__ __restrict
+#define __grid_constant__
 
 // ---------------------------------------------------------------- types ---
 struct dim3 {
@@ -250,12 +251,16 @@ enum {
     cudaErrorMemoryAllocation = 2,
     cudaErrorInvalidConfiguration = 9,
     cudaErrorInvalidDeviceFunction = 98,
+    cudaErrorInvalidSymbol = 13,
+    cudaErrorNotSupported = 801,
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaDeviceAttr { cudaDevAttrMaxThreadsPerBlock = 1, cudaDevAttrMaxSharedMemoryPerBlock = 8,
-                      cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
-// the device emulated: SM count and limits (an H100 SXM by default)
-struct emu_device { int sms = 132; size_t smem_optin = 227 * 1024, smem_per_sm = 228 * 1024; int threads_per_sm = 2048; };
+                      cudaDevAttrMultiProcessorCount = 16, cudaDevAttrComputeCapabilityMajor = 75,
+                      cudaDevAttrComputeCapabilityMinor = 76, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+// the device emulated: SM count, compute capability and limits (an H100 SXM by default)
+struct emu_device { int sms = 132; size_t smem_optin = 227 * 1024, smem_per_sm = 228 * 1024; int threads_per_sm = 2048;
+                    int cc_major = 9, cc_minor = 0; };
 extern emu_device emu_dev;
 cudaError_t emu_set_attr(const void *fn, int attr, int value);
 cudaError_t emu_occupancy(int *n, const void *fn, int threads, size_t smem);
@@ -263,6 +268,33 @@ template <class F> cudaError_t cudaFuncSetAttribute(F *fn, cudaFuncAttribute a, 
 template <class F> cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *n, F *fn, int threads, size_t smem) {
     return emu_occupancy(n, (const void *)fn, threads, smem);
 }
+// what cudaFuncGetAttributes reports (the emulator knows no registers: zeros)
+struct cudaFuncAttributes { size_t sharedSizeBytes, constSizeBytes, localSizeBytes; int maxThreadsPerBlock, numRegs,
+                            ptxVersion, binaryVersion; };
+template <class F> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, F *fn) {
+    (void)fn;
+    memset(a, 0, sizeof *a);
+    a->maxThreadsPerBlock = 1024, a->ptxVersion = a->binaryVersion = emu_dev.cc_major * 10 + emu_dev.cc_minor;
+    return cudaSuccess;
+}
+// device symbols are ordinary variables here
+enum cudaMemcpyKind { cudaMemcpyHostToHost = 0, cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2,
+                      cudaMemcpyDeviceToDevice = 3, cudaMemcpyDefault = 4 };
+template <class T> cudaError_t cudaMemcpyFromSymbol(void *dst, const T &sym, size_t n, size_t off = 0,
+                                                    cudaMemcpyKind = cudaMemcpyDeviceToHost) {
+    if (off + n > sizeof(T)) return cudaErrorInvalidValue;
+    memcpy(dst, (const char *)&sym + off, n);
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t = 0) { memset(p, v, n); return cudaSuccess; }
+static inline cudaError_t cudaMemset(void *p, int v, size_t n) { memset(p, v, n); return cudaSuccess; }
+template <class T> cudaError_t cudaGetSymbolAddress(void **p, const T &sym) { *p = (void *)&sym; return cudaSuccess; }
+// driver entry points: only cuTensorMapEncodeTiled (emulated, emu.cpp)
+enum cudaDriverEntryPointQueryResult { cudaDriverEntryPointSuccess = 0, cudaDriverEntryPointSymbolNotFound = 1,
+                                       cudaDriverEntryPointVersionNotSufficent = 2 };
+enum { cudaEnableDefault = 0 };
+cudaError_t cudaGetDriverEntryPointByVersion(const char *sym, void **fn, unsigned version, unsigned long long flags,
+                                             cudaDriverEntryPointQueryResult *status = NULL);
 cudaError_t cudaGetLastError();
 cudaError_t cudaPeekAtLastError();
 cudaError_t cudaGetDevice(int *d);
@@ -283,5 +315,31 @@ struct emu_launch_rec { const void *fn; dim3 grid, block; size_t smem; cudaError
 extern std::vector<emu_launch_rec> emu_launches;
 
 // counters since the program started (or the caller's last reset)
-struct emu_stats { long long blocks, threads, switches, cp_async, mma, ldmatrix; };
+struct emu_stats { long long blocks, threads, switches, cp_async, mma, ldmatrix, wgmma, tma; };
 extern emu_stats emu_stat;
+
+// ------------------------------------------------------ Hopper (sm_90a) ---
+// mbarriers, TMA (2-D tiled loads, CU_TENSOR_MAP_SWIZZLE_NONE / 128B,
+// zero fill out of bounds), tensor maps written on the device
+// (tensormap.replace / cp_fenceproxy / fence.proxy.tensormap acquire), the
+// cp.async arrival on an mbarrier, and wgmma.mma_async (bf16, f32
+// accumulators, A and B from shared memory through matrix descriptors) with
+// its fence / commit_group / wait_group. Asynchronous results land at the
+// latest moment the hardware may deliver them (emu.cpp says which), so a
+// missing wait or a buffer handed back too early shows as NaN or stale data.
+// Shared-memory addresses are shared-window addresses (emu_smem_addr).
+void emu_mbar_init(uint32_t bar, int count);
+void emu_mbar_arrive(uint32_t bar);
+void emu_mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes);
+bool emu_mbar_try_wait(uint32_t bar, uint32_t parity);  // false: the thread yielded first
+void emu_cp_async_mbar_arrive_noinc(uint32_t bar);
+struct CUtensorMap_st;
+void emu_tma_load_2d(uint32_t dst, const CUtensorMap_st *map, int x, int y, uint32_t bar);
+void emu_tmap_replace_global_address(uint32_t smap, const void *addr);
+void emu_tmap_cp_fenceproxy(CUtensorMap_st *gmap, uint32_t smap);  // warp-wide
+void emu_tmap_acquire(const CUtensorMap_st *map);
+// the warpgroup of 128 threads issues one wgmma: d[n / 2] per thread
+void emu_wgmma_bf16(float *d, int n, uint64_t desc_a, uint64_t desc_b, int scale_d);
+void emu_wgmma_fence();
+void emu_wgmma_commit();
+void emu_wgmma_wait(int n);
