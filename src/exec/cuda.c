@@ -39,6 +39,7 @@ lm_status lm_exec_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
 #include <string.h>
 
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/gemm_sm90.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/kernels.h"
 #include "util/buf.h"
@@ -656,6 +657,20 @@ static bool fast_gemm(cuda_exec *c, int wdt, size_t ldw, int K, size_t lda, int 
     return c->kernels != 1 && lm_cuda_gg_supported(wdt, ldw, K, lda, a_f32);
 }
 
+// Rows of the GEMM per group (expert) above which it is compute-bound
+// enough for the Hopper kernel (its 128-row tiles); below, gemm.cu's
+// streaming kernels read the weights once at full bandwidth.
+#define SM90_MIN_ROWS 96
+
+// A tensor-core GEMM: the Hopper (TMA + wgmma) kernel for large row counts
+// on sm_90 (LIGHTMOE_KERNELS=fast), else the portable mma.sync kernels.
+static int gg_run(cuda_exec *c, const lm_cuda_gg *g) {
+    int groups = g->counts ? (g->n_groups < g->n_rows ? g->n_groups : g->n_rows) : 1;
+    int per = groups > 0 ? (g->n_rows + groups - 1) / groups : 0;
+    if (c->kernels == 0 && per >= SM90_MIN_ROWS && lm_cuda_gg_sm90_supported(g)) return lm_cuda_gg_sm90_run(g, S0(c));
+    return lm_cuda_gg_run(g, S0(c));
+}
+
 static lm_status cu_matmul(lm_exec *ex, const lm_mat *W, const lm_mat *bias, lm_tensor x, lm_tensor y) {
     cuda_exec *c = (cuda_exec *)ex;
     if (REPLAYING(c)) return LM_OK;
@@ -666,7 +681,7 @@ static lm_status cu_matmul(lm_exec *ex, const lm_mat *W, const lm_mat *bias, lm_
         lm_cuda_gg g = {.a = x.data, .a_f32 = 1, .lda = x.ld, .a_rows = x.rows, .n_rows = x.rows, .w1_0 = wd,
                         .ldw = W->stride, .K = W->cols, .O = W->rows, .bias = bd, .bias_dt = bias ? bias->dt : 0,
                         .out = y.data, .ldo = y.ld, .scratch = c->act16, .scratch_bytes = c->act16_bytes};
-        return launched(c, lm_cuda_gg_run(&g, S0(c)), "matmul");
+        return launched(c, gg_run(c, &g), "matmul");
     }
     return launched(c, lm_cuda_matmul(x.data, x.ld, x.rows, wd, W->dt, W->stride, W->rows, W->cols, bd,
                                       bias ? bias->dt : 0, y.data, y.ld, S0(c)),
@@ -690,7 +705,7 @@ static lm_status cu_matmul_qkv(lm_exec *ex, const lm_mat *const w[3], const lm_m
         lm_cuda_gg g = {.a = x.data, .a_f32 = 1, .lda = x.ld, .a_rows = x.rows, .n_rows = x.rows, .w1_0 = f->w,
                         .ldw = (size_t)K, .K = K, .O = qkv.cols, .bias = f->b, .bias_dt = f->bdt, .out = qkv.data,
                         .ldo = qkv.ld, .scratch = c->act16, .scratch_bytes = c->act16_bytes};
-        return launched(c, lm_cuda_gg_run(&g, S0(c)), "matmul_qkv");
+        return launched(c, gg_run(c, &g), "matmul_qkv");
     }
     return launched(c, lm_cuda_matmul(x.data, x.ld, x.rows, f->w, wdt, (size_t)K, qkv.cols, K, f->b, f->bdt, qkv.data,
                                       qkv.ld, S0(c)),
@@ -789,7 +804,7 @@ static lm_status cu_expert_up(lm_exec *ex, const lm_ffn_w *experts, const lm_moe
                         .counts = p->counts.data, .n_groups = E, .block = p->block, .n_rows = x.rows * k, .w1 = g,
                         .w2 = u, .ldw = experts[0].gate.stride, .K = x.cols, .O = h.cols, .swiglu = 1,
                         .out = h.data, .ldo = h.ld, .scratch = c->act16, .scratch_bytes = c->act16_bytes};
-        return launched(c, lm_cuda_gg_run(&q, S0(c)), "expert_up");
+        return launched(c, gg_run(c, &q), "expert_up");
     }
     return launched(c, lm_cuda_gateup(x.data, x.ld, h.rows, p->token_of.data, p->tiles.data, p->n_tiles.data, p->block,
                                       g, u, NULL, NULL, dt, experts[0].gate.stride, x.cols, h.cols, h.data, h.dt,
@@ -807,7 +822,7 @@ static lm_status cu_expert_down(lm_exec *ex, const lm_ffn_w *experts, const lm_m
         lm_cuda_gg q = {.a = h.data, .a_f32 = 0, .lda = h.ld, .counts = p->counts.data, .n_groups = E,
                         .block = p->block, .n_rows = p->row_of.rows * k, .w1 = d, .ldw = experts[0].down.stride,
                         .K = h.cols, .O = y.cols, .out = y.data, .ldo = y.ld};
-        return launched(c, lm_cuda_gg_run(&q, S0(c)), "expert_down");
+        return launched(c, gg_run(c, &q), "expert_down");
     }
     return launched(c, lm_cuda_down(h.data, h.dt, h.ld, h.rows, p->token_of.data, p->tiles.data, p->n_tiles.data,
                                     p->block, d, NULL, dt, experts[0].down.stride, h.cols, y.cols, y.data, y.ld, S0(c)),
@@ -838,10 +853,10 @@ static lm_status cu_ffn(lm_exec *ex, const lm_ffn_w *f, lm_tensor x, lm_tensor h
         lm_cuda_gg q = {.a = x.data, .a_f32 = 1, .lda = x.ld, .a_rows = x.rows, .n_rows = x.rows, .w1_0 = g,
                         .w2_0 = u, .ldw = f->gate.stride, .K = x.cols, .O = inter, .swiglu = 1, .out = h.data,
                         .ldo = h.ld, .scratch = c->act16, .scratch_bytes = c->act16_bytes};
-        TRYW(launched(c, lm_cuda_gg_run(&q, S0(c)), "ffn"));
+        TRYW(launched(c, gg_run(c, &q), "ffn"));
         lm_cuda_gg r = {.a = h.data, .a_f32 = 0, .lda = h.ld, .n_rows = x.rows, .w1_0 = d, .ldw = f->down.stride,
                         .K = inter, .O = y.cols, .out = y.data, .ldo = y.ld};
-        return launched(c, lm_cuda_gg_run(&r, S0(c)), "ffn");
+        return launched(c, gg_run(c, &r), "ffn");
     }
     lm_status st = launched(c, lm_cuda_gateup(x.data, x.ld, x.rows, NULL, NULL, NULL, 1, NULL, NULL, g, u, f->gate.dt,
                                               f->gate.stride, x.cols, inter, h.data, 0, h.ld, S0(c)),
