@@ -1,8 +1,13 @@
-// Grouped and dense bf16 tensor-core GEMMs (contract and design in gemm.h)
-// and the parallel MoE align.
+// Grouped and dense bf16 tensor-core GEMMs (contract and design in gemm.h),
+// the parallel MoE align, and the routing and combine kernels that sit
+// around the expert GEMMs (same results as basic.cu's, bit for bit).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdint.h>
+#include <stdio.h>
+
+#include <utility>
 
 #include "kernels/cuda/gemm.h"
 
@@ -13,6 +18,12 @@
 #define LG_BK 32
 #define LG_STAGES 4
 #define MAX_GROUPS 1024  // groups scanned through shared memory
+#define ST_THREADS 256   // stream kernel: 8 warps
+#define ST_MAX_STAGES 16
+#define ST_MAX_SPLITS 8
+
+// ---------------------------------------------------------- PTX helpers ---
+// (each alone in a small function: the CPU emulator swaps them for its own)
 
 __device__ __forceinline__ void mma16816(float c[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                          uint32_t b1) {
@@ -30,6 +41,65 @@ __device__ __forceinline__ uint4 ld_stream(const void *p) {
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p));
     return v;
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+// Programmatic dependent launch (sm_90): wait until the grids this one
+// depends on have finished and their writes are visible; let the grids
+// that depend on this one launch. Both are no-ops in a grid launched
+// without the attribute, and absent from older machine code (the launcher
+// then never asks for the attribute: see pdl_ok).
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void griddep_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Fetch the line at p into L2 (no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void *p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+
+// ---------------------------------------------------------------- common ---
+
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// cp.async.wait_group takes an immediate: the ring depth is a run-time value.
+__device__ __forceinline__ void cp_wait_n(int n) {
+    switch (n) {
+    case 0: cp_wait<0>(); break;
+    case 1: cp_wait<1>(); break;
+    case 2: cp_wait<2>(); break;
+    case 3: cp_wait<3>(); break;
+    case 4: cp_wait<4>(); break;
+    case 5: cp_wait<5>(); break;
+    case 6: cp_wait<6>(); break;
+    case 7: cp_wait<7>(); break;
+    case 8: cp_wait<8>(); break;
+    case 9: cp_wait<9>(); break;
+    case 10: cp_wait<10>(); break;
+    case 11: cp_wait<11>(); break;
+    case 12: cp_wait<12>(); break;
+    case 13: cp_wait<13>(); break;
+    default: cp_wait<14>(); break;
+    }
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -98,6 +168,8 @@ __global__ void __launch_bounds__(32 * SMALL_WARPS) k_gg_small(lm_cuda_gg p) {
     constexpr int NACC = NM * NB * 4;     // accumulators per thread
     constexpr int U = NB <= 2 ? 4 : 2;    // k-steps of 32 loaded ahead
     extern __shared__ float red[];        // [SMALL_WARPS][NACC][32]
+    griddep_wait();
+    griddep_launch();
     int first, count, mb;
     int grp = find_group(p, blockIdx.y, false, &first, &count, &mb);
     if (grp < 0) return;
@@ -180,23 +252,6 @@ __global__ void __launch_bounds__(32 * SMALL_WARPS) k_gg_small(lm_cuda_gg p) {
 
 // ------------------------------------------------------------- large M ---
 
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool ok) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-
 // Element offset of (row, 16-byte chunk c) in a [rows][32] bf16 tile: the
 // chunk is XOR-swizzled by the row so that the 8 rows one ldmatrix reads
 // fall in 8 different bank groups.
@@ -208,6 +263,8 @@ template <bool SWI>
 __global__ void __launch_bounds__(256) k_gg_large(lm_cuda_gg p) {
     extern __shared__ __align__(128) uint16_t sm[];  // A [STAGES][128][32], B [STAGES][128][32]
     uint16_t *As = sm, *Bs = sm + LG_STAGES * LG_BM * LG_BK;
+    griddep_wait();
+    griddep_launch();
     int first, count, mb;
     int grp = find_group(p, blockIdx.x, true, &first, &count, &mb);
     if (grp < 0) return;
@@ -326,11 +383,455 @@ __global__ void __launch_bounds__(256) k_gg_large(lm_cuda_gg p) {
 }
 
 __global__ void k_to_bf16(const float *x, size_t ldx, int rows, int cols, __nv_bfloat16 *y) {
+    griddep_wait();
+    griddep_launch();
     for (int r = blockIdx.y; r < rows; r += gridDim.y)  // gridDim.y is at most 65535
         for (int c = (blockIdx.x * blockDim.x + threadIdx.x) * 2; c < cols; c += gridDim.x * blockDim.x * 2) {
             float2 v = *(const float2 *)(x + (size_t)r * ldx + c);  // cols is even (K % 8 == 0)
             *(__nv_bfloat162 *)(y + (size_t)r * cols + c) = __floats2bfloat162_rn(v.x, v.y);
         }
+}
+
+// ---------------------------------------------------------------- stream ---
+//
+// Work: item = (group g, block of up to TB = 8 NB of its rows, tile of BO
+// weight rows, k-split). One CTA of 8 warps per SM walks items blockIdx.x,
+// + gridDim.x, ...; its stages (BO weight rows x BK, and the block's rows x
+// BK of activations) flow through one cp.async ring of S stages across
+// items, S - 1 stages always in flight (~100-180 KB per SM: HBM latency x
+// per-SM bandwidth is ~35-50 KB). Warps are WR (along the tile's rows, 32
+// weight rows each: two m16 tiles; with SwiGLU 16 gate rows and the same 16
+// up rows, so gate and up of one output meet in one thread) x WK (along k
+// inside a stage, summed through shared memory at the end of an item). So
+// every staged activation chunk is used by BO = 32 WR weight rows, and
+// every weight row is read from HBM once per item, at 128..512 contiguous
+// bytes per stage.
+//
+//   NB   rows/item  WR x WK  BO   BK   weights/stage  activations/stage (bf16 | f32)
+//   1    8          1 x 8    32   256  16 KB          4 KB | 8.25 KB
+//   2    16         2 x 4    64   128  16 KB          4 KB | 8.5 KB
+//   4    32         4 x 2    128  64   16 KB          4 KB | 9 KB
+//   8    64         8 x 1    256  64   32 KB          8 KB
+//   16   128        8 x 1    256  64   32 KB          16 KB
+//
+// f32 activations (NB <= 4) are staged as f32 and rounded to bf16 while
+// building the B fragments (8-byte loads); above, the launcher converts them
+// to bf16 first (scratch), which halves their staging and shared-memory
+// traffic where the mma rate matters.
+template <int NB>
+struct stc {
+    static constexpr int WR = NB < 8 ? NB : 8;
+    static constexpr int WK = 8 / WR;
+    static constexpr int KS = NB >= 8 ? 4 : 2;  // k16 steps per warp per stage
+    static constexpr int BO = 32 * WR;
+    static constexpr int BK = 16 * WK * KS;
+    static constexpr int L = BK / 8;            // 16-byte chunks per weight row of a stage
+    static constexpr int TB = 8 * NB;
+    static constexpr int NACC = 8 * NB;         // accumulators per thread: 2 m-tiles x NB x 4
+    static constexpr int WBYTES = BO * BK * 2;
+    static constexpr int FLD = BK + 8;          // f32 activation row stride (floats): 32 mod 128 bytes
+    static constexpr int SLOT = WR * 32 * NACC; // floats of one split-K partial tile (the wk = 0 warps' registers)
+    __host__ __device__ static constexpr int abytes(bool af32) { return af32 ? TB * FLD * 4 : TB * BK * 2; }
+    __host__ __device__ static constexpr int stage(bool af32) { return WBYTES + abytes(af32); }
+};
+
+// Byte offset of 16-byte chunk c of row r in a [rows][L] bf16 tile (L >= 8),
+// XOR-swizzled so that the 8 rows one ldmatrix reads (same c) fall in 8
+// different bank groups.
+template <int L>
+__device__ __forceinline__ int sw_off(int r, int c) {
+    static_assert(L >= 8, "swizzle needs 8 chunks per row");
+    return (r * L + (c ^ (r & 7))) * 16;
+}
+
+// Launch constants of the stream kernel (the launcher's plan).
+struct st_plan {
+    int S;          // ring stages
+    int R;          // weight-row tiles over O
+    int splits;     // k-splits (1: none)
+    int cps;        // stages (chunks of BK) per split
+    int pf;         // prefetch the first stages' weights into L2 before griddep_wait (1 dense, 2 counts too)
+    int max_tiles;  // split-K counters in ws (items beyond: no split)
+};
+
+struct st_item {
+    int g, rt, ks;     // group, row tile, k-split
+    int row0, ntok;    // first packed row of the block, rows in it (1..TB)
+    int kbeg, kend, nck;
+    int tile;          // split-K tile (counter) index
+};
+
+// Per-group tables in shared memory from the counts: tP[g] token blocks
+// before group g (tP[G]: all), tF[g] its first packed row, tC[g] its rows.
+// Each thread takes 4 consecutive groups (G <= 1024); a block-wide scan.
+// clamp: speculative tables (counts possibly stale) are kept in range.
+__device__ void st_tables(const lm_cuda_gg &p, int G, int TB, bool clamp, int *tP, int *tF, int *tC, int *s_scan) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g0 = tid * 4;
+    int c[4], u = 0, f = 0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        int g = g0 + j, cc = 0;
+        if (g < G) {
+            cc = p.counts ? __ldcg(p.counts + g) : p.n_rows;
+            cc = cc < 0 ? 0 : clamp && cc > p.n_rows ? p.n_rows : cc;
+        }
+        c[j] = cc;
+        u += (cc + TB - 1) / TB;
+        f += p.counts ? (cc + p.block - 1) / p.block * p.block : cc;
+    }
+    int iu = u, iF = f;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int a = __shfl_up_sync(0xffffffffu, iu, o), b = __shfl_up_sync(0xffffffffu, iF, o);
+        if (lane >= o) iu += a, iF += b;
+    }
+    if (lane == 31) s_scan[warp] = iu, s_scan[8 + warp] = iF;
+    __syncthreads();
+    int bu = 0, bF = 0;
+    for (int w = 0; w < warp; w++) bu += s_scan[w], bF += s_scan[8 + w];
+    int eu = bu + iu - u, eF = bF + iF - f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        int g = g0 + j;
+        if (g < G) {
+            tP[g] = eu, tF[g] = eF, tC[g] = c[j];
+            eu += (c[j] + TB - 1) / TB;
+            eF += p.counts ? (c[j] + p.block - 1) / p.block * p.block : c[j];
+        }
+    }
+    if (tid == ST_THREADS - 1) tP[G] = bu + iu;
+    __syncthreads();
+}
+
+// Item i (order: group, row tile, k-split, row block innermost, so the
+// blocks of one tile that overflow TB run side by side and share the
+// weights through L2; a tile's splits are neighbours too).
+template <int TB, int BK>
+__device__ __forceinline__ void st_decode(long i, const int *tP, const int *tF, const int *tC, int G, int R, int splits,
+                                          int cps, int K, st_item &it) {
+    const long RS = (long)R * splits;
+    const int key = (int)(i / RS);
+    int lo = 0, hi = G - 1;  // the last group with tP[g] <= key (it has blocks: tP[g + 1] > key)
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (tP[mid] <= key) lo = mid;
+        else hi = mid - 1;
+    }
+    const int g = lo, nb = tP[g + 1] - tP[g];
+    const long local = i - RS * tP[g];
+    const int tb = (int)(local % nb), rs = (int)(local / nb);
+    it.g = g, it.rt = rs / splits, it.ks = rs % splits;
+    it.row0 = tF[g] + tb * TB;
+    it.ntok = min(TB, tC[g] - tb * TB);
+    it.kbeg = it.ks * cps * BK;
+    it.kend = min(K, it.kbeg + cps * BK);
+    it.nck = (it.kend - it.kbeg + BK - 1) / BK;
+    it.tile = (tP[g] + tb) * R + it.rt;
+}
+
+template <int NB, bool SWI, bool AF32>
+__global__ void __launch_bounds__(ST_THREADS, 1) k_gg_stream(lm_cuda_gg p, st_plan pl) {
+    using C = stc<NB>;
+    constexpr int STAGE = C::stage(AF32);
+    constexpr int LA = AF32 ? C::BK / 4 : C::BK / 8;   // 16-byte chunks per staged activation row
+    constexpr int QW = C::BO * C::L / ST_THREADS;      // weight chunks per thread per stage (4 or 8)
+    constexpr int QA = C::TB * LA / ST_THREADS;        // activation chunks per thread per stage (1, 2 or 4)
+    static_assert(QW * ST_THREADS == C::BO * C::L && QA * ST_THREADS == C::TB * LA, "stage split");
+    static_assert(!AF32 || NB <= 4, "f32 activations are staged for NB <= 4 only");
+    extern __shared__ __align__(128) unsigned char st_sm[];  // [S][STAGE] ring, then tP[G+1] tF[G] tC[G]
+    __shared__ int s_scan[16], s_last;
+
+    const int S = pl.S, G = p.counts ? p.n_groups : 1, K = p.K, O = p.O;
+    int *tP = (int *)(st_sm + (size_t)S * STAGE), *tF = tP + G + 1, *tC = tF + G;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wr = warp % C::WR, wk = warp / C::WR;
+    const int g8 = lane >> 2, t4 = lane & 3;
+    const int cw = tid % C::L, ca = tid % LA;  // this thread's 16-byte column in weight / activation rows
+    const size_t esz = AF32 ? 4 : 2;
+    const int nct = (K + C::BK - 1) / C::BK;
+
+    // the weights of group g (W[1]: the up weights with SwiGLU)
+    auto wmat = [&](int g, const uint16_t **W) {
+        W[0] = (const uint16_t *)(p.w1 ? p.w1[g] : p.w1_0);
+        W[1] = SWI ? (const uint16_t *)(p.w2 ? p.w2[g] : p.w2_0) : W[0];
+    };
+    // weight row of tile-local row lr of row tile rt, or NULL past O
+    auto wrow = [&](const uint16_t *const *W, int rt, int lr) -> const uint16_t * {
+        int o;
+        const uint16_t *M;
+        if (SWI) o = rt * (C::BO / 2) + (lr >> 5) * 16 + (lr & 15), M = (lr & 16) ? W[1] : W[0];
+        else o = rt * C::BO + lr, M = W[0];
+        return o < O ? M + (size_t)o * p.ldw : NULL;
+    };
+
+    // Speculative L2 prefetch of the weights of this CTA's first S - 1
+    // stages, from tables made before the wait (see gemm.h: pdl).
+    if (pl.pf) {
+        st_tables(p, G, C::TB, true, tP, tF, tC, s_scan);
+        const int splits = tP[G] * pl.R <= pl.max_tiles ? pl.splits : 1, cps = splits > 1 ? pl.cps : nct;
+        const long total = (long)tP[G] * pl.R * splits;
+        constexpr int LPR = C::BK / 64;  // 128-byte lines per weight row per stage (BK >= 64)
+        st_item it;
+        const uint16_t *W[2];
+        long i = blockIdx.x;
+        int kc = 0;
+        if (i < total) st_decode<C::TB, C::BK>(i, tP, tF, tC, G, pl.R, splits, cps, K, it), wmat(it.g, W);
+        for (int f = 0; f < S - 1 && i < total; f++) {
+            for (int line = tid; line < C::BO * LPR; line += ST_THREADS) {
+                const uint16_t *w = wrow(W, it.rt, line / LPR);
+                int k = it.kbeg + kc * C::BK + (line % LPR) * 64;
+                if (w && k < it.kend) prefetch_l2(w + k);
+            }
+            if (++kc == it.nck) {
+                kc = 0, i += gridDim.x;
+                if (i < total) st_decode<C::TB, C::BK>(i, tP, tF, tC, G, pl.R, splits, cps, K, it), wmat(it.g, W);
+            }
+        }
+    }
+    griddep_wait();
+    st_tables(p, G, C::TB, false, tP, tF, tC, s_scan);
+    griddep_launch();
+    // Split only if the counters fit (the launcher sized them for the rows it was told of).
+    const int splits = tP[G] * pl.R <= pl.max_tiles ? pl.splits : 1, cps = splits > 1 ? pl.cps : nct;
+    const long total = (long)tP[G] * pl.R * splits;
+    long ci = blockIdx.x;
+    if (ci >= total) return;
+
+    // ---- loader: the next stage to issue (item li, chunk lk)
+    st_item Li = {};
+    const uint16_t *LW[2] = {NULL, NULL};
+    long li = ci;
+    int lk = 0;
+    bool ldone = false;
+    // Activation row of each of this thread's chunks (NULL: zero-fill). Rows
+    // past the block's last one are not loaded at all: an mma's output
+    // column depends on its own B column only, so whatever those smem rows
+    // hold reaches only outputs that are never stored.
+    const char *ap[QA];
+    unsigned askip = 0;  // bit q: chunk q is such a row
+    auto loader_item = [&]() {
+        st_decode<C::TB, C::BK>(li, tP, tF, tC, G, pl.R, splits, cps, K, Li);
+        wmat(Li.g, LW);
+        askip = 0;
+#pragma unroll
+        for (int q = 0; q < QA; q++) {
+            const int j = tid / LA + q * (ST_THREADS / LA);
+            ap[q] = NULL;
+            if (j >= Li.ntok) askip |= 1u << q;
+            else {
+                const int r = Li.row0 + j, ar = p.a_row ? __ldcg(p.a_row + r) : r;
+                if (ar >= 0) ap[q] = (const char *)p.a + (size_t)ar * p.lda * esz;
+            }
+        }
+    };
+    auto load_stage = [&](int slot) {
+        unsigned char *sb = st_sm + (size_t)slot * STAGE;
+        const int k0 = Li.kbeg + lk * C::BK;
+        {
+            const int k = k0 + cw * 8;
+            const bool kok = k < Li.kend;
+#pragma unroll
+            for (int q = 0; q < QW; q++) {
+                const int lr = tid / C::L + q * (ST_THREADS / C::L);
+                const uint16_t *w = wrow(LW, Li.rt, lr);
+                if (!w) continue;  // past O: its outputs are never stored (nor read by other rows)
+                cp_async16(smem_u32(sb + sw_off<C::L>(lr, cw)), kok ? (const void *)(w + k) : p.a, kok);
+            }
+        }
+        {
+            const int k = k0 + ca * (AF32 ? 4 : 8);
+            const bool kok = k < Li.kend;
+#pragma unroll
+            for (int q = 0; q < QA; q++) {
+                if (askip >> q & 1) continue;
+                const int j = tid / LA + q * (ST_THREADS / LA);
+                const bool ok = kok && ap[q];
+                unsigned char *d = sb + C::WBYTES + (AF32 ? (j * C::FLD + ca * 4) * 4 : sw_off<C::L>(j, ca));
+                cp_async16(smem_u32(d), ok ? (const void *)(ap[q] + (size_t)k * esz) : p.a, ok);
+            }
+        }
+    };
+    auto advance_loader = [&]() {
+        if (++lk < Li.nck) return;
+        lk = 0, li += gridDim.x;
+        if (li < total) loader_item();
+        else ldone = true;
+    };
+
+    // ---- compute: the item of the stage being consumed
+    st_item Ci = {};
+    int ck = 0;
+    float acc[2][NB][4];
+    auto zero_acc = [&]() {
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int b = 0; b < NB; b++) acc[m][b][0] = acc[m][b][1] = acc[m][b][2] = acc[m][b][3] = 0.0f;
+    };
+    auto compute_stage = [&](int slot) {
+        const unsigned char *sb = st_sm + (size_t)slot * STAGE;
+        const uint32_t wbase = smem_u32(sb), abase = smem_u32(sb + C::WBYTES);
+        const int kst = Ci.kbeg + ck * C::BK, nbv = (Ci.ntok + 7) >> 3;
+        if (kst + wk * C::KS * 16 >= Ci.kend) return;  // this warp's k-range is past K (uniform in the warp)
+        uint32_t b1x[4];  // NB == 1, bf16: the B fragments of both k16 steps in one ldmatrix
+        if constexpr (NB == 1 && !AF32)
+            ldsm_x4(abase + sw_off<C::L>(lane & 7, 2 * wk * C::KS + (lane >> 3)), b1x[0], b1x[1], b1x[2], b1x[3]);
+#pragma unroll
+        for (int ss = 0; ss < C::KS; ss++) {
+            const int step = wk * C::KS + ss;
+            if (kst + step * 16 >= Ci.kend) break;
+            uint32_t a[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+                ldsm_x4(wbase + sw_off<C::L>(wr * 32 + m * 16 + (lane & 15), 2 * step + (lane >> 4)), a[m][0], a[m][1],
+                        a[m][2], a[m][3]);
+            if constexpr (AF32) {
+                const float *xs = (const float *)(sb + C::WBYTES);
+#pragma unroll
+                for (int nb = 0; nb < NB; nb++) {
+                    if (nb >= nbv) break;
+                    const float *x = xs + (nb * 8 + g8) * C::FLD + step * 16 + 2 * t4;
+                    const float2 x0 = *(const float2 *)x, x1 = *(const float2 *)(x + 8);
+                    const uint32_t b0 = pack_bf16(x0.x, x0.y), b1 = pack_bf16(x1.x, x1.y);
+#pragma unroll
+                    for (int m = 0; m < 2; m++) mma16816(acc[m][nb], a[m][0], a[m][1], a[m][2], a[m][3], b0, b1);
+                }
+            } else if constexpr (NB == 1) {
+#pragma unroll
+                for (int m = 0; m < 2; m++)
+                    mma16816(acc[m][0], a[m][0], a[m][1], a[m][2], a[m][3], b1x[2 * ss], b1x[2 * ss + 1]);
+            } else {
+#pragma unroll
+                for (int nb = 0; nb < NB; nb += 2) {
+                    if (nb >= nbv) break;
+                    uint32_t b[4];  // n-blocks nb and nb + 1: b0, b1 of each
+                    ldsm_x4(abase + sw_off<C::L>((nb + (lane >> 4)) * 8 + (lane & 7), 2 * step + ((lane >> 3) & 1)),
+                            b[0], b[1], b[2], b[3]);
+#pragma unroll
+                    for (int m = 0; m < 2; m++) mma16816(acc[m][nb], a[m][0], a[m][1], a[m][2], a[m][3], b[0], b[1]);
+                    if (nb + 1 < nbv)
+#pragma unroll
+                        for (int m = 0; m < 2; m++)
+                            mma16816(acc[m][nb + 1], a[m][0], a[m][1], a[m][2], a[m][3], b[2], b[3]);
+                }
+            }
+        }
+    };
+    // The item's last stage is consumed: sum over the WK warps, over the
+    // splits, and store. Every thread takes part (barriers).
+    int *ws_cnt = NULL;  // split-K: [max_tiles rounded to 64] arrival counters, then the partial tiles
+    float *ws_part = NULL;
+    if (splits > 1) ws_cnt = (int *)p.ws, ws_part = (float *)p.ws + ((size_t)pl.max_tiles + 63) / 64 * 64;
+    auto epilogue = [&](int slot) {
+        const int nbv = (Ci.ntok + 7) >> 3;
+        if constexpr (C::WK > 1) {
+            // This slot's operands are consumed once every warp is here; it
+            // is refilled only after the next loop-top barrier.
+            __syncthreads();
+            float *red = (float *)(st_sm + (size_t)slot * STAGE);
+            if (wk > 0)
+#pragma unroll
+                for (int m = 0; m < 2; m++)
+#pragma unroll
+                    for (int b = 0; b < NB; b++)
+#pragma unroll
+                        for (int c = 0; c < 4; c++)
+                            if (b < nbv) red[(((wk - 1) * C::WR + wr) * C::NACC + (m * NB + b) * 4 + c) * 32 + lane] = acc[m][b][c];
+            __syncthreads();
+            if (wk == 0)
+                for (int w = 1; w < C::WK; w++)
+#pragma unroll
+                    for (int m = 0; m < 2; m++)
+#pragma unroll
+                        for (int b = 0; b < NB; b++)
+#pragma unroll
+                            for (int c = 0; c < 4; c++)
+                                if (b < nbv) acc[m][b][c] += red[(((w - 1) * C::WR + wr) * C::NACC + (m * NB + b) * 4 + c) * 32 + lane];
+        }
+        bool store = true;
+        if (splits > 1) {
+            // Partial tile to ws[tile][split]; the CTA that completes the
+            // tile's count sums all splits in split order (its own re-read
+            // too), so the result does not depend on which finished last.
+            int *cnt = ws_cnt + Ci.tile;
+            float *part = ws_part + (size_t)Ci.tile * splits * C::SLOT;
+            const int at = wr * 32 + lane;
+            if (wk == 0)
+#pragma unroll
+                for (int m = 0; m < 2; m++)
+#pragma unroll
+                    for (int b = 0; b < NB; b++)
+#pragma unroll
+                        for (int c = 0; c < 4; c++)
+                            if (b < nbv) __stcg(part + (size_t)Ci.ks * C::SLOT + ((m * NB + b) * 4 + c) * (C::WR * 32) + at, acc[m][b][c]);
+            __threadfence();
+            __syncthreads();
+            if (tid == 0) s_last = atomicAdd(cnt, 1) == splits - 1;
+            __syncthreads();
+            store = s_last;
+            if (store) {
+                __threadfence();
+                if (wk == 0)
+#pragma unroll
+                    for (int m = 0; m < 2; m++)
+#pragma unroll
+                        for (int b = 0; b < NB; b++)
+#pragma unroll
+                            for (int c = 0; c < 4; c++)
+                                if (b < nbv) {
+                                    const float *q = part + ((m * NB + b) * 4 + c) * (C::WR * 32) + at;
+                                    float v = __ldcg(q);
+                                    for (int s = 1; s < splits; s++) v += __ldcg(q + (size_t)s * C::SLOT);
+                                    acc[m][b][c] = v;
+                                }
+                if (tid == 0) *cnt = 0;  // all splits have arrived: ready for the next call
+            }
+        }
+        if (!store || wk > 0) return;
+#pragma unroll
+        for (int b = 0; b < NB; b++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                const int j = b * 8 + 2 * t4 + (c & 1), rof = g8 + (c >> 1) * 8;
+                if (b >= nbv || j >= Ci.ntok) continue;
+                const size_t orow = (size_t)(Ci.row0 + j) * p.ldo;
+                if constexpr (SWI) {
+                    const int o = Ci.rt * (C::BO / 2) + wr * 16 + rof;
+                    if (o < O) ((__nv_bfloat16 *)p.out)[orow + o] = __float2bfloat16(silu_mul(acc[0][b][c], acc[1][b][c]));
+                } else {
+#pragma unroll
+                    for (int m = 0; m < 2; m++) {
+                        const int o = Ci.rt * C::BO + wr * 32 + m * 16 + rof;
+                        if (o < O) ((float *)p.out)[orow + o] = acc[m][b][c] + bias_at(p.bias, p.bias_dt, o);
+                    }
+                }
+            }
+    };
+
+    // ---- the ring: stage x (flattened over this CTA's items) in slot x % S
+    loader_item();
+    st_decode<C::TB, C::BK>(ci, tP, tF, tC, G, pl.R, splits, cps, K, Ci);
+    for (int s = 0; s < S - 1; s++) {
+        if (!ldone) load_stage(s), advance_loader();
+        cp_commit();
+    }
+    zero_acc();
+    for (int slot = 0, lslot = S - 1;;) {
+        cp_wait_n(S - 2);  // this thread's copies of stage `slot` have landed ...
+        __syncthreads();   // ... everyone's; and stage lslot (consumed last round) is free
+        if (!ldone) load_stage(lslot), advance_loader();
+        cp_commit();
+        compute_stage(slot);
+        if (++ck == Ci.nck) {
+            epilogue(slot);
+            ck = 0, ci += gridDim.x;
+            if (ci >= total) break;
+            st_decode<C::TB, C::BK>(ci, tP, tF, tC, G, pl.R, splits, cps, K, Ci);
+            zero_acc();
+        }
+        slot = slot + 1 == S ? 0 : slot + 1;
+        lslot = lslot + 1 == S ? 0 : lslot + 1;
+    }
+    cp_wait<0>();
 }
 
 // ------------------------------------------------------------ launchers ---
@@ -339,112 +840,382 @@ extern "C" int lm_cuda_gg_supported(int wdt, size_t ldw, int K, size_t lda, int 
     return wdt == 2 && K > 0 && K % 8 == 0 && ldw % 8 == 0 && lda % (a_f32 ? 4 : 8) == 0;
 }
 
-template <int NB, bool SWI, bool AF32>
-static int launch_small(const lm_cuda_gg *p, int slots, cudaStream_t st) {
-    size_t smem = (size_t)SMALL_WARPS * (SWI ? 2 : 1) * NB * 4 * 32 * sizeof(float);
-    static bool attr = false;  // once per instantiation: allow > 48 KB of dynamic shared memory
-    if (!attr) {
-        cudaError_t e = cudaFuncSetAttribute(k_gg_small<NB, SWI, AF32>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)smem);
-        if (e != cudaSuccess) return (int)e;
-        attr = true;
+struct devinfo {
+    int sms, optin, cc;  // multiprocessors, opt-in shared memory per block, compute capability major
+};
+
+static devinfo dev_info() {
+    static devinfo cache[16];
+    static bool have[16];
+    int d = 0;
+    if (cudaGetDevice(&d) != cudaSuccess || d < 0 || d >= 16) d = 0;
+    if (!have[d]) {
+        devinfo v = {0, 0, 0};
+        if (cudaDeviceGetAttribute(&v.sms, cudaDevAttrMultiProcessorCount, d) != cudaSuccess || v.sms < 1) v.sms = 1;
+        if (cudaDeviceGetAttribute(&v.optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d) != cudaSuccess) v.optin = 48 * 1024;
+        if (cudaDeviceGetAttribute(&v.cc, cudaDevAttrComputeCapabilityMajor, d) != cudaSuccess) v.cc = 0;
+        cudaGetLastError();  // a failed query must not look like a failed launch
+        cache[d] = v, have[d] = true;
     }
-    dim3 grid((p->O + 15) / 16, slots);
-    k_gg_small<NB, SWI, AF32><<<grid, 32 * SMALL_WARPS, smem, st>>>(*p);
-    return (int)cudaGetLastError();
+    return cache[d];
+}
+
+// Whether kernel k may be launched with programmatic stream serialization:
+// its machine code must have griddepcontrol (sm_90+), or it would not wait.
+static bool pdl_ok(const void *k) {
+    static const void *fn[64];
+    static signed char ok[64];
+    static int n;
+    for (int i = 0; i < n; i++)
+        if (fn[i] == k) return ok[i];
+    cudaFuncAttributes a;
+    bool v = dev_info().cc >= 9 && cudaFuncGetAttributes(&a, k) == cudaSuccess && a.binaryVersion >= 90;
+    cudaGetLastError();
+    if (n < 64) fn[n] = k, ok[n++] = v;
+    return v;
+}
+
+// Every launch of this file: plain, or with programmatic stream
+// serialization (the kernel's griddep_wait then orders it after its
+// predecessor).
+template <class... P, class... A>
+static int launch(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, bool pdl, A &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = st;
+    cudaLaunchAttribute at[1] = {};
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    pdl = pdl && pdl_ok((const void *)k);
+    cfg.attrs = pdl ? at : NULL, cfg.numAttrs = pdl ? 1 : 0;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, k, std::forward<A>(args)...);
+    cudaError_t l = cudaGetLastError();
+    return (int)(e != cudaSuccess ? e : l);
+}
+
+// Raises a kernel's dynamic shared memory limit to smem where it is above
+// 48 KB and above what was set before (sizes vary from call to call).
+static int smem_limit(const void *k, size_t smem) {
+    static const void *fn[64];
+    static size_t set[64];
+    static int n;
+    if (smem <= 48 * 1024) return 0;
+    int i = 0;
+    while (i < n && fn[i] != k) i++;
+    if (i < n && set[i] >= smem) return 0;
+    cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (e != cudaSuccess) return (int)e;
+    if (i == n && n < 64) fn[n++] = k;
+    if (i < 64) set[i] = smem;
+    return 0;
+}
+
+typedef void (*st_kernel_t)(lm_cuda_gg, st_plan);
+
+template <int NB>
+static st_kernel_t st_pick_nb(bool swi, bool af32) {
+    if (NB <= 4)
+        return swi ? (af32 ? k_gg_stream<NB, true, NB <= 4> : k_gg_stream<NB, true, false>)
+                   : (af32 ? k_gg_stream<NB, false, NB <= 4> : k_gg_stream<NB, false, false>);
+    return swi ? k_gg_stream<NB, true, false> : k_gg_stream<NB, false, false>;
+}
+static st_kernel_t st_pick(int nb, bool swi, bool af32) {
+    switch (nb) {
+    case 1: return st_pick_nb<1>(swi, af32);
+    case 2: return st_pick_nb<2>(swi, af32);
+    case 4: return st_pick_nb<4>(swi, af32);
+    case 8: return st_pick_nb<8>(swi, af32);
+    default: return st_pick_nb<16>(swi, af32);
+    }
+}
+struct st_shape {
+    int bo_out, bk, tb, slot, stage;  // outputs per row tile, k per stage, rows per item, split slot floats, stage bytes
+};
+template <int NB>
+static st_shape st_shape_nb(bool swi, bool af32) {
+    typedef stc<NB> C;
+    return {swi ? C::BO / 2 : C::BO, C::BK, C::TB, C::SLOT, C::stage(af32 && NB <= 4)};
+}
+static st_shape st_shape_of(int nb, bool swi, bool af32) {
+    switch (nb) {
+    case 1: return st_shape_nb<1>(swi, af32);
+    case 2: return st_shape_nb<2>(swi, af32);
+    case 4: return st_shape_nb<4>(swi, af32);
+    case 8: return st_shape_nb<8>(swi, af32);
+    default: return st_shape_nb<16>(swi, af32);
+    }
+}
+
+// What a call runs (lm_cuda_gg_run; lm_cuda_gg_describe prints it).
+struct gg_plan {
+    int path;       // 1 small, 2 large, 3 stream
+    int nb;         // small / stream: token blocks of 8 per pass / item
+    bool convert;   // f32 activations converted to bf16 in scratch first
+    bool af32;      // the GEMM kernel reads f32 activations
+    bool pdl;       // launches with programmatic stream serialization (asked for; used where pdl_ok)
+    st_plan k;      // stream
+    int ctas, occ;  // stream: grid, CTAs per SM
+    size_t smem;
+    long items_ub;  // stream: work items for the rows the call was told of (upper bound)
+    size_t ws_need; // stream: workspace bytes its split takes
+    int grid_x, grid_y;
+};
+
+static long cdiv(long a, long b) { return (a + b - 1) / b; }
+
+// Workspace bytes of a split: counters for every tile, then the partial tiles.
+static size_t split_ws_bytes(long tiles, int splits, int slot) {
+    return (size_t)(tiles + 63) / 64 * 64 * 4 + (size_t)tiles * splits * slot * 4;
+}
+
+// The k-split of a stream call: the fewest splits that fill the grid's
+// last wave to >= 90% (or the most efficient), within the workspace;
+// forced: as asked (if it fits). *need: the bytes it takes.
+static int choose_splits(long units_est, long units_ub, long R, long nct, long full, int slot, int forced,
+                         size_t ws_bytes, int *cps_out, size_t *need_out) {
+    int splits = 1, cps = (int)nct;
+    size_t need_best = 0;
+    int smax = forced > 0 ? forced : ST_MAX_SPLITS;
+    if (smax > nct) smax = (int)nct;
+    if (smax > ST_MAX_SPLITS) smax = ST_MAX_SPLITS;
+    double best = -1;
+    for (int s = 1; s <= smax; s++) {
+        int c = (int)cdiv(nct, s), se = (int)cdiv(nct, c);
+        size_t need = se > 1 ? split_ws_bytes(units_ub * R, se, slot) : 0;
+        if (need > ws_bytes) break;
+        long items = units_est * R * se;
+        double eff = (double)items / ((double)full * cdiv(items, full));
+        bool take = forced > 0 ? s == smax : eff > best + 0.05 || (eff >= 0.9 && best < 0.9);
+        if (take) best = eff, splits = se, cps = c, need_best = need;
+        if (forced <= 0 && best >= 0.9) break;
+    }
+    *cps_out = cps, *need_out = need_best;
+    return splits;
+}
+
+static int stream_plan(const lm_cuda_gg *p, gg_plan *pl) {
+    const devinfo d = dev_info();
+    const int G = p->counts ? p->n_groups : 1, n = p->n_rows;
+    const bool swi = p->swiglu != 0;
+    const int groups = p->counts ? (G < n ? G : n) : 1, per = (n + groups - 1) / groups;
+    const int cap = p->counts ? per + per / 4 + 1 : per;  // rows per group with headroom for uneven routing
+    int nb = p->nb;
+    if (nb != 1 && nb != 2 && nb != 4 && nb != 8 && nb != 16)
+        nb = cap <= 8 ? 1 : cap <= 16 ? 2 : cap <= 32 ? 4 : cap <= 64 ? 8 : 16;
+    bool af32 = p->a_f32 != 0, convert = false;
+    if (af32 && nb >= 8) {  // f32 is staged for NB <= 4 only: convert, or take smaller blocks
+        int a_rows = p->counts ? p->a_rows : n;
+        if (p->scratch && a_rows > 0 && (size_t)a_rows * p->K * 2 <= p->scratch_bytes) convert = true, af32 = false;
+        else nb = 4;
+    }
+    const st_shape sh = st_shape_of(nb, swi, af32);
+    const size_t tables = ((size_t)3 * G + 1) * 4;
+    const size_t reserve = 1024;  // static shared memory and slack
+    if ((size_t)d.optin < tables + reserve + 3 * (size_t)sh.stage) return -1;
+    int S = (int)((d.optin - tables - reserve) / sh.stage);
+    if (S > ST_MAX_STAGES) S = ST_MAX_STAGES;
+    if (p->stages >= 3 && p->stages < S) S = p->stages;
+    const size_t smem = (size_t)S * sh.stage + tables;
+    st_kernel_t kf = st_pick(nb, swi, af32);
+    int e = smem_limit((const void *)kf, smem);
+    if (e) return e;
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kf, ST_THREADS, smem) != cudaSuccess || occ < 1) {
+        cudaGetLastError();
+        return -1;
+    }
+    const long R = cdiv(p->O, sh.bo_out), nct = cdiv(p->K, sh.bk);
+    const long units_ub = p->counts ? groups + n / sh.tb : cdiv(n, sh.tb);
+    const long units_est = p->counts ? groups * cdiv(per, sh.tb) : units_ub;
+    const long full = (long)d.sms * occ;
+    // k-splits (f32 output, with a workspace)
+    int splits = 1, cps = (int)nct;
+    size_t need = 0;
+    if (!swi && nct >= 2)
+        splits = choose_splits(units_est, units_ub, R, nct, full, sh.slot, p->splits, p->ws ? p->ws_bytes : 0, &cps,
+                               &need);
+    const long items_ub = units_ub * R * splits;
+    if (units_ub * R * ST_MAX_SPLITS > 0x7fffffffL) return -1;
+    pl->path = 3, pl->nb = nb, pl->convert = convert, pl->af32 = af32;
+    pl->k.S = S, pl->k.R = (int)R, pl->k.splits = splits, pl->k.cps = cps;
+    pl->k.max_tiles = (int)(units_ub * R);
+    pl->k.pf = !p->pdl ? 0 : !p->counts ? 1 : p->pdl >= 2 ? 2 : 0;
+    pl->occ = occ, pl->smem = smem, pl->items_ub = items_ub, pl->ws_need = need;
+    long ctas = p->ctas > 0 ? p->ctas : items_ub < full ? items_ub : full;
+    pl->ctas = (int)(ctas < 1 ? 1 : ctas);
+    return 0;
+}
+
+static int gg_make_plan(const lm_cuda_gg *p, gg_plan *pl) {
+    *pl = gg_plan();
+    pl->pdl = p->pdl > 0;
+    const int n = p->n_rows, G = p->counts ? p->n_groups : 1;
+    const int groups = p->counts ? (G < n ? G : n) : 1, per = (n + groups - 1) / groups;
+    const int cap = p->counts ? per + per / 4 + 1 : per;
+    int path = p->force >= 1 && p->force <= 3 ? p->force : cap <= 128 ? 3 : 2;
+    // (the place for a Hopper large-M path: chosen here, launched in lm_cuda_gg_run)
+    if (path == 3 && stream_plan(p, pl) != 0) path = per <= 8 * SMALL_MAX_NB ? 1 : 2;
+    pl->path = path;
+    if (path == 1) {
+        pl->nb = per <= 8 ? 1 : per <= 16 ? 2 : per <= 32 ? 4 : 8;
+        pl->grid_x = (p->O + 15) / 16, pl->grid_y = groups;
+        pl->smem = (size_t)SMALL_WARPS * (p->swiglu ? 2 : 1) * pl->nb * 4 * 32 * sizeof(float);
+    } else if (path == 2) {
+        int ntile = p->swiglu ? LG_BN / 2 : LG_BN;
+        pl->convert = p->a_f32 != 0;
+        pl->grid_x = p->counts ? (n + LG_BM - 1) / LG_BM + p->n_groups : (n + LG_BM - 1) / LG_BM;
+        pl->grid_y = (p->O + ntile - 1) / ntile;
+        pl->smem = (size_t)LG_STAGES * (LG_BM + LG_BN) * LG_BK * 2;
+    }
+    return 0;
+}
+
+template <int NB, bool SWI, bool AF32>
+static int launch_small(const lm_cuda_gg *p, const gg_plan &pl, cudaStream_t st) {
+    int e = smem_limit((const void *)k_gg_small<NB, SWI, AF32>, pl.smem);
+    if (e) return e;
+    return launch(k_gg_small<NB, SWI, AF32>, dim3(pl.grid_x, pl.grid_y), dim3(32 * SMALL_WARPS), pl.smem, st, pl.pdl, *p);
 }
 
 template <int NB>
-static int launch_small_nb(const lm_cuda_gg *p, int slots, cudaStream_t st) {
-    if (p->swiglu) return p->a_f32 ? launch_small<NB, true, true>(p, slots, st) : launch_small<NB, true, false>(p, slots, st);
-    return p->a_f32 ? launch_small<NB, false, true>(p, slots, st) : launch_small<NB, false, false>(p, slots, st);
+static int launch_small_nb(const lm_cuda_gg *p, const gg_plan &pl, cudaStream_t st) {
+    if (p->swiglu) return p->a_f32 ? launch_small<NB, true, true>(p, pl, st) : launch_small<NB, true, false>(p, pl, st);
+    return p->a_f32 ? launch_small<NB, false, true>(p, pl, st) : launch_small<NB, false, false>(p, pl, st);
+}
+
+// f32 activations -> bf16 [a_rows][K] in scratch; q then reads those.
+static int convert_acts(const lm_cuda_gg *p, lm_cuda_gg *q, bool pdl, cudaStream_t st) {
+    int a_rows = p->counts ? p->a_rows : p->n_rows;
+    if (!p->scratch || a_rows <= 0 || (size_t)a_rows * p->K * 2 > p->scratch_bytes) return (int)cudaErrorInvalidValue;
+    int bx = (p->K / 2 + 255) / 256;
+    if (bx > 64) bx = 64;
+    int by = a_rows < 65535 ? a_rows : 65535;  // the grid's y limit (n_batch goes to 65536); rows stride
+    int e = launch(k_to_bf16, dim3(bx, by), dim3(256), 0, st, pdl, (const float *)p->a, p->lda, a_rows, p->K,
+                   (__nv_bfloat16 *)p->scratch);
+    if (e) return e;
+    q->a = p->scratch, q->a_f32 = 0, q->lda = (size_t)p->K;
+    return 0;
 }
 
 template <bool SWI>
-static int launch_large(const lm_cuda_gg *p, int mblocks, cudaStream_t st) {
-    size_t smem = (size_t)LG_STAGES * (LG_BM + LG_BN) * LG_BK * 2;
-    static bool attr = false;
-    if (!attr) {
-        cudaError_t e = cudaFuncSetAttribute(k_gg_large<SWI>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return (int)e;
-        attr = true;
-    }
-    int ntile = SWI ? LG_BN / 2 : LG_BN;
-    dim3 grid(mblocks, (p->O + ntile - 1) / ntile);
-    k_gg_large<SWI><<<grid, 256, smem, st>>>(*p);
-    return (int)cudaGetLastError();
+static int launch_large(const lm_cuda_gg *p, const gg_plan &pl, cudaStream_t st) {
+    int e = smem_limit((const void *)k_gg_large<SWI>, pl.smem);
+    if (e) return e;
+    return launch(k_gg_large<SWI>, dim3(pl.grid_x, pl.grid_y), dim3(256), pl.smem, st, pl.pdl, *p);
 }
 
 extern "C" int lm_cuda_gg_run(const lm_cuda_gg *p, lm_cuda_stream st) {
     if (!p->out || p->O <= 0 || p->n_rows <= 0) return 0;
     if (p->counts && (p->n_groups < 1 || p->n_groups > MAX_GROUPS || p->block < 1)) return (int)cudaErrorInvalidValue;
-    if (p->K % 8) return (int)cudaErrorInvalidValue;
-    // rows per group a step can expect: the pairs spread over the groups they can reach
-    int groups = p->counts ? (p->n_groups < p->n_rows ? p->n_groups : p->n_rows) : 1;
-    int per = (p->n_rows + groups - 1) / groups;
-    bool small = p->force ? p->force == 1 : per <= 8 * SMALL_MAX_NB;
-    if (small) {
-        int slots = groups;
-        if (per <= 8) return launch_small_nb<1>(p, slots, st);
-        if (per <= 16) return launch_small_nb<2>(p, slots, st);
-        if (per <= 32) return launch_small_nb<4>(p, slots, st);
-        return launch_small_nb<8>(p, slots, st);
+    if (p->K <= 0 || p->K % 8) return (int)cudaErrorInvalidValue;
+    if (p->swiglu && !(p->w2 || p->w2_0)) return (int)cudaErrorInvalidValue;
+    gg_plan pl;
+    int e = gg_make_plan(p, &pl);
+    if (e) return e;
+    if (pl.path == 1) {
+        if (pl.nb == 1) return launch_small_nb<1>(p, pl, st);
+        if (pl.nb == 2) return launch_small_nb<2>(p, pl, st);
+        if (pl.nb == 4) return launch_small_nb<4>(p, pl, st);
+        return launch_small_nb<8>(p, pl, st);
     }
     lm_cuda_gg q = *p;
-    if (p->a_f32) {
-        int a_rows = p->counts ? p->a_rows : p->n_rows;
-        if (!p->scratch || a_rows <= 0 || (size_t)a_rows * p->K * 2 > p->scratch_bytes) return (int)cudaErrorInvalidValue;
-        int bx = (p->K / 2 + 255) / 256;
-        if (bx > 64) bx = 64;
-        int by = a_rows < 65535 ? a_rows : 65535;  // the grid's y limit (n_batch goes to 65536); rows stride
-        k_to_bf16<<<dim3(bx, by), 256, 0, st>>>((const float *)p->a, p->lda, a_rows, p->K,
-                                                (__nv_bfloat16 *)p->scratch);
-        int e = (int)cudaGetLastError();
-        if (e) return e;
-        q.a = p->scratch, q.a_f32 = 0, q.lda = (size_t)p->K;
+    if (pl.convert && (e = convert_acts(p, &q, pl.pdl, st))) return e;
+    if (pl.path == 2) return p->swiglu ? launch_large<true>(&q, pl, st) : launch_large<false>(&q, pl, st);
+    st_kernel_t kf = st_pick(pl.nb, p->swiglu != 0, pl.af32);
+    return launch(kf, dim3(pl.ctas), dim3(ST_THREADS), pl.smem, st, pl.pdl, q, pl.k);
+}
+
+extern "C" void lm_cuda_gg_describe(const lm_cuda_gg *p, char *buf, size_t cap) {
+    if (!cap) return;
+    gg_plan pl;
+    if (!p->out || p->O <= 0 || p->n_rows <= 0 || gg_make_plan(p, &pl)) {
+        snprintf(buf, cap, "none");
+        return;
     }
-    int mblocks = p->counts ? (p->n_rows + LG_BM - 1) / LG_BM + p->n_groups : (p->n_rows + LG_BM - 1) / LG_BM;
-    return p->swiglu ? launch_large<true>(&q, mblocks, st) : launch_large<false>(&q, mblocks, st);
+    if (pl.path == 1) snprintf(buf, cap, "small nb %d grid %dx%d", pl.nb, pl.grid_x, pl.grid_y);
+    else if (pl.path == 2) snprintf(buf, cap, "large%s grid %dx%d", pl.convert ? " +to_bf16" : "", pl.grid_x, pl.grid_y);
+    else
+        snprintf(buf, cap, "stream nb %d%s%s splits %d stages %d ctas %d (%d/SM) items<=%ld smem %zuK%s%s", pl.nb,
+                 pl.af32 ? " a32" : "", pl.convert ? " +to_bf16" : "", pl.k.splits, pl.k.S, pl.ctas, pl.occ,
+                 pl.items_ub, pl.smem / 1024, pl.pdl ? " pdl" : "", pl.k.pf ? " prefetch" : "");
+}
+
+extern "C" size_t lm_cuda_gg_ws_bytes(int n_rows, int n_groups, int O, int K) {
+    // The largest workspace the launcher would use with any workspace, for
+    // any call of up to n_rows rows (f32 output: SwiGLU never splits).
+    size_t best = 0;
+    lm_cuda_gg q = lm_cuda_gg();
+    q.n_groups = n_groups > 0 ? n_groups : 0, q.block = 1, q.O = O, q.K = K, q.ws = (void *)16, q.ws_bytes = (size_t)-1;
+    q.out = (void *)16;
+    int dummy = 0;
+    q.counts = n_groups > 0 ? &dummy : NULL;  // only tested against NULL by the planner
+    // (the stream kernel takes up to ~101 rows per group: beyond, no split)
+    const long nmax = n_rows < 128L * (n_groups > 0 ? n_groups : 1) ? n_rows : 128L * (n_groups > 0 ? n_groups : 1);
+    for (long n = 1; n <= nmax; n++) {
+        q.n_rows = (int)n;
+        gg_plan pl;
+        if (gg_make_plan(&q, &pl) == 0 && pl.path == 3 && pl.ws_need > best) best = pl.ws_need;
+    }
+    return best;
 }
 
 // ---------------------------------------------------------------- align ---
 
-// One CTA of 1024 threads. Counts by shared atomics; then the (token,
-// choice) pairs in chunks of 1024, in order: a pair's row is its expert's
-// next free row plus the number of earlier pairs of the same expert in the
-// chunk (match_any within the warp, prefix over the warps), which is the
-// serial kernel's order (each expert's rows in token order).
-__global__ void __launch_bounds__(1024) k_align_fast(const int *sel, size_t lds, int n, int k, int E, int B,
-                                                     int *row_of, size_t ldr, int *token_of, int *tiles, int *n_tiles,
-                                                     int *counts, unsigned long long *stats) {
-    extern __shared__ int sh[];  // cnt[E], next[E], wcnt[32][E]
+// Exclusive prefix sums of (a, b) over the block (blockDim.x a multiple of
+// 32, <= 1024); *ta, *tb: the totals. sm: 64 ints of shared memory.
+__device__ void block_scan2(int a, int b, int *ea, int *eb, int *ta, int *tb, int *sm) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int ia = a, ib = b;
+    for (int o = 1; o < 32; o <<= 1) {
+        int x = __shfl_up_sync(0xffffffffu, ia, o), y = __shfl_up_sync(0xffffffffu, ib, o);
+        if (lane >= o) ia += x, ib += y;
+    }
+    if (lane == 31) sm[warp] = ia, sm[32 + warp] = ib;
+    __syncthreads();
+    int ba = 0, bb = 0, sa = 0, sb = 0;
+    for (int w = 0; w < nw; w++) {
+        int x = sm[w], y = sm[32 + w];
+        if (w < warp) ba += x, bb += y;
+        sa += x, sb += y;
+    }
+    *ea = ba + ia - a, *eb = bb + ib - b, *ta = sa, *tb = sb;
+    __syncthreads();  // sm may be reused
+}
+
+// The align of one CTA of 1024 threads (E <= 1024), sel_at(q) the expert
+// of pair q = token * k + choice. Counts by shared atomics; the padded
+// layout by a prefix sum over the experts (one thread each); then the
+// pairs in chunks of 1024, in order: a pair's row is its expert's next free
+// row plus the number of earlier pairs of the same expert in the chunk
+// (match_any within the warp, prefix over the warps), which is the serial
+// kernel's order (each expert's rows in token order).
+// sh: cnt[E], next[E], wcnt[32][E]; scan: 64 ints.
+template <class SelAt>
+__device__ void align_block(SelAt sel_at, int n, int k, int E, int B, int *row_of, size_t ldr, int *token_of,
+                            int *tiles, int *n_tiles, int *counts, unsigned long long *stats, int *sh, int *scan) {
     int *cnt = sh, *next = sh + E, *wcnt = sh + 2 * E;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, np = n * k;
     for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
-    for (int q = tid; q < np; q += blockDim.x) atomicAdd(&cnt[sel[(size_t)(q / k) * lds + q % k]], 1);
+    for (int q = tid; q < np; q += blockDim.x) atomicAdd(&cnt[sel_at(q)], 1);
     __syncthreads();
-    if (tid == 0) {  // padded layout: first rows and the tile list
-        int row = 0, nt = 0;
-        for (int e = 0; e < E; e++) {
-            int c = cnt[e], tl = (c + B - 1) / B;
-            next[e] = row;
-            for (int b = 0; b < tl; b++) tiles[2 * nt] = e, tiles[2 * nt++ + 1] = row + b * B;
-            row += tl * B;
+    {  // padded layout: first rows and the tile list
+        const int c = tid < E ? cnt[tid] : 0, tl = (c + B - 1) / B;
+        int row, t0, rows, nt;
+        block_scan2(tl * B, tl, &row, &t0, &rows, &nt, scan);
+        if (tid < E) {
+            next[tid] = row;
+            for (int b = 0; b < tl; b++) tiles[2 * (t0 + b)] = tid, tiles[2 * (t0 + b) + 1] = row + b * B;
+            counts[tid] = c;
+            if (stats) stats[tid] += (unsigned long long)c;
+            for (int r = row + c; r < row + tl * B; r++) token_of[r] = -1;
         }
-        *n_tiles = nt;
+        if (tid == 0) *n_tiles = nt;
     }
     __syncthreads();
-    for (int e = tid; e < E; e += blockDim.x) {
-        int c = cnt[e], pad = (c + B - 1) / B * B;
-        counts[e] = c;
-        if (stats) stats[e] += (unsigned long long)c;
-        for (int r = next[e] + c; r < next[e] + pad; r++) token_of[r] = -1;
-    }
     for (int q0 = 0; q0 < np; q0 += blockDim.x) {
         for (int i = tid; i < 32 * E; i += blockDim.x) wcnt[i] = 0;
         __syncthreads();
-        int q = q0 + tid, e = q < np ? sel[(size_t)(q / k) * lds + q % k] : -1;
+        int q = q0 + tid, e = q < np ? sel_at(q) : -1;
         unsigned peers = __match_any_sync(0xffffffffu, e);
         int rank = __popc(peers & ((1u << lane) - 1));
         if (e >= 0 && rank == 0) wcnt[warp * E + e] = __popc(peers);
@@ -468,15 +1239,196 @@ __global__ void __launch_bounds__(1024) k_align_fast(const int *sel, size_t lds,
     }
 }
 
+__global__ void __launch_bounds__(1024) k_align_fast(const int *sel, size_t lds, int n, int k, int E, int B,
+                                                     int *row_of, size_t ldr, int *token_of, int *tiles, int *n_tiles,
+                                                     int *counts, unsigned long long *stats) {
+    extern __shared__ int sh[];  // cnt[E], next[E], wcnt[32][E]
+    __shared__ int scan[64];
+    griddep_wait();
+    griddep_launch();
+    align_block([&](int q) { return sel[(size_t)(q / k) * lds + q % k]; }, n, k, E, B, row_of, ldr, token_of, tiles,
+                n_tiles, counts, stats, sh, scan);
+}
+
+extern "C" int lm_cuda_align_fast_pdl(const int *sel, size_t lds, int n, int k, int E, int B, int *row_of, size_t ldr,
+                                      int *token_of, int *tiles, int *n_tiles, int *counts, unsigned long long *stats,
+                                      int pdl, lm_cuda_stream st) {
+    if (E < 1 || E > MAX_GROUPS || k < 1 || B < 1) return (int)cudaErrorInvalidValue;
+    size_t smem = (size_t)34 * E * sizeof(int);
+    int e = smem_limit((const void *)k_align_fast, smem);
+    if (e) return e;
+    return launch(k_align_fast, dim3(1), dim3(1024), smem, st, pdl > 0, sel, lds, n, k, E, B, row_of, ldr, token_of,
+                  tiles, n_tiles, counts, stats);
+}
+
 extern "C" int lm_cuda_align_fast(const int *sel, size_t lds, int n, int k, int E, int B, int *row_of, size_t ldr,
                                   int *token_of, int *tiles, int *n_tiles, int *counts, unsigned long long *stats,
                                   lm_cuda_stream st) {
-    if (E < 1 || E > MAX_GROUPS || k < 1 || B < 1) return (int)cudaErrorInvalidValue;
-    size_t smem = (size_t)34 * E * sizeof(int);
-    if (smem > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(k_align_fast, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return (int)e;
+    return lm_cuda_align_fast_pdl(sel, lds, n, k, E, B, row_of, ldr, token_of, tiles, n_tiles, counts, stats, 0, st);
+}
+
+// ---------------------------------------------------------------- route ---
+
+#define ROUTE_MAXK 32
+
+// One warp routes one token with lm_cuda_route's arithmetic, in its order
+// where the order changes the result: softmax of the logits r[E] (max, then
+// expf(r - max) each, summed in expert order), the top k by repeated
+// argmax (ties to the lower id), their weights p / sum (normalised by the
+// sum of the chosen p / sum, in choice order, when norm), written sorted by
+// expert id. pw: E floats, ch / bp: k entries of the warp's shared memory.
+__device__ void route_warp(const float *r, int E, int k, int norm, int *sel, float *w, int *sel_sm, float *pw, int *ch,
+                           float *bp) {
+    const int lane = threadIdx.x & 31;
+    float mx = -INFINITY;
+    for (int e = lane; e < E; e += 32) mx = fmaxf(mx, r[e]);
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    for (int e = lane; e < E; e += 32) pw[e] = expf(r[e] - mx);
+    __syncwarp();
+    unsigned taken = 0;  // bit j: expert lane + 32 j is chosen
+    for (int i = 0; i < k; i++) {
+        int best = -1;
+        float bv = 0;
+        for (int e = lane, j = 0; e < E; e += 32, j++) {
+            float v = pw[e];
+            if (!(taken >> j & 1) && (best < 0 || v > bv)) best = e, bv = v;
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            int ob = __shfl_xor_sync(0xffffffffu, best, o);
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            if (ob >= 0 && (best < 0 || ov > bv || (ov == bv && ob < best))) best = ob, bv = ov;
+        }
+        if (best >= 0 && (best & 31) == lane) taken |= 1u << (best >> 5);
+        if (lane == 0) ch[i] = best, bp[i] = bv;
     }
-    k_align_fast<<<1, 1024, smem, st>>>(sel, lds, n, k, E, B, row_of, ldr, token_of, tiles, n_tiles, counts, stats);
-    return (int)cudaGetLastError();
+    __syncwarp();
+    float sum = 0, wsum = 0;
+    if (lane == 0) {
+        for (int e = 0; e < E; e++) sum += pw[e];
+        for (int i = 0; i < k; i++) wsum += bp[i] / sum;
+    }
+    sum = __shfl_sync(0xffffffffu, sum, 0);
+    wsum = __shfl_sync(0xffffffffu, wsum, 0);
+    if (lane < k) {
+        int e = ch[lane], rank = 0;
+        for (int j = 0; j < k; j++) rank += ch[j] < e;
+        float pv = pw[e] / sum;
+        sel[rank] = e;
+        w[rank] = norm ? pv / wsum : pv;
+        if (sel_sm) sel_sm[rank] = e;
+    }
+    __syncwarp();  // pw, ch, bp are the warp's next token's
+}
+
+#define ROUTE_WARPS 4
+
+__global__ void __launch_bounds__(32 * ROUTE_WARPS) k_route_fast(const float *logits, size_t ldl, int n, int E, int k,
+                                                               int norm, int *sel, size_t lds, float *w, size_t ldw) {
+    extern __shared__ float rsh[];  // per warp: pw[E], ch[k], bp[k]
+    griddep_wait();
+    griddep_launch();
+    const int warp = threadIdx.x / 32;
+    float *pw = rsh + (size_t)warp * (E + 2 * k);
+    for (int t = blockIdx.x * ROUTE_WARPS + warp; t < n; t += gridDim.x * ROUTE_WARPS)
+        route_warp(logits + (size_t)t * ldl, E, k, norm, sel + (size_t)t * lds, w + (size_t)t * ldw, NULL, pw,
+                   (int *)(pw + E), pw + E + k);
+}
+
+extern "C" int lm_cuda_route_fast(const float *logits, size_t ldl, int n, int E, int k, int norm, int *sel, size_t lds,
+                                  float *w, size_t ldw, int pdl, lm_cuda_stream st) {
+    if (k < 1 || k > ROUTE_MAXK || k > E || E > MAX_GROUPS) return (int)cudaErrorInvalidValue;
+    if (n <= 0) return 0;
+    size_t smem = (size_t)ROUTE_WARPS * (E + 2 * k) * 4;
+    int e = smem_limit((const void *)k_route_fast, smem);
+    if (e) return e;
+    long blocks = cdiv(n, ROUTE_WARPS);
+    return launch(k_route_fast, dim3((unsigned)(blocks < 65536 ? blocks : 65536)), dim3(32 * ROUTE_WARPS), smem, st,
+                  pdl > 0, logits, ldl, n, E, k, norm, sel, lds, w, ldw);
+}
+
+// Route and align in one CTA of 1024 threads (n <= 64 tokens, E <= 256):
+// the warps route the tokens into shared memory, then align reads them
+// there. Saves a launch and the round trip of sel through memory.
+#define RA_MAX_TOKENS 64
+#define RA_MAX_E 256
+
+__global__ void __launch_bounds__(1024) k_route_align(const float *logits, size_t ldl, int n, int E, int k, int norm,
+                                                      int *sel, size_t lds, float *w, size_t ldw, int B, int *row_of,
+                                                      size_t ldr, int *token_of, int *tiles, int *n_tiles, int *counts,
+                                                      unsigned long long *stats) {
+    extern __shared__ int ra_sh[];  // union{route: [32][E + 2k]; align: [34 E]}, then sel_sm[n k]
+    __shared__ int scan[64];
+    griddep_wait();
+    griddep_launch();
+    const int warp = threadIdx.x / 32, big = 32 * (E + 2 * k) > 34 * E ? 32 * (E + 2 * k) : 34 * E;
+    int *sel_sm = ra_sh + big;
+    float *pw = (float *)ra_sh + (size_t)warp * (E + 2 * k);
+    for (int t = warp; t < n; t += 32)
+        route_warp(logits + (size_t)t * ldl, E, k, norm, sel + (size_t)t * lds, w + (size_t)t * ldw, sel_sm + t * k, pw,
+                   (int *)(pw + E), pw + E + k);
+    __syncthreads();
+    align_block([&](int q) { return sel_sm[q]; }, n, k, E, B, row_of, ldr, token_of, tiles, n_tiles, counts, stats,
+                ra_sh, scan);
+}
+
+extern "C" int lm_cuda_route_align(const float *logits, size_t ldl, int n, int E, int k, int norm, int *sel, size_t lds,
+                                   float *w, size_t ldw, int B, int *row_of, size_t ldr, int *token_of, int *tiles,
+                                   int *n_tiles, int *counts, unsigned long long *stats, int pdl, lm_cuda_stream st) {
+    if (k < 1 || k > ROUTE_MAXK || k > E || E > MAX_GROUPS || B < 1) return (int)cudaErrorInvalidValue;
+    if (n > RA_MAX_TOKENS || E > RA_MAX_E) {
+        int e = lm_cuda_route_fast(logits, ldl, n, E, k, norm, sel, lds, w, ldw, pdl, st);
+        if (e) return e;
+        return lm_cuda_align_fast_pdl(sel, lds, n, k, E, B, row_of, ldr, token_of, tiles, n_tiles, counts, stats, pdl,
+                                      st);
+    }
+    int big = 32 * (E + 2 * k) > 34 * E ? 32 * (E + 2 * k) : 34 * E;
+    size_t smem = (size_t)(big + n * k) * 4;
+    int e = smem_limit((const void *)k_route_align, smem);
+    if (e) return e;
+    return launch(k_route_align, dim3(1), dim3(1024), smem, st, pdl > 0, logits, ldl, n, E, k, norm, sel, lds, w, ldw,
+                  B, row_of, ldr, token_of, tiles, n_tiles, counts, stats);
+}
+
+// -------------------------------------------------------------- combine ---
+
+// out[t] = sum_i w[t][i] y[row_of[t][i]], each column summed in choice order
+// as lm_cuda_combine does; 4 columns per thread where rows are 16-byte
+// aligned (vec), else 1.
+__global__ void __launch_bounds__(256) k_combine_fast(const int *row_of, size_t ldr, const float *w, size_t ldw, int n,
+                                                      int k, const float *y, size_t ldy, float *out, size_t ldo, int H,
+                                                      int vec) {
+    griddep_wait();
+    griddep_launch();
+    const int step = gridDim.x * blockDim.x, c0 = blockIdx.x * blockDim.x + threadIdx.x;
+    for (int t = blockIdx.y; t < n; t += gridDim.y) {
+        const int *ro = row_of + (size_t)t * ldr;
+        const float *wt = w + (size_t)t * ldw;
+        if (vec) {
+            for (int c = c0; c < H / 4; c += step) {
+                float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                for (int i = 0; i < k; i++) {
+                    const float wi = wt[i];
+                    const float4 v = *(const float4 *)(y + (size_t)ro[i] * ldy + 4 * c);
+                    o.x += wi * v.x, o.y += wi * v.y, o.z += wi * v.z, o.w += wi * v.w;
+                }
+                *(float4 *)(out + (size_t)t * ldo + 4 * c) = o;
+            }
+        } else {
+            for (int c = c0; c < H; c += step) {
+                float o = 0;
+                for (int i = 0; i < k; i++) o += wt[i] * y[(size_t)ro[i] * ldy + c];
+                out[(size_t)t * ldo + c] = o;
+            }
+        }
+    }
+}
+
+extern "C" int lm_cuda_combine_fast(const int *row_of, size_t ldr, const float *w, size_t ldw, int n, int k,
+                                    const float *y, size_t ldy, float *out, size_t ldo, int H, int pdl,
+                                    lm_cuda_stream st) {
+    if (n <= 0 || H <= 0) return 0;
+    const int vec = H % 4 == 0 && ldy % 4 == 0 && ldo % 4 == 0 && (uintptr_t)y % 16 == 0 && (uintptr_t)out % 16 == 0;
+    const int cols = vec ? H / 4 : H, bx = (cols + 255) / 256;
+    return launch(k_combine_fast, dim3(bx < 64 ? bx : 64, n < 65535 ? n : 65535), dim3(256), 0, st, pdl > 0, row_of,
+                  ldr, w, ldw, n, k, y, ldy, out, ldo, H, vec);
 }

@@ -14,17 +14,40 @@
 // (the expert's gate and up in one pass, so gate and up rows of the same
 // index meet in one thread's registers). Otherwise the output is f32 (+ bias).
 //
-// Two kernels, chosen per call from the expected rows per group:
-// - small (<= 64 rows per group: decode, small batches): memory-bound. Each
-//   CTA owns 16 weight rows of one group and streams them once over the
-//   whole K (eight warps split K, reduce in shared memory); weight rows are
-//   the mma's M (swap AB), tokens its N in blocks of 8. Every thread loads
-//   16-byte runs of weights and activations straight into mma fragments:
-//   the dot product does not care which k a fragment slot holds, as long as
-//   A and B agree, so no shared-memory staging or ldmatrix is needed.
+// Kernels, chosen per call from the expected rows per group (lm_cuda_gg_run):
+// - stream (up to ~100 rows per group: decode, small and medium batches):
+//   memory-bound, so built to keep HBM busy. A persistent grid (one CTA per
+//   SM) walks a list of work items (group, tile of weight rows, block of up
+//   to 8*NB of the group's rows, k-split), found from the counts by each CTA
+//   with a prefix sum in shared memory. Weight tiles and the rows'
+//   activations stream through one cp.async ring of S stages (~200 KB, so
+//   >= ~100 KB per SM in flight), continuous across items, so an item
+//   boundary is no pipeline bubble. mma.sync with swap AB: weight rows are
+//   the mma's M, tokens its N; both operands come from shared memory by
+//   ldmatrix (f32 activations of small blocks by 8-byte loads, rounded to
+//   bf16 there), so each staged activation chunk serves 32..256 weight rows.
+//   Split-K (f32 output only, with a workspace) when the items would not
+//   fill the grid: the last CTA to finish a tile sums the partial tiles in
+//   split order (deterministic, no float atomics).
+// - small: the previous streaming kernel (16 weight rows per CTA, operands
+//   loaded into registers), kept for comparison (force = 1).
 // - large: a 128 x 128 x 32 tiled GEMM, 4-stage cp.async pipeline, ldmatrix,
 //   swizzled shared memory; m-blocks of 128 rows never cross a group.
 //   Activations must then be bf16 (the launcher converts f32 into `scratch`).
+//
+// Programmatic dependent launch (pdl, sm_90+): the kernel is queued while
+// its predecessor in the stream runs and waits for it in-kernel
+// (griddepcontrol.wait) before reading anything the predecessor may write;
+// it lets its own dependents launch right after that wait. So when a kernel
+// of this file starts, every kernel two or more launches back has finished
+// (if the one before it is also from this file, or was launched without
+// pdl): pdl = 2 relies on that to prefetch into L2, before waiting, the
+// weights its counts select; the counts must have been written two or more
+// launches back (the down GEMM: align wrote them before the gate+up GEMM;
+// not the gate+up GEMM right after align, which takes pdl = 1). Weights of
+// a dense call are prefetched with pdl >= 1 (weights are never written).
+// pdl is ignored where the device or the kernel's machine code is older
+// than sm_90.
 #ifndef LM_KERNELS_CUDA_GEMM_H
 #define LM_KERNELS_CUDA_GEMM_H
 
@@ -57,7 +80,15 @@ typedef struct lm_cuda_gg {
     size_t ldo;
     void *scratch;           // bf16 [a_rows][K] for f32 activations on the large path
     size_t scratch_bytes;    // its size (the launcher refuses a smaller one)
-    int force;               // 0 auto, 1 small, 2 large (kernel lab and tests)
+    int force;               // 0 auto, 1 small, 2 large, 3 stream (kernel lab and tests)
+    // Added fields; zero keeps the behaviour of a caller that does not set them.
+    void *ws;                // split-K workspace or NULL (no split-K): zero it once when
+    size_t ws_bytes;         //   allocating it; every call leaves it zero again
+    int pdl;                 // 0 plain launch; 1 programmatic dependent launch; 2 also
+                             //   prefetch the counts' weights before waiting (see above)
+    int nb, splits, stages;  // stream kernel: token blocks of 8 per item (1, 2, 4, 8, 16),
+    int ctas;                //   split-K factor, ring depth, grid size; 0: chosen by the
+                             //   launcher (the kernel lab and the tests force them)
 } lm_cuda_gg;
 
 // Whether the fast path takes these operands (bf16 weights, K % 8 == 0,
@@ -66,9 +97,39 @@ int lm_cuda_gg_supported(int wdt, size_t ldw, int K, size_t lda, int a_f32);
 
 int lm_cuda_gg_run(const lm_cuda_gg *p, lm_cuda_stream st);
 
+// What lm_cuda_gg_run would launch for p, as text ("stream nb 4 splits 1
+// stages 8 ctas 132 ..."); no launch. For the kernel lab.
+void lm_cuda_gg_describe(const lm_cuda_gg *p, char *buf, size_t cap);
+
+// Workspace bytes that let lm_cuda_gg_run split K as it likes for calls of
+// at most this many routed rows, groups, O and K (an upper bound; a smaller
+// workspace only limits the split).
+size_t lm_cuda_gg_ws_bytes(int n_rows, int n_groups, int O, int K);
+
 // Parallel version of lm_cuda_align (one CTA; same outputs, bit for bit).
 int lm_cuda_align_fast(const int *sel, size_t lds, int n, int k, int E, int B, int *row_of, size_t ldr, int *token_of,
                        int *tiles, int *n_tiles, int *counts, unsigned long long *stats, lm_cuda_stream st);
+// The same with pdl (0 or 1: programmatic dependent launch, as above).
+int lm_cuda_align_fast_pdl(const int *sel, size_t lds, int n, int k, int E, int B, int *row_of, size_t ldr,
+                           int *token_of, int *tiles, int *n_tiles, int *counts, unsigned long long *stats, int pdl,
+                           lm_cuda_stream st);
+
+// lm_cuda_route (basic.cu) with a warp per token; same outputs bit for bit
+// (the same expf, the softmax sum and the top-k weight sum in the same order).
+// E <= 1024, k <= 32.
+int lm_cuda_route_fast(const float *logits, size_t ldl, int n, int E, int k, int norm, int *sel, size_t lds, float *w,
+                       size_t ldw, int pdl, lm_cuda_stream st);
+
+// lm_cuda_route then lm_cuda_align_fast, same outputs bit for bit: one
+// launch (one CTA) when n <= 64 tokens and E <= 256, else the two launches.
+int lm_cuda_route_align(const float *logits, size_t ldl, int n, int E, int k, int norm, int *sel, size_t lds, float *w,
+                        size_t ldw, int B, int *row_of, size_t ldr, int *token_of, int *tiles, int *n_tiles,
+                        int *counts, unsigned long long *stats, int pdl, lm_cuda_stream st);
+
+// lm_cuda_combine (basic.cu) with 16-byte accesses where aligned; same
+// outputs bit for bit.
+int lm_cuda_combine_fast(const int *row_of, size_t ldr, const float *w, size_t ldw, int n, int k, const float *y,
+                         size_t ldy, float *out, size_t ldo, int H, int pdl, lm_cuda_stream st);
 
 #ifdef __cplusplus
 }
