@@ -81,8 +81,12 @@ lm_status lm_block_post_attn(lm_context *ctx, int l, const lm_ubatch *ub) {
     lm_moe_plan plan = t->plan;
     plan.row_of = rows(plan.row_of, ub);
     TRY(op->matmul(ex, &w->router, NULL, xn, router));
-    TRY(op->route(ex, router, c->top_k, c->norm_topk, sel, selw));
-    TRY(op->align(ex, sel, c->n_experts, l, &plan));
+    if (op->route_align) {
+        TRY(op->route_align(ex, router, c->top_k, c->norm_topk, sel, selw, l, &plan));
+    } else {
+        TRY(op->route(ex, router, c->top_k, c->norm_topk, sel, selw));
+        TRY(op->align(ex, sel, c->n_experts, l, &plan));
+    }
     TRY(op->expert_up(ex, w->experts, &plan, xn, t->moe_h));
     TRY(op->expert_down(ex, w->experts, &plan, t->moe_h, t->moe_y));
     TRY(op->combine(ex, &plan, selw, t->moe_y, out));

@@ -95,6 +95,9 @@ typedef struct cuda_exec {
     uint64_t seen[SEEN_SLOTS];   // keys of steps run once (eagerly)
     uint64_t clock;              // steps, for least-recently-used eviction
     int graphs_off;              // LIGHTMOE_PROFILE: never capture
+    int no_pdl;                  // LIGHTMOE_PDL=0: plain launches (for comparison)
+    void *gg_ws;                 // split-K workspace of the streaming GEMMs (zeroed once; calls leave it zero)
+    size_t gg_ws_bytes;
     // sampling
     uint8_t *banned_host;        // pinned copy of the step's banned map
     void *banned_dev;
@@ -116,6 +119,9 @@ enum { MODE_EAGER, MODE_CAPTURE, MODE_REPLAY };
 // While a graph is replayed the step's ops were captured already: each op
 // returns at once (the driver still calls them in order).
 #define REPLAYING(c) ((c)->mode == MODE_REPLAY)
+// Programmatic dependent launch for the fast kernels (gemm.cu: each waits
+// in-kernel for its predecessor before reading what it wrote).
+#define PDL(c) ((c)->kernels != 1 && !(c)->no_pdl)
 
 static lm_status cuda_fail(cuda_exec *c, cudaError_t e, const char *what) {
     lm_status st = lm_err(LM_ERR_DEVICE, "CUDA: %s: %s", what, cudaGetErrorString(e));
@@ -309,6 +315,22 @@ static lm_status cu_reserve(lm_exec *ex, int max_tokens, int max_ctx) {
     cuda_exec *c = (cuda_exec *)ex;
     if (max_ctx > c->max_ctx) c->max_ctx = max_ctx, c->inv_n = 0;  // the RoPE table is remade at the next rope
     TRYW(gemm_reserve(c, max_tokens));
+    {  // split-K workspace: the largest any projection of a step may ask for
+        const lm_config *f = c->cfg;
+        int H = f->hidden, qd = f->n_heads * f->head_dim, kvd = f->n_kv_heads * f->head_dim, n = max_tokens;
+        int inter = f->dense_inter > f->shared_inter ? f->dense_inter : f->shared_inter;
+        size_t need = lm_cuda_gg_ws_bytes(n, 0, qd + 2 * kvd, H);
+        size_t cand[] = {lm_cuda_gg_ws_bytes(n, 0, H, qd), lm_cuda_gg_ws_bytes(n, 0, f->n_experts > 0 ? f->n_experts : 1, H),
+                         lm_cuda_gg_ws_bytes(n, 0, f->vocab, H), inter > 0 ? lm_cuda_gg_ws_bytes(n, 0, H, inter) : 0,
+                         f->n_experts > 0 ? lm_cuda_gg_ws_bytes(n * f->top_k, f->n_experts, H, f->moe_inter) : 0};
+        for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++)
+            if (cand[i] > need) need = cand[i];
+        if (need > c->gg_ws_bytes) {
+            TRYW(dev_alloc(c, need, &c->gg_ws));
+            CK(c, cudaMemsetAsync(c->gg_ws, 0, need, S0(c)));
+            c->gg_ws_bytes = need;
+        }
+    }
     if (!c->banned_dev) {  // one byte per id of the vocabulary
         c->banned_cap = c->cfg->vocab;
         TRYW(dev_alloc(c, (size_t)c->banned_cap, &c->banned_dev));
@@ -664,7 +686,15 @@ static bool fast_gemm(cuda_exec *c, int wdt, size_t ldw, int K, size_t lda, int 
 
 // A tensor-core GEMM: the Hopper (TMA + wgmma) kernel for large row counts
 // on sm_90 (LIGHTMOE_KERNELS=fast), else the portable mma.sync kernels.
-static int gg_run(cuda_exec *c, const lm_cuda_gg *g) {
+// pdl: the gemm.cu launch mode (1 programmatic dependent launch, 2 also
+// prefetching the counts' weights: only where the counts were written two
+// launches back, i.e. the down GEMM right after the gate+up GEMM); ws: may
+// split K through the workspace (f32 outputs).
+static int gg_run(cuda_exec *c, const lm_cuda_gg *g0, int pdl, bool ws) {
+    lm_cuda_gg q = *g0;
+    const lm_cuda_gg *g = &q;
+    q.pdl = PDL(c) ? pdl : 0;
+    if (ws && !q.swiglu) q.ws = c->gg_ws, q.ws_bytes = c->gg_ws_bytes;
     int groups = g->counts ? (g->n_groups < g->n_rows ? g->n_groups : g->n_rows) : 1;
     int per = groups > 0 ? (g->n_rows + groups - 1) / groups : 0;
     if (c->kernels == 0 && per >= SM90_MIN_ROWS && lm_cuda_gg_sm90_supported(g)) return lm_cuda_gg_sm90_run(g, S0(c));
@@ -681,7 +711,7 @@ static lm_status cu_matmul(lm_exec *ex, const lm_mat *W, const lm_mat *bias, lm_
         lm_cuda_gg g = {.a = x.data, .a_f32 = 1, .lda = x.ld, .a_rows = x.rows, .n_rows = x.rows, .w1_0 = wd,
                         .ldw = W->stride, .K = W->cols, .O = W->rows, .bias = bd, .bias_dt = bias ? bias->dt : 0,
                         .out = y.data, .ldo = y.ld, .scratch = c->act16, .scratch_bytes = c->act16_bytes};
-        return launched(c, gg_run(c, &g), "matmul");
+        return launched(c, gg_run(c, &g, 1, true), "matmul");
     }
     return launched(c, lm_cuda_matmul(x.data, x.ld, x.rows, wd, W->dt, W->stride, W->rows, W->cols, bd,
                                       bias ? bias->dt : 0, y.data, y.ld, S0(c)),
@@ -705,7 +735,7 @@ static lm_status cu_matmul_qkv(lm_exec *ex, const lm_mat *const w[3], const lm_m
         lm_cuda_gg g = {.a = x.data, .a_f32 = 1, .lda = x.ld, .a_rows = x.rows, .n_rows = x.rows, .w1_0 = f->w,
                         .ldw = (size_t)K, .K = K, .O = qkv.cols, .bias = f->b, .bias_dt = f->bdt, .out = qkv.data,
                         .ldo = qkv.ld, .scratch = c->act16, .scratch_bytes = c->act16_bytes};
-        return launched(c, gg_run(c, &g), "matmul_qkv");
+        return launched(c, gg_run(c, &g, 1, true), "matmul_qkv");
     }
     return launched(c, lm_cuda_matmul(x.data, x.ld, x.rows, f->w, wdt, (size_t)K, qkv.cols, K, f->b, f->bdt, qkv.data,
                                       qkv.ld, S0(c)),
@@ -777,19 +807,47 @@ static lm_status cu_route(lm_exec *ex, lm_tensor logits, int k, bool norm_topk, 
     if (REPLAYING(c)) return LM_OK;
     int E = logits.cols;
     if (E < 1 || k < 1 || k > E || k > 32) return lm_err(LM_ERR_INVALID_ARG, "route: top-%d of %d experts", k, E);
+    if (c->kernels != 1 && E <= 1024)
+        return launched(c, lm_cuda_route_fast(logits.data, logits.ld, logits.rows, E, k, norm_topk, sel.data, sel.ld,
+                                              w.data, w.ld, PDL(c), S0(c)),
+                        "route");
     return launched(c, lm_cuda_route(logits.data, logits.ld, logits.rows, E, k, norm_topk, sel.data, sel.ld, w.data, w.ld,
                                      S0(c)),
                     "route");
+}
+
+static lm_status cu_align(lm_exec *ex, lm_tensor sel, int E, int layer, lm_moe_plan *p);
+
+// route then align in one launch where the batch is small (bit for bit the
+// two ops' results).
+static lm_status cu_route_align(lm_exec *ex, lm_tensor logits, int k, bool norm_topk, lm_tensor sel, lm_tensor w,
+                                int layer, lm_moe_plan *p) {
+    cuda_exec *c = (cuda_exec *)ex;
+    if (REPLAYING(c)) return LM_OK;
+    int E = logits.cols;
+    if (E < 1 || k < 1 || k > E || k > 32) return lm_err(LM_ERR_INVALID_ARG, "route: top-%d of %d experts", k, E);
+    if (c->kernels == 1 || E > 1024) {
+        TRYW(cu_route(ex, logits, k, norm_topk, sel, w));
+        return cu_align(ex, sel, E, layer, p);
+    }
+    unsigned long long *stats = layer >= 0 ? c->stats + (size_t)layer * E : NULL;
+    return launched(c, lm_cuda_route_align(logits.data, logits.ld, logits.rows, E, k, norm_topk, sel.data, sel.ld,
+                                           w.data, w.ld, p->block, p->row_of.data, p->row_of.ld, p->token_of.data,
+                                           p->tiles.data, p->n_tiles.data, p->counts.data, stats, PDL(c), S0(c)),
+                    "route_align");
 }
 
 static lm_status cu_align(lm_exec *ex, lm_tensor sel, int E, int layer, lm_moe_plan *p) {
     cuda_exec *c = (cuda_exec *)ex;
     if (REPLAYING(c)) return LM_OK;
     unsigned long long *stats = layer >= 0 ? c->stats + (size_t)layer * E : NULL;
-    int (*align)(const int *, size_t, int, int, int, int, int *, size_t, int *, int *, int *, int *,
-                 unsigned long long *, lm_cuda_stream) = c->kernels == 1 ? lm_cuda_align : lm_cuda_align_fast;
-    return launched(c, align(sel.data, sel.ld, sel.rows, sel.cols, E, p->block, p->row_of.data, p->row_of.ld,
-                             p->token_of.data, p->tiles.data, p->n_tiles.data, p->counts.data, stats, S0(c)),
+    if (c->kernels != 1)
+        return launched(c, lm_cuda_align_fast_pdl(sel.data, sel.ld, sel.rows, sel.cols, E, p->block, p->row_of.data,
+                                                  p->row_of.ld, p->token_of.data, p->tiles.data, p->n_tiles.data,
+                                                  p->counts.data, stats, PDL(c), S0(c)),
+                        "align");
+    return launched(c, lm_cuda_align(sel.data, sel.ld, sel.rows, sel.cols, E, p->block, p->row_of.data, p->row_of.ld,
+                                     p->token_of.data, p->tiles.data, p->n_tiles.data, p->counts.data, stats, S0(c)),
                     "align");
 }
 
@@ -804,7 +862,7 @@ static lm_status cu_expert_up(lm_exec *ex, const lm_ffn_w *experts, const lm_moe
                         .counts = p->counts.data, .n_groups = E, .block = p->block, .n_rows = x.rows * k, .w1 = g,
                         .w2 = u, .ldw = experts[0].gate.stride, .K = x.cols, .O = h.cols, .swiglu = 1,
                         .out = h.data, .ldo = h.ld, .scratch = c->act16, .scratch_bytes = c->act16_bytes};
-        return launched(c, gg_run(c, &q), "expert_up");
+        return launched(c, gg_run(c, &q, 1, false), "expert_up");
     }
     return launched(c, lm_cuda_gateup(x.data, x.ld, h.rows, p->token_of.data, p->tiles.data, p->n_tiles.data, p->block,
                                       g, u, NULL, NULL, dt, experts[0].gate.stride, x.cols, h.cols, h.data, h.dt,
@@ -822,7 +880,7 @@ static lm_status cu_expert_down(lm_exec *ex, const lm_ffn_w *experts, const lm_m
         lm_cuda_gg q = {.a = h.data, .a_f32 = 0, .lda = h.ld, .counts = p->counts.data, .n_groups = E,
                         .block = p->block, .n_rows = p->row_of.rows * k, .w1 = d, .ldw = experts[0].down.stride,
                         .K = h.cols, .O = y.cols, .out = y.data, .ldo = y.ld};
-        return launched(c, gg_run(c, &q), "expert_down");
+        return launched(c, gg_run(c, &q, 2, true), "expert_down");
     }
     return launched(c, lm_cuda_down(h.data, h.dt, h.ld, h.rows, p->token_of.data, p->tiles.data, p->n_tiles.data,
                                     p->block, d, NULL, dt, experts[0].down.stride, h.cols, y.cols, y.data, y.ld, S0(c)),
@@ -832,6 +890,10 @@ static lm_status cu_expert_down(lm_exec *ex, const lm_ffn_w *experts, const lm_m
 static lm_status cu_combine(lm_exec *ex, const lm_moe_plan *p, lm_tensor w, lm_tensor y, lm_tensor out) {
     cuda_exec *c = (cuda_exec *)ex;
     if (REPLAYING(c)) return LM_OK;
+    if (c->kernels != 1)
+        return launched(c, lm_cuda_combine_fast(p->row_of.data, p->row_of.ld, w.data, w.ld, out.rows, w.cols, y.data,
+                                                y.ld, out.data, out.ld, out.cols, PDL(c), S0(c)),
+                        "combine");
     return launched(c, lm_cuda_combine(p->row_of.data, p->row_of.ld, w.data, w.ld, out.rows, w.cols, y.data, y.ld,
                                        out.data, out.ld, out.cols, S0(c)),
                     "combine");
@@ -853,10 +915,10 @@ static lm_status cu_ffn(lm_exec *ex, const lm_ffn_w *f, lm_tensor x, lm_tensor h
         lm_cuda_gg q = {.a = x.data, .a_f32 = 1, .lda = x.ld, .a_rows = x.rows, .n_rows = x.rows, .w1_0 = g,
                         .w2_0 = u, .ldw = f->gate.stride, .K = x.cols, .O = inter, .swiglu = 1, .out = h.data,
                         .ldo = h.ld, .scratch = c->act16, .scratch_bytes = c->act16_bytes};
-        TRYW(launched(c, gg_run(c, &q), "ffn"));
+        TRYW(launched(c, gg_run(c, &q, 1, false), "ffn"));
         lm_cuda_gg r = {.a = h.data, .a_f32 = 0, .lda = h.ld, .n_rows = x.rows, .w1_0 = d, .ldw = f->down.stride,
                         .K = inter, .O = y.cols, .out = y.data, .ldo = y.ld};
-        return launched(c, gg_run(c, &r), "ffn");
+        return launched(c, gg_run(c, &r, 1, true), "ffn");
     }
     lm_status st = launched(c, lm_cuda_gateup(x.data, x.ld, x.rows, NULL, NULL, NULL, 1, NULL, NULL, g, u, f->gate.dt,
                                               f->gate.stride, x.cols, inter, h.data, 0, h.ld, S0(c)),
@@ -966,6 +1028,7 @@ static const lm_exec_ops cuda_ops = {
     .gather = cu_gather,
     .route = cu_route,
     .align = cu_align,
+    .route_align = cu_route_align,
     .expert_up = cu_expert_up,
     .expert_down = cu_expert_down,
     .combine = cu_combine,
@@ -1031,6 +1094,8 @@ lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
         return lm_err(LM_ERR_INVALID_ARG, "LIGHTMOE_KERNELS=%s: expected fast, portable or simple", kn);
     }
     c->kernels = !kn || !*kn || !strcmp(kn, "fast") ? 0 : !strcmp(kn, "simple") ? 1 : 2;
+    const char *pd = getenv("LIGHTMOE_PDL");
+    c->no_pdl = pd && !strcmp(pd, "0");
     // LIGHTMOE_PROFILE=1: GPU time per op (events between launches; steps
     // then run eagerly, never as graphs), printed when the executor is freed.
     const char *pf = getenv("LIGHTMOE_PROFILE");

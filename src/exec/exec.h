@@ -235,6 +235,9 @@ typedef struct lm_exec_ops {
     // the expert-sorted padded plan of sel (see lm_moe_plan); the counts are
     // added to the executor's routing statistics of `layer` (-1: not counted)
     lm_status (*align)(lm_exec *ex, lm_tensor sel, int n_experts, int layer, lm_moe_plan *plan);
+    // optional: route then align (the experts are logits.cols), as one step
+    lm_status (*route_align)(lm_exec *ex, lm_tensor logits, int k, bool norm_topk, lm_tensor sel, lm_tensor w,
+                             int layer, lm_moe_plan *plan);
     // h[r] = silu(x[token_of[r]] Wg_e^T) * (x[token_of[r]] Wu_e^T) for the rows of every tile of expert e
     //                                             x [n][H], h [rows_max][inter]
     lm_status (*expert_up)(lm_exec *ex, const lm_ffn_w *experts, const lm_moe_plan *plan, lm_tensor x, lm_tensor h);
