@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU-machine session: any of the stages below, in order, each under its
 # own time limit, logs under $OUT, a summary at the end. Built here (nvcc);
-# carry `.devbin` (lightmoe, test_ops, test_golden, moe_cuda, attn_cuda,
+# carry `.devbin` or `.devpack` (lightmoe, test_ops, test_golden, moe_cuda, attn_cuda, gemm_sm90_lab,
 # p200.jsonl, the shared configs) and `.deps` (libcjson1, libpcre2-8-0,
 # libutf8proc2, libmicrohttpd12 .debs: the machine has none of our Debian
 # libraries). LIGHTMOE_KERNELS picks the kernels the executor runs (fast by
@@ -9,6 +9,8 @@
 #   bash tools/device_gpu_run.sh moe attn ops golden memcheck model bench profile
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
+# .devpack/devbin.tar.xz (optional): .devbin packed, when it would not fit the transfer limit
+[ -f .devpack/devbin.tar.xz ] && mkdir -p .devbin && tar xJf .devpack/devbin.tar.xz -C .devbin
 mkdir -p /tmp/lmdeps "$OUT" build && cp .devbin/lightmoe build/
 for f in .deps/*.deb; do dpkg -x "$f" /tmp/lmdeps; done
 export LD_LIBRARY_PATH=/tmp/lmdeps/usr/lib/x86_64-linux-gnu:/tmp/lmdeps/lib/x86_64-linux-gnu
@@ -18,6 +20,16 @@ stage() { echo; echo "### $1 ($(date +%T))"; }
 for s in "$@"; do
     case $s in
     moe) stage "MoE layer lab"; timeout 240 ./.devbin/moe_cuda ${MOE_ARGS:-} 2>&1 | tee "$OUT/moe.log" ;;
+    moe-var) stage "MoE lab variants"
+        timeout 100 ./.devbin/moe_cuda -s mixtral -m 64,128,256 -B -v new -v new:nb=8 -v new:gemm=large -v new:stages=4 2>&1 | tee "$OUT/moe_var1.log" | tail -25
+        timeout 60 ./.devbin/moe_cuda -s qwen3 -m 1,16 -B -v new -v new:ra=0 -v new:comb=0 -v new:dpdl=1 -v new:stages=5 2>&1 | tee "$OUT/moe_var2.log" | tail -20 ;;
+    racecheck) stage "compute-sanitizer racecheck + memcheck, MoE lab (qwen3 M=1,16)"
+        timeout 120 compute-sanitizer --tool racecheck ./.devbin/moe_cuda -s qwen3 -m 1,16 -r 1 -B -v new > "$OUT/racecheck.log" 2>&1; echo "racecheck rc=$?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|hazard" "$OUT/racecheck.log" | head -5
+        timeout 120 compute-sanitizer --tool memcheck ./.devbin/moe_cuda -s qwen3 -m 1,16 -r 1 -B -v new > "$OUT/memcheck_moe.log" 2>&1; echo "memcheck rc=$?"; grep -E "ERROR SUMMARY" "$OUT/memcheck_moe.log" | head -3 ;;
+    sm90) stage "Hopper GEMM lab"
+        timeout 150 ./.devbin/gemm_sm90_lab ${SM90_ARGS:-} 2>&1 | tee "$OUT/sm90.log" | tail -45
+        cuobjdump -sass ./.devbin/gemm_sm90_lab 2>/dev/null | grep -cE "HGMMA" | sed 's/^/HGMMA instructions in the lab binary: /'
+        cuobjdump -sass ./.devbin/moe_cuda 2>/dev/null | grep -cE "LDL|STL" | sed 's/^/LDL|STL in moe_cuda: /' ;;
     moe-small) stage "MoE lab, small kernel forced"; timeout 120 ./.devbin/moe_cuda -f small -m 1,16,64,128,256 -q 2>&1 | tee "$OUT/moe_small.log" ;;
     attn-quick) stage "attention lab --quick under memcheck"
         timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 ./.devbin/attn_cuda --quick > "$OUT/attn_memcheck.log" 2>&1
