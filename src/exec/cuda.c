@@ -1096,6 +1096,10 @@ lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
     c->kernels = !kn || !*kn || !strcmp(kn, "fast") ? 0 : !strcmp(kn, "simple") ? 1 : 2;
     const char *pd = getenv("LIGHTMOE_PDL");
     c->no_pdl = pd && !strcmp(pd, "0");
+    int cc = 0;
+    if (cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess) cudaGetLastError(), cc = 0;
+    if (cc < 9) c->no_pdl = 1;  // programmatic dependent launch is a Hopper feature
+    lm_cuda_set_pdl(c->kernels != 1 && !c->no_pdl);
     // LIGHTMOE_PROFILE=1: GPU time per op (events between launches; steps
     // then run eagerly, never as graphs), printed when the executor is freed.
     const char *pf = getenv("LIGHTMOE_PROFILE");

@@ -41,9 +41,44 @@ __device__ float block_sum(float v) {
 
 static int launched(void) { return (int)cudaGetLastError(); }
 
+// Programmatic dependent launch (sm_90+): the kernels the fast path uses
+// between the GEMMs are queued while their predecessor runs, wait for it in
+// the kernel (pdl_wait, before touching anything), and let their own
+// successor launch at once (pdl_trigger): a GEMM after them then starts its
+// weight prefetch while they run. Off (plain launches) unless the executor
+// turns it on; a kernel launched plainly passes pdl_wait at once.
+static int g_pdl = 0;
+
+extern "C" void lm_cuda_set_pdl(int on) { g_pdl = on; }
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+template <typename... P, typename... A>
+static int launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A... args) {
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = g_pdl;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = st;
+    cfg.attrs = at, cfg.numAttrs = 1;
+    return (int)cudaLaunchKernelEx(&cfg, k, ((P)args)...);
+}
+
 // ---------------------------------------------------------------- embed ---
 
 __global__ void k_embed(const void *E, int edt, size_t lde, const int *ids, float *x, size_t ldx, int H) {
+    pdl_wait();
+    pdl_trigger();
     int t = blockIdx.x;
     size_t row = (size_t)ids[t] * lde;
     for (int c = threadIdx.x; c < H; c += blockDim.x) x[(size_t)t * ldx + c] = ldw(E, edt, row + c);
@@ -51,8 +86,7 @@ __global__ void k_embed(const void *E, int edt, size_t lde, const int *ids, floa
 
 extern "C" int lm_cuda_embed(const void *E, int edt, size_t lde, const int *ids, float *x, size_t ldx, int n, int H,
                              lm_cuda_stream st) {
-    if (n > 0) k_embed<<<n, 256, 0, st>>>(E, edt, lde, ids, x, ldx, H);
-    return launched();
+    return n > 0 ? launch_pdl(k_embed, n, 256, 0, st, E, edt, lde, ids, x, ldx, H) : 0;
 }
 
 // ---------------------------------------------------------------- norms ---
@@ -67,18 +101,22 @@ __device__ void norm_group(const float *x, int n, const void *w, int wdt, int wn
 
 __global__ void k_rmsnorm(const float *x, size_t ldx, int group, const void *w, int wdt, int wn, float eps, float *y,
                           size_t ldy) {
+    pdl_wait();
+    pdl_trigger();
     int r = blockIdx.x, g = blockIdx.y;
     norm_group(x + (size_t)r * ldx + (size_t)g * group, group, w, wdt, wn, eps, y + (size_t)r * ldy + (size_t)g * group);
 }
 
 extern "C" int lm_cuda_rmsnorm(const float *x, size_t ldx, int rows, int cols, int group, const void *w, int wdt,
                                int wn, float eps, float *y, size_t ldy, lm_cuda_stream st) {
-    if (rows > 0) k_rmsnorm<<<dim3(rows, cols / group), 128, 0, st>>>(x, ldx, group, w, wdt, wn, eps, y, ldy);
-    return launched();
+    return rows > 0 ? launch_pdl(k_rmsnorm, dim3(rows, cols / group), 128, 0, st, x, ldx, group, w, wdt, wn, eps, y, ldy)
+                    : 0;
 }
 
 __global__ void k_add_rmsnorm(float *x, size_t ldx, const float *d, size_t ldd, int cols, const void *w, int wdt,
                               int wn, float eps, float *y, size_t ldy) {
+    pdl_wait();
+    pdl_trigger();
     float *xr = x + (size_t)blockIdx.x * ldx;
     const float *dr = d + (size_t)blockIdx.x * ldd;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) xr[i] += dr[i];
@@ -90,8 +128,7 @@ __global__ void k_add_rmsnorm(float *x, size_t ldx, const float *d, size_t ldd, 
 extern "C" int lm_cuda_add_rmsnorm(float *x, size_t ldx, const float *d, size_t ldd, int rows, int cols,
                                    const void *w, int wdt, int wn, float eps, float *y, size_t ldy,
                                    lm_cuda_stream st) {
-    if (rows > 0) k_add_rmsnorm<<<rows, 256, 0, st>>>(x, ldx, d, ldd, cols, w, wdt, wn, eps, y, ldy);
-    return launched();
+    return rows > 0 ? launch_pdl(k_add_rmsnorm, rows, 256, 0, st, x, ldx, d, ldd, cols, w, wdt, wn, eps, y, ldy) : 0;
 }
 
 // --------------------------------------------------------------- matmul ---
@@ -131,6 +168,8 @@ __device__ __forceinline__ void store_kv(void *base, int kvdt, size_t e, float v
 // double precision rounded to fp32).
 __global__ void k_rope_kv(float *q, size_t ldq, int nq, float *k, size_t ldk, const float *v, size_t ldv, int nkv,
                           int hd, const float *tab, const int *pos, const int *slot, void *kv, int kvdt, int ps) {
+    pdl_wait();
+    pdl_trigger();
     extern __shared__ float cs[];  // [half] cos, [half] sin
     int t = blockIdx.x, half = hd / 2, p = pos[t], s = slot[t];
     float *sn = cs + half;
@@ -165,23 +204,23 @@ __global__ void k_rope_kv(float *q, size_t ldq, int nq, float *k, size_t ldk, co
 extern "C" int lm_cuda_rope_kv(float *q, size_t ldq, int nq, float *k, size_t ldk, const float *v, size_t ldv,
                                int nkv, int hd, const float *cos_sin, const int *pos, const int *slot, int n,
                                void *kv, int kvdt, int page_size, lm_cuda_stream st) {
-    if (n > 0)
-        k_rope_kv<<<n, 128, (size_t)hd * sizeof(float), st>>>(q, ldq, nq, k, ldk, v, ldv, nkv, hd, cos_sin, pos,
-                                                               slot, kv, kvdt, page_size);
-    return launched();
+    return n > 0 ? launch_pdl(k_rope_kv, n, 128, (size_t)hd * sizeof(float), st, q, ldq, nq, k, ldk, v, ldv, nkv, hd,
+                              cos_sin, pos, slot, kv, kvdt, page_size)
+                 : 0;
 }
 
 // --------------------------------------------------------------- gather ---
 
 __global__ void k_gather(const float *x, size_t ldx, const int *idx, float *y, size_t ldy, int cols) {
+    pdl_wait();
+    pdl_trigger();
     const float *src = x + (size_t)idx[blockIdx.x] * ldx;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) y[(size_t)blockIdx.x * ldy + c] = src[c];
 }
 
 extern "C" int lm_cuda_gather(const float *x, size_t ldx, const int *idx, float *y, size_t ldy, int m, int cols,
                               lm_cuda_stream st) {
-    if (m > 0) k_gather<<<m, 256, 0, st>>>(x, ldx, idx, y, ldy, cols);
-    return launched();
+    return m > 0 ? launch_pdl(k_gather, m, 256, 0, st, x, ldx, idx, y, ldy, cols) : 0;
 }
 
 // ------------------------------------------------------------------ MoE ---
@@ -360,6 +399,8 @@ extern "C" int lm_cuda_combine(const int *row_of, size_t ldr, const float *w, si
 
 __global__ void k_gated_add(const float *x, size_t ldx, const void *g, int gdt, int H, const float *y, size_t ldy,
                             float *out, size_t ldo) {
+    pdl_wait();
+    pdl_trigger();
     int t = blockIdx.x;
     float s = 0;
     for (int i = threadIdx.x; i < H; i += blockDim.x) s += x[(size_t)t * ldx + i] * ldw(g, gdt, i);
@@ -370,8 +411,7 @@ __global__ void k_gated_add(const float *x, size_t ldx, const void *g, int gdt, 
 
 extern "C" int lm_cuda_gated_add(const float *x, size_t ldx, const void *g, int gdt, int H, const float *y,
                                  size_t ldy, float *out, size_t ldo, int n, lm_cuda_stream st) {
-    if (n > 0) k_gated_add<<<n, 256, 0, st>>>(x, ldx, g, gdt, H, y, ldy, out, ldo);
-    return launched();
+    return n > 0 ? launch_pdl(k_gated_add, n, 256, 0, st, x, ldx, g, gdt, H, y, ldy, out, ldo) : 0;
 }
 
 // --------------------------------------------------------------- greedy ---
@@ -381,6 +421,8 @@ extern "C" int lm_cuda_gated_add(const float *x, size_t ldx, const void *g, int 
 // row is NaN or Inf.
 __global__ void k_sample_greedy(const float *logits, size_t ldl, int V, const int *params, int pw,
                                 const uint8_t *banned, int *out) {
+    pdl_wait();
+    pdl_trigger();
     const int r = blockIdx.x;
     const float *x = logits + (size_t)r * ldl;
     const int *pr = params + (size_t)r * pw;
@@ -422,6 +464,5 @@ __global__ void k_sample_greedy(const float *logits, size_t ldl, int V, const in
 
 extern "C" int lm_cuda_sample_greedy(const float *logits, size_t ldl, int n, int V, const int *params, int pw,
                                      const uint8_t *banned, int *out, lm_cuda_stream st) {
-    if (n > 0) k_sample_greedy<<<n, 512, 0, st>>>(logits, ldl, V, params, pw, banned, out);
-    return launched();
+    return n > 0 ? launch_pdl(k_sample_greedy, n, 512, 0, st, logits, ldl, V, params, pw, banned, out) : 0;
 }

@@ -20,6 +20,11 @@ extern "C" {
 
 typedef struct CUstream_st *lm_cuda_stream;
 
+// Programmatic dependent launch of the small kernels the fast path runs
+// between GEMMs (embed, norms, RoPE, gather, gated add, sampling): 1 on, 0
+// off (default). Only for sm_90+ devices; process-wide.
+void lm_cuda_set_pdl(int on);
+
 // x[t] = E[ids[t]]                                   x [n][H]
 int lm_cuda_embed(const void *E, int edt, size_t lde, const int *ids, float *x, size_t ldx, int n, int H,
                   lm_cuda_stream st);
