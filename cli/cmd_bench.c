@@ -3,6 +3,7 @@
 // on the GPU the measured HBM read bandwidth and bf16 mma.sync peak, and
 // each phase also gets its energy per token and average power from NVML.
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include "cli.h"
 #include "exec/cuda_probe.h"
 #include "plan/cost.h"
+#include "util/err.h"
 #include "util/nvml.h"
 
 static const char *help =
@@ -40,7 +42,8 @@ static const char *help =
     "  -m, --model DIR       checkpoint directory\n"
     "      --synthetic CONFIG.json[:LAYERS]\n"
     "                        random weights with the shapes of CONFIG.json\n"
-    "  -b, --batch B         sequences decoded together (default 1)\n"
+    "  -b, --batch B[,B...]  sequences decoded together (default 1); a list runs each\n"
+    "                        size in turn on the same weights (one load), a row each\n"
     "      --prompt-len S    prompt tokens per sequence (default 128)\n"
     "      --gen-len N       decode steps (default 32)\n"
     "      --reps N          run the decode phase N times from the same prompts and\n"
@@ -135,10 +138,138 @@ static cJSON *json_row(const row *r, bool decode, int reps) {
     return o;
 }
 
+// One batch size: a context for it, the prefill of batch x plen random
+// tokens, then glen greedy decode steps (reps times); the rows with their
+// rooflines, the context's parameters and what it held on the GPU.
+static lm_status run_batch(lm_model *model, const cli_model_opts *mo, const machine *mc, lm_energy *energy, int batch,
+                           int plen, int glen, int reps, row *pf_out, row *dc_out, lm_context_params *cp_out,
+                           lm_mem_used *mu) {
+    const machine m = *mc;
+    lm_model_info mi;
+    lm_model_get_info(model, &mi);
+    lm_status st = LM_OK;
+    long total_prefill = (long)batch * plen;
+    lm_context_params cp = lm_context_default_params();
+    cp.kv_type = mo->kv_type;
+    cp.graphs = !mo->no_graphs;
+    cp.gpu_mem = mo->gpu_mem;
+    cp.executor = m.gpu ? "cuda" : "cpu";
+    cp.n_seq = batch;
+    cp.n_ctx = plen + glen;
+    // Prefill chunks: a GPU's GEMMs want many tokens at once (bounded by the
+    // activations: ~2.5 KB per token per 1k of hidden size).
+    int chunk = m.gpu ? 8192 : 2048;
+    cp.n_batch = total_prefill < chunk ? (int)total_prefill : chunk;
+    if (cp.n_batch < batch) cp.n_batch = batch;
+    cp.n_out = batch < cp.n_batch ? batch : cp.n_batch;  // one output row per sequence at most
+    lm_context *ctx = NULL;
+    int32_t *tok = NULL, *seq = NULL, *pos = NULL, *last = NULL, *first = NULL;
+    uint8_t *want = NULL;
+    double *rates = NULL;
+    lm_sampler *greedy = NULL, **smp = NULL;
+    if ((st = lm_context_init(model, &cp, &ctx))) goto done;
+    cli_mem_report("lightmoe bench", model, &cp, NULL, mo->verbose);
+    tok = malloc((size_t)cp.n_batch * sizeof *tok), seq = malloc((size_t)cp.n_batch * sizeof *seq);
+    pos = malloc((size_t)batch * sizeof *pos);
+    want = malloc((size_t)cp.n_batch);
+    last = malloc((size_t)batch * sizeof *last), first = malloc((size_t)batch * sizeof *first);
+    rates = malloc((size_t)reps * sizeof *rates);
+    // Greedy draws through the batch's samplers: a GPU picks the ids where
+    // the logits are (as generate does) instead of copying them back.
+    lm_sampler_params gsp = lm_sampler_default_params();
+    smp = malloc((size_t)cp.n_out * sizeof *smp);
+    if (lm_sampler_init(&gsp, mi.vocab, &greedy) != LM_OK) greedy = NULL;
+    for (int i = 0; smp && i < cp.n_out; i++) smp[i] = greedy;
+    if (!tok || !seq || !pos || !want || !last || !first || !rates || !smp || !greedy) {
+        st = lm_err(LM_ERR_OOM, "out of memory");
+        goto done;
+    }
+
+    // Prefill: all prompts, packed into batches of up to n_batch tokens.
+    // lm_decode returns when its step is done (the GPU executor waits for
+    // the step), so reading the energy counter after the loop is fair.
+    meter em = {.e = energy};
+    row pf = {.tokens = total_prefill}, dc = {.tokens = (long)batch * glen * reps};
+    uint64_t rng = 0x1234567;
+    meter_start(&em);
+    double t0 = cli_now();
+    long done_tok = 0;
+    while (done_tok < total_prefill && !st) {
+        int nb = 0;
+        while (nb < cp.n_batch && done_tok < total_prefill) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            tok[nb] = (int32_t)((rng >> 33) % (uint64_t)mi.vocab);
+            seq[nb] = (int32_t)(done_tok / plen);
+            want[nb] = (done_tok % plen) == plen - 1;
+            nb++, done_tok++;
+        }
+        lm_batch b = {nb, tok, seq, want, NULL, smp};
+        st = lm_decode(ctx, &b);
+        for (int k = 0, j = 0; k < nb && !st; k++)
+            if (want[k]) last[seq[k]] = lm_get_token(ctx, j++);
+    }
+    pf.seconds = cli_now() - t0;
+    pf.joules = meter_joules(&em);
+    memcpy(first, last, (size_t)batch * sizeof *first);
+
+    // Decode: glen greedy steps, one token per sequence, `reps` times. Each
+    // rep starts again at position plen from the same first tokens (the
+    // positions cut every sequence back to its prompt), so reps do the same work.
+    meter_start(&em);
+    double t_all = cli_now();
+    for (int r = 0; r < reps && glen > 0 && !st; r++) {
+        memcpy(last, first, (size_t)batch * sizeof *last);
+        t0 = cli_now();
+        for (int s = 0; s < glen && !st; s++) {
+            for (int i = 0; i < batch; i++) tok[i] = last[i], seq[i] = i, pos[i] = plen + s;
+            lm_batch b = {batch, tok, seq, NULL, pos, smp};
+            st = lm_decode(ctx, &b);
+            for (int i = 0; i < batch && !st; i++) last[i] = lm_get_token(ctx, i);
+        }
+        rates[r] = (double)batch * glen / (cli_now() - t0);
+    }
+    dc.seconds = cli_now() - t_all;
+    dc.joules = meter_joules(&em);
+    if (st) goto done;
+    if (glen > 0) {
+        qsort(rates, (size_t)reps, sizeof *rates, cmp_double);
+        dc.tps = reps % 2 ? rates[reps / 2] : (rates[reps / 2 - 1] + rates[reps / 2]) / 2;
+        dc.tps_min = rates[0], dc.tps_max = rates[reps - 1];
+    }
+
+    // Rooflines: a step takes at least max(bytes / bandwidth, flops / peak).
+    // Decode attends over plen + 1 .. plen + glen positions: (glen + 1) / 2 past the prompt on average.
+    lm_cost dcost = lm_cost_decode_step(&mi, cp.kv_type, batch, plen + (glen + 1) / 2.0);
+    lm_cost pcost = lm_cost_prefill(&mi, cp.kv_type, batch, plen);
+    dc.bytes = dcost.bytes, dc.flops = dcost.flops;
+    double t_mem = dc.bytes / m.bw, t_cmp = m.peak > 0 ? dc.flops / m.peak : 0;
+    dc.memory_bound = t_mem >= t_cmp;
+    dc.bound_tps = (double)batch / (t_mem > t_cmp ? t_mem : t_cmp);
+    pf.tps = (double)total_prefill / pf.seconds;
+    pf.bytes = pcost.bytes, pf.flops = pcost.flops;
+    pf.bound_tps = m.peak > 0 ? (double)total_prefill / (pf.flops / m.peak) : 0;
+
+    *pf_out = pf, *dc_out = dc, *cp_out = cp;
+    lm_context_mem_used(ctx, mu);
+done:
+    free(tok);
+    free(seq);
+    free(pos);
+    free(want);
+    free(last);
+    free(first);
+    free(rates);
+    free(smp);
+    lm_sampler_free(greedy);
+    lm_context_free(ctx);
+    return st;
+}
+
 int cmd_bench(int argc, char **argv) {
     args a = {argc, 1, argv, "bench", false};
-    const char *dir = NULL, *syn = NULL, *json = NULL;
-    int batch = 1, plen = 128, glen = 32, reps = 1;
+    const char *dir = NULL, *syn = NULL, *json = NULL, *batch_list = "1";
+    int plen = 128, glen = 32, reps = 1;
+    int batches[64], n_batches = 0;
     cli_model_opts mo = {.seed = lm_synthetic_default_params().seed};
     for (; a.i < argc && !a.failed; a.i++) {
         if (arg_flag(&a, "--help", "-h")) {
@@ -146,13 +277,23 @@ int cmd_bench(int argc, char **argv) {
             return 0;
         }
         if (arg_val(&a, "--model", "-m", &dir) || arg_val(&a, "--synthetic", NULL, &syn) ||
-            arg_int(&a, "--batch", "-b", 1, 4096, &batch) || arg_int(&a, "--prompt-len", NULL, 1, 1 << 20, &plen) ||
+            arg_val(&a, "--batch", "-b", &batch_list) || arg_int(&a, "--prompt-len", NULL, 1, 1 << 20, &plen) ||
             arg_int(&a, "--gen-len", NULL, 0, 1 << 20, &glen) || arg_int(&a, "--reps", NULL, 1, 1000, &reps) ||
             arg_val(&a, "--json", NULL, &json) || cli_model_opt(&a, &mo) || arg_u64(&a, "--seed", NULL, &mo.seed))
             continue;
         arg_unknown(&a, NULL);
     }
     if (!a.failed && dir && syn) arg_fail(&a, "give -m DIR or --synthetic CONFIG, not both");
+    for (const char *p = batch_list; !a.failed && p && *p;) {  // B or B1,B2,...
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || v < 1 || v > 4096 || (*end && *end != ',') || n_batches == 64)
+            arg_fail(&a, "--batch: '%s' is not a list of up to 64 integers in [1, 4096]", batch_list);
+        else batches[n_batches++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    if (!a.failed && n_batches == 0) arg_fail(&a, "--batch: '%s' is not a list of up to 64 integers in [1, 4096]", batch_list);
     if (a.failed) return EXIT_USAGE;
     if (!dir && !syn && !(dir = cli_default_model())) return 1;
 
@@ -230,157 +371,85 @@ int cmd_bench(int argc, char **argv) {
     t_load = cli_now() - t_load;
     lm_model_get_info(model, &mi);
 
-    long total_prefill = (long)batch * plen;
-    lm_context_params cp = lm_context_default_params();
-    cp.kv_type = mo.kv_type;
-    cp.graphs = !mo.no_graphs;
-    cp.gpu_mem = mo.gpu_mem;
-    cp.executor = m.gpu ? "cuda" : "cpu";
-    cp.n_seq = batch;
-    cp.n_ctx = plen + glen;
-    // Prefill chunks: a GPU's GEMMs want many tokens at once (bounded by the
-    // activations: ~2.5 KB per token per 1k of hidden size).
-    int chunk = m.gpu ? 8192 : 2048;
-    cp.n_batch = total_prefill < chunk ? (int)total_prefill : chunk;
-    if (cp.n_batch < batch) cp.n_batch = batch;
-    cp.n_out = batch < cp.n_batch ? batch : cp.n_batch;  // one output row per sequence at most
-    lm_context *ctx = NULL;
-    int32_t *tok = NULL, *seq = NULL, *pos = NULL, *last = NULL, *first = NULL;
-    uint8_t *want = NULL;
-    double *rates = NULL;
-    lm_sampler *greedy = NULL, **smp = NULL;
-    if ((st = lm_context_init(model, &cp, &ctx))) {
-        rc = cli_error("bench", st);
-        goto done;
-    }
-    cli_mem_report("lightmoe bench", model, &cp, NULL, mo.verbose);
-    tok = malloc((size_t)cp.n_batch * sizeof *tok), seq = malloc((size_t)cp.n_batch * sizeof *seq);
-    pos = malloc((size_t)batch * sizeof *pos);
-    want = malloc((size_t)cp.n_batch);
-    last = malloc((size_t)batch * sizeof *last), first = malloc((size_t)batch * sizeof *first);
-    rates = malloc((size_t)reps * sizeof *rates);
-    // Greedy draws through the batch's samplers: a GPU picks the ids where
-    // the logits are (as generate does) instead of copying them back.
-    lm_sampler_params gsp = lm_sampler_default_params();
-    smp = malloc((size_t)cp.n_out * sizeof *smp);
-    if (lm_sampler_init(&gsp, mi.vocab, &greedy) != LM_OK) greedy = NULL;
-    for (int i = 0; smp && i < cp.n_out; i++) smp[i] = greedy;
-    if (!tok || !seq || !pos || !want || !last || !first || !rates || !smp || !greedy) {
-        fprintf(stderr, "lightmoe bench: out of memory\n");
-        rc = 1;
-        goto done;
-    }
-
-    // Prefill: all prompts, packed into batches of up to n_batch tokens.
-    // lm_decode returns when its step is done (the GPU executor waits for
-    // the step), so reading the energy counter after the loop is fair.
-    meter em = {.e = energy};
-    row pf = {.tokens = total_prefill}, dc = {.tokens = (long)batch * glen * reps};
-    uint64_t rng = 0x1234567;
-    meter_start(&em);
-    double t0 = cli_now();
-    long done_tok = 0;
-    while (done_tok < total_prefill && !st) {
-        int nb = 0;
-        while (nb < cp.n_batch && done_tok < total_prefill) {
-            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-            tok[nb] = (int32_t)((rng >> 33) % (uint64_t)mi.vocab);
-            seq[nb] = (int32_t)(done_tok / plen);
-            want[nb] = (done_tok % plen) == plen - 1;
-            nb++, done_tok++;
-        }
-        lm_batch b = {nb, tok, seq, want, NULL, smp};
-        st = lm_decode(ctx, &b);
-        for (int k = 0, j = 0; k < nb && !st; k++)
-            if (want[k]) last[seq[k]] = lm_get_token(ctx, j++);
-    }
-    pf.seconds = cli_now() - t0;
-    pf.joules = meter_joules(&em);
-    memcpy(first, last, (size_t)batch * sizeof *first);
-
-    // Decode: glen greedy steps, one token per sequence, `reps` times. Each
-    // rep starts again at position plen from the same first tokens (the
-    // positions cut every sequence back to its prompt), so reps do the same work.
-    meter_start(&em);
-    double t_all = cli_now();
-    for (int r = 0; r < reps && glen > 0 && !st; r++) {
-        memcpy(last, first, (size_t)batch * sizeof *last);
-        t0 = cli_now();
-        for (int s = 0; s < glen && !st; s++) {
-            for (int i = 0; i < batch; i++) tok[i] = last[i], seq[i] = i, pos[i] = plen + s;
-            lm_batch b = {batch, tok, seq, NULL, pos, smp};
-            st = lm_decode(ctx, &b);
-            for (int i = 0; i < batch && !st; i++) last[i] = lm_get_token(ctx, i);
-        }
-        rates[r] = (double)batch * glen / (cli_now() - t0);
-    }
-    dc.seconds = cli_now() - t_all;
-    dc.joules = meter_joules(&em);
-    if (st) {
-        rc = cli_error("bench", st);
-        goto done;
-    }
-    if (glen > 0) {
-        qsort(rates, (size_t)reps, sizeof *rates, cmp_double);
-        dc.tps = reps % 2 ? rates[reps / 2] : (rates[reps / 2 - 1] + rates[reps / 2]) / 2;
-        dc.tps_min = rates[0], dc.tps_max = rates[reps - 1];
-    }
-
-    // Rooflines: a step takes at least max(bytes / bandwidth, flops / peak).
-    // Decode attends over plen + 1 .. plen + glen positions: (glen + 1) / 2 past the prompt on average.
-    lm_cost dcost = lm_cost_decode_step(&mi, cp.kv_type, batch, plen + (glen + 1) / 2.0);
-    lm_cost pcost = lm_cost_prefill(&mi, cp.kv_type, batch, plen);
-    dc.bytes = dcost.bytes, dc.flops = dcost.flops;
-    double t_mem = dc.bytes / m.bw, t_cmp = m.peak > 0 ? dc.flops / m.peak : 0;
-    dc.memory_bound = t_mem >= t_cmp;
-    dc.bound_tps = (double)batch / (t_mem > t_cmp ? t_mem : t_cmp);
-    pf.tps = (double)total_prefill / pf.seconds;
-    pf.bytes = pcost.bytes, pf.flops = pcost.flops;
-    pf.bound_tps = m.peak > 0 ? (double)total_prefill / (pf.flops / m.peak) : 0;
-
-    char wb[32], pk[32];
-    double wbytes = (double)mi.bytes_weights;
+    cJSON *runs = cJSON_CreateArray();  // one entry per batch size (the JSON keeps the first at top level too)
+    char pk[32];
     fmt_peak(pk, sizeof pk, &m);
-    fprintf(tab, "model            %s%s%s, %d layers, %.3g params (%.3g active), %s of weights\n", mi.architecture,
-            syn ? " synthetic " : " ", syn ? syn : dir, mi.n_layers, (double)mi.n_params_total,
-            (double)mi.n_params_active, lm_format_bytes(wbytes, wb, sizeof wb));
-    char reps_s[32] = "";
-    if (reps > 1) snprintf(reps_s, sizeof reps_s, ", reps %d", reps);
-    if (m.gpu) {
-        const char *kn = getenv("LIGHTMOE_KERNELS");
-        fprintf(tab, "setup            batch %d, prompt %d, gen %d%s, GPU executor (%s kernels, graphs %s), load %.2f s, "
-                "weights on the GPU\n", batch, plen, glen, reps_s, kn && *kn ? kn : "fast", cp.graphs ? "on" : "off",
-                t_load);
-        fprintf(tab, "machine          GPU %s, HBM read bandwidth %.1f GB/s, bf16 mma.sync peak %.1f TFLOP/s (measured)\n",
-                m.dev.name, m.bw / 1e9, m.peak / 1e12);
-    } else {
-        fprintf(tab, "setup            batch %d, prompt %d, gen %d%s, %d threads, load %.2f s, weights %s\n", batch, plen,
-                glen, reps_s, n_threads, t_load, mi.weights_mmapped ? "mmap'ed" : "in huge-page memory");
-        fprintf(tab, "machine          read bandwidth %.1f GB/s, FMA peak %.0f GFLOP/s (measured, %d threads)\n",
-                m.bw / 1e9, m.peak / 1e9, n_threads);
-    }
-    fprintf(tab, "prefill          %8.1f tok/s  compute bound %.1f tok/s (%.1f GFLOP / %s) = %.0f%% of bound", pf.tps,
-            pf.bound_tps, pf.flops / 1e9, pk, pf.bound_tps > 0 ? 100.0 * pf.tps / pf.bound_tps : 0.0);
-    if (m.gpu) print_energy(tab, &pf);
-    fputc('\n', tab);
-    if (glen > 0) {
-        fprintf(tab, "decode           %8.2f tok/s  %s bound %.2f tok/s (%.1f MB / %.1f GB/s, %.1f GFLOP / %s) "
-                "= %.0f%% of bound", dc.tps, dc.memory_bound ? "memory" : "compute", dc.bound_tps, dc.bytes / 1e6,
-                m.bw / 1e9, dc.flops / 1e9, pk, 100.0 * dc.tps / dc.bound_tps);
-        if (reps > 1) fprintf(tab, ", median of %d (min %.2f, max %.2f)", reps, dc.tps_min, dc.tps_max);
-        if (m.gpu) print_energy(tab, &dc);
+    for (int bi = 0; bi < n_batches && !rc; bi++) {
+        int batch = batches[bi];
+        row pf = {0}, dc = {0};
+        lm_context_params cp = lm_context_default_params();
+        lm_mem_used mu = {0};
+        lm_status rs = run_batch(model, &mo, &m, energy, batch, plen, glen, reps, &pf, &dc, &cp, &mu);
+        if (rs) {
+            rc = cli_error("bench", rs);
+            break;
+        }
+        char reps_s[32] = "";
+        if (reps > 1) snprintf(reps_s, sizeof reps_s, ", reps %d", reps);
+        if (bi == 0) {
+            char wb[32];
+            fprintf(tab, "model            %s%s%s, %d layers, %.3g params (%.3g active), %s of weights\n",
+                    mi.architecture, syn ? " synthetic " : " ", syn ? syn : dir, mi.n_layers, (double)mi.n_params_total,
+                    (double)mi.n_params_active, lm_format_bytes((double)mi.bytes_weights, wb, sizeof wb));
+            if (m.gpu)
+                fprintf(tab, "machine          GPU %s, HBM read bandwidth %.1f GB/s, bf16 mma.sync peak %.1f TFLOP/s "
+                        "(measured)\n", m.dev.name, m.bw / 1e9, m.peak / 1e12);
+            else
+                fprintf(tab, "machine          read bandwidth %.1f GB/s, FMA peak %.0f GFLOP/s (measured, %d threads)\n",
+                        m.bw / 1e9, m.peak / 1e9, n_threads);
+        }
+        if (m.gpu) {
+            const char *kn = getenv("LIGHTMOE_KERNELS");
+            fprintf(tab, "setup            batch %d, prompt %d, gen %d%s, GPU executor (%s kernels, graphs %s), load "
+                    "%.2f s, weights on the GPU\n", batch, plen, glen, reps_s, kn && *kn ? kn : "fast",
+                    cp.graphs ? "on" : "off", t_load);
+        } else {
+            fprintf(tab, "setup            batch %d, prompt %d, gen %d%s, %d threads, load %.2f s, weights %s\n", batch,
+                    plen, glen, reps_s, n_threads, t_load, mi.weights_mmapped ? "mmap'ed" : "in huge-page memory");
+        }
+        fprintf(tab, "prefill          %8.1f tok/s  compute bound %.1f tok/s (%.1f GFLOP / %s) = %.0f%% of bound",
+                pf.tps, pf.bound_tps, pf.flops / 1e9, pk, pf.bound_tps > 0 ? 100.0 * pf.tps / pf.bound_tps : 0.0);
+        if (m.gpu) print_energy(tab, &pf);
         fputc('\n', tab);
+        if (glen > 0) {
+            fprintf(tab, "decode           %8.2f tok/s  %s bound %.2f tok/s (%.1f MB / %.1f GB/s, %.1f GFLOP / %s) "
+                    "= %.0f%% of bound", dc.tps, dc.memory_bound ? "memory" : "compute", dc.bound_tps, dc.bytes / 1e6,
+                    m.bw / 1e9, dc.flops / 1e9, pk, 100.0 * dc.tps / dc.bound_tps);
+            if (reps > 1) fprintf(tab, ", median of %d (min %.2f, max %.2f)", reps, dc.tps_min, dc.tps_max);
+            if (m.gpu) print_energy(tab, &dc);
+            fputc('\n', tab);
+        }
+        if (m.gpu) {
+            char ab[32], gb[32];
+            fprintf(tab, "memory           %s allocated on the GPU; %d CUDA graph%s kept (%s)\n",
+                    lm_format_bytes(mu.allocated, ab, sizeof ab), mu.graphs, mu.graphs == 1 ? "" : "s",
+                    lm_format_bytes(mu.graph_bytes, gb, sizeof gb));
+        }
+        fflush(tab);
+        cJSON *o, *run = cJSON_CreateObject();
+        cJSON_AddItemToObject(run, "setup", o = cJSON_CreateObject());
+        cJSON_AddStringToObject(o, "device", m.gpu ? "cuda" : "cpu");
+        add_num(o, "batch", batch);
+        add_num(o, "prompt_len", plen);
+        add_num(o, "gen_len", glen);
+        add_num(o, "reps", reps);
+        add_num(o, "threads", n_threads);
+        cJSON_AddStringToObject(o, "kv_cache", cp.kv_type == LM_KV_F32 ? "f32" : "bf16");
+        add_num(o, "load_s", t_load);
+        cJSON_AddBoolToObject(o, "graphs", m.gpu && cp.graphs);
+        if (m.gpu) {
+            const char *kn = getenv("LIGHTMOE_KERNELS");
+            cJSON_AddStringToObject(o, "kernels", kn && *kn ? kn : "fast");
+            add_num(o, "gpu_bytes_allocated", mu.allocated);
+            add_num(o, "cuda_graphs", mu.graphs);
+        }
+        cJSON_AddItemToObject(run, "prefill", json_row(&pf, false, reps));
+        if (glen > 0) cJSON_AddItemToObject(run, "decode", json_row(&dc, true, reps));
+        else cJSON_AddNullToObject(run, "decode");
+        cJSON_AddItemToArray(runs, run);
     }
 
-    if (m.gpu) {
-        lm_mem_used mu;
-        lm_context_mem_used(ctx, &mu);
-        char ab[32], gb[32];
-        fprintf(tab, "memory           %s allocated on the GPU; %d CUDA graph%s kept (%s)\n",
-                lm_format_bytes(mu.allocated, ab, sizeof ab), mu.graphs, mu.graphs == 1 ? "" : "s",
-                lm_format_bytes(mu.graph_bytes, gb, sizeof gb));
-    }
-    if (json) {
+    if (json && !rc) {
         cJSON *root = cJSON_CreateObject(), *o;
         cJSON_AddItemToObject(root, "model", o = cJSON_CreateObject());
         cJSON_AddStringToObject(o, "architecture", mi.architecture);
@@ -389,21 +458,11 @@ int cmd_bench(int argc, char **argv) {
         add_num(o, "layers", mi.n_layers);
         add_num(o, "params_total", (double)mi.n_params_total);
         add_num(o, "params_active", (double)mi.n_params_active);
-        add_num(o, "weight_bytes", wbytes);
-        cJSON_AddItemToObject(root, "setup", o = cJSON_CreateObject());
-        cJSON_AddStringToObject(o, "device", m.gpu ? "cuda" : "cpu");
-        add_num(o, "batch", batch);
-        add_num(o, "prompt_len", plen);
-        add_num(o, "gen_len", glen);
-        add_num(o, "reps", reps);
-        add_num(o, "threads", n_threads);
-        cJSON_AddStringToObject(o, "kv_cache", cp.kv_type == LM_KV_F32 ? "f32" : "bf16");
-        cJSON_AddBoolToObject(o, "graphs", m.gpu && cp.graphs);
-        if (m.gpu) {
-            const char *kn = getenv("LIGHTMOE_KERNELS");
-            cJSON_AddStringToObject(o, "kernels", kn && *kn ? kn : "fast");
-        }
-        add_num(o, "load_s", t_load);
+        add_num(o, "weight_bytes", (double)mi.bytes_weights);
+        // the first batch size's setup and rows at the top level; all of them under "runs"
+        cJSON *first = cJSON_GetArrayItem(runs, 0);
+        const char *keys[] = {"setup", "prefill", "decode"};
+        for (int i = 0; i < 3; i++) cJSON_AddItemToObject(root, keys[i], cJSON_Duplicate(cJSON_GetObjectItem(first, keys[i]), 1));
         cJSON_AddItemToObject(root, "machine", o = cJSON_CreateObject());
         cJSON_AddStringToObject(o, "kind", m.gpu ? "gpu" : "cpu");
         add_num(o, "read_bytes_per_s", m.bw);
@@ -424,39 +483,28 @@ int cmd_bench(int argc, char **argv) {
         cJSON_AddBoolToObject(o, "available", energy != NULL);
         if (energy) cJSON_AddNullToObject(o, "reason");
         else cJSON_AddStringToObject(o, "reason", energy_why);
-        cJSON_AddItemToObject(root, "prefill", json_row(&pf, false, reps));
-        if (glen > 0) cJSON_AddItemToObject(root, "decode", json_row(&dc, true, reps));
-        else cJSON_AddNullToObject(root, "decode");
+        cJSON_AddItemToObject(root, "runs", runs);
+        runs = NULL;
         char *text = cJSON_Print(root);
         cJSON_Delete(root);
         if (!text) {
             fprintf(stderr, "lightmoe bench: out of memory\n");
             rc = 1;
-            goto done;
-        }
-        fflush(tab);
-        if (cli_out_begin("bench", &jout) == 0) {
-            fputs(text, jout.f);
-            fputc('\n', jout.f);
-            rc = cli_out_commit("bench", &jout);
         } else {
-            rc = 1;
+            if (cli_out_begin("bench", &jout) == 0) {
+                fputs(text, jout.f);
+                fputc('\n', jout.f);
+                rc = cli_out_commit("bench", &jout);
+            } else {
+                rc = 1;
+            }
+            free(text);
         }
-        free(text);
     }
-done:
+    cJSON_Delete(runs);
     if (rc) cli_out_abort(&jout);
     lm_energy_close(energy);
-    free(tok);
-    free(seq);
-    free(pos);
-    free(want);
-    free(last);
-    free(first);
-    free(rates);
-    free(smp);
-    lm_sampler_free(greedy);
-    lm_context_free(ctx);
     lm_model_free(model);
     return rc;
 }
+

@@ -60,18 +60,20 @@ for s in "$@"; do
         echo "rc=$?"; grep -E "ERROR SUMMARY|Invalid|checks" "$OUT/memcheck.log" | head -8 ;;
     model) stage "shipped model, cpu vs cuda"; timeout 200 bash tools/device_cuda_model.sh ;;
     bench) stage "bench synthetic mixtral-8x7b:8"
-        for b in ${BENCH_BATCHES:-1 64}; do
-            for g in ${GRAPHS:-on}; do
-                ga=; [ "$g" = off ] && ga=--no-graphs
-                timeout 240 $B bench --synthetic .devbin/mixtral-8x7b.json:8 --batch $b --prompt-len 128 --gen-len ${GEN:-128} \
-                    --device cuda $ga ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench.log" | grep -E "^(setup|prefill|decode)"
-            done
+        for g in ${GRAPHS:-on}; do
+            ga=; [ "$g" = off ] && ga=--no-graphs
+            timeout 400 $B bench --synthetic .devbin/mixtral-8x7b.json:8 --batch "${BENCH_BATCHES:-1,16,64,256}" --prompt-len 128 \
+                --gen-len ${GEN:-128} --device cuda $ga ${BENCH_ARGS:-} --json "$OUT/bench_$g.json" 2>&1 | tee -a "$OUT/bench.log" \
+                | grep -E "^(machine|setup|prefill|decode|memory)"
         done ;;
     bench-qwen3) stage "bench synthetic qwen3-30b-a3b (48 layers)"
-        for b in ${QWEN_BATCHES:-1 64 256}; do
-            timeout 300 $B bench --synthetic .devbin/qwen3-30b-a3b.json --batch $b --prompt-len 128 --gen-len ${GEN:-128} \
-                --device cuda ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench_qwen3.log" | grep -E "^(setup|prefill|decode|model)"
-        done ;;
+        timeout 500 $B bench --synthetic .devbin/qwen3-30b-a3b.json --batch "${QWEN_BATCHES:-1,64,256}" --prompt-len 128 \
+            --gen-len ${GEN:-128} --device cuda ${BENCH_ARGS:-} --json "$OUT/bench_qwen3.json" 2>&1 | tee -a "$OUT/bench_qwen3.log" \
+            | grep -E "^(model|machine|setup|prefill|decode|memory)" ;;
+    generate) stage "generate: 2000 prompts of the shipped model through the scheduler on the GPU"
+        bash bench/make_prompts.sh 2000 40 > /tmp/p2k.jsonl
+        timeout 120 $B generate --prompts /tmp/p2k.jsonl -n 64 --parallel 256 --out "$OUT/gen2k.jsonl" 2>&1 | tail -3
+        python3 -c "import json,sys; r=[json.loads(l) for l in open('$OUT/gen2k.jsonl')]; print(len(r), 'answers,', sum(1 for x in r if not x.get('text')), 'empty,', sum(1 for x in r if 'error' in x), 'errors')" ;;
     *) echo "unknown stage $s" ;;
     esac
 done
