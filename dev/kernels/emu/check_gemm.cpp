@@ -120,7 +120,8 @@ struct gcase {
     long scratch_cut = 0;         // bytes short of what the large path needs
     int n_rows_override = -1;
     // stream kernel knobs (lm_cuda_gg fields; 0: the launcher's choice)
-    int nb = 0, splits = 0, stages = 0, ctas = 0, pdl = 0;
+    int nb = 0, splits = 0, stages = 0, ctas = 0, pdl = 0, occ = 0;
+    std::string expect_desc;      // a substring of the plan (lm_cuda_gg_describe)
     bool ws = false;              // give a split-K workspace
     int cc = 9;                   // emulated compute capability (8: no PDL)
     int rerun_ctas = -1;          // >= 0: run again with this grid (0: auto) and splits 1, compare bit for bit
@@ -142,6 +143,8 @@ struct gcase {
     gcase &with_ws() { ws = true; return *this; }
     gcase &pdl_(int v, int cc_ = 9) { pdl = v, cc = cc_; return *this; }
     gcase &rerun(int c) { rerun_ctas = c; return *this; }
+    gcase &occ_(int v) { occ = v; return *this; }
+    gcase &plan_has(std::string d) { expect_desc = std::move(d); return *this; }
 };
 
 static float bias_val(const void *b, int dt, int i) {
@@ -235,7 +238,7 @@ static std::string run_gemm(const gcase &c, std::string *info) {
     else p.w1_0 = W[0][0], p.w2_0 = c.swi ? W[1][0] : NULL;
     p.ldw = ldw, p.K = K, p.O = O, p.swiglu = c.swi, p.bias = bias, p.bias_dt = c.bias_dt < 0 ? 0 : c.bias_dt;
     p.out = out, p.ldo = ldo, p.scratch = scratch, p.scratch_bytes = scratch ? sbytes : 0, p.force = c.force;
-    p.nb = c.nb, p.splits = c.splits, p.stages = c.stages, p.ctas = c.ctas, p.pdl = c.pdl;
+    p.nb = c.nb, p.splits = c.splits, p.stages = c.stages, p.ctas = c.ctas, p.pdl = c.pdl, p.occ = c.occ;
     size_t ws_bytes = 0;
     if (c.ws) {  // zeroed once, as the contract says; every call must leave it zero
         ws_bytes = lm_cuda_gg_ws_bytes(p.n_rows, p.n_groups, O, K);
@@ -256,6 +259,7 @@ static std::string run_gemm(const gcase &c, std::string *info) {
         return msg;
     }
     if (info->compare(0, c.expect.size(), c.expect)) return "expected launches: " + c.expect;
+    if (!strstr(desc, c.expect_desc.c_str())) return "expected a plan with: " + c.expect_desc;
     if (rc) return "";
 
     // reference and comparison
@@ -581,6 +585,21 @@ static std::vector<gcase> gemm_cases() {
                     .groups({20, 0, 5}, 4).gather(22).stream(1, 3, 1).split(3).expects("stream<1,f32out,a32>").rerun(3));
     v.push_back(gcase("split auto: dense 1 row K1024 O400 picks a split").k(1024).o(400).dense(1).with_ws()
                     .expects("stream<1,f32out,a32>").rerun(7));
+    v.push_back(gcase("split 2 NB4 groups{20,9}/8 gather K512 O130 a16 (WK 2: sums of the wk 1 warps), 3 CTAs").k(512)
+                    .o(130).groups({20, 9}, 8).gather(25).a16().stream(4, 3, 3).split(2).expects("stream<4,f32out,a16>")
+                    .rerun(0));
+    v.push_back(gcase("split 4 NB1 dense 3 K1024 O40 bias a16, 1 CTA (all-warp k sums)").k(1024).o(40).dense(3).a16()
+                    .bias(2).stream(1, 3, 1).split(4).expects("stream<1,f32out,a16>(1,1)").rerun(2));
+    // CTAs per SM (the emulated H100: 228 KB per SM): two for NB <= 4 by
+    // default, each with a ring of the stages that still fit; one forced;
+    // NB >= 8 one.
+    v.push_back(gcase("occ auto NB1 dense 1 K256 O8448 a16: 2 CTAs/SM, 5 stages each").k(256).o(8448).dense(1).a16()
+                    .stream(1).plan_has("stages 5 ctas 264 (2/SM)"));
+    v.push_back(gcase("occ 1 NB1 dense 1 K256 O8448 a16: 1 CTA/SM, 11 stages").k(256).o(8448).dense(1).a16()
+                    .stream(1).occ_(1).plan_has("stages 11 ctas 132 (1/SM)"));
+    v.push_back(gcase("occ auto NB4 swiglu a32 groups{20,30}/16: 2 CTAs/SM").k(64).o(40).groups({20, 30}, 16).swiglu()
+                    .stream(4).plan_has("(2/SM)"));
+    v.push_back(gcase("occ auto NB8 a16: 1 CTA/SM").k(64).o(40).dense(60).a16().stream(8).plan_has("(1/SM)"));
     { gcase c("split 3 with n_rows under-stated: counters do not fit, no split"); c.k(600).o(45).groups({5, 9}, 4)
         .a16().stream(2, 3, 2).split(3).expects("stream<2,f32out,a16>"); c.n_rows_override = 2; v.push_back(c); }
     v.push_back(gcase("split is not used with swiglu").k(600).o(45).dense(3).swiglu().stream(1, 3, 2).split(3)
@@ -612,6 +631,9 @@ static std::vector<gcase> gemm_cases() {
 static std::vector<acase> align_cases() {
     return {
         {"align: n5 k2 E8 B16", 5, 2, 8, 16, 0, 0, true, 8},
+        {"align: n40 k3 E8 B16 (128 threads)", 40, 3, 8, 16, 0, 1, true, 8},
+        {"align: n3 k2 E300 B4 (320 threads: one per expert)", 3, 2, 300, 4, 2, 0, true, 300},
+        {"align: n100 k4 E64 B8 (416 threads, 13 warps)", 100, 4, 64, 8, 0, 0, true, 20},
         {"align: n700 k2 E8 B16 (2 chunks) skewed to 2 experts, lds/ldr pads", 700, 2, 8, 16, 3, 1, true, 2},
         {"align: n300 k8 E60 B1 (3 chunks) 20 experts used", 300, 8, 60, 1, 0, 2, true, 20},
         {"align: n1 k1 E1 B4", 1, 1, 1, 4, 0, 0, true, 1},
@@ -664,11 +686,18 @@ static std::string run_route(const rcase &c, std::string *info) {
         return q;
     };
     plan a = mkplan(), b = mkplan();
+    const size_t before = emu_launches.size();
     if (lm_cuda_align(sel0, lds, c.n, c.k, c.E, c.B, a.row_of, lds, a.token_of, a.tiles, a.n_tiles, a.counts, a.stats, 0))
         return "lm_cuda_align failed";
     if (lm_cuda_route_align(logits, ldl, c.n, c.E, c.k, c.norm, sel2, lds, w2, lds, c.B, b.row_of, lds, b.token_of,
                             b.tiles, b.n_tiles, b.counts, b.stats, c.pdl, 0))
         fail += "route_align failed; ";
+    {  // one launch of the fused kernel for a few tokens, else route_fast + align_fast
+        const bool fused = c.n <= 8 && c.E <= 256;
+        std::string got;
+        for (size_t i = before + 1; i < emu_launches.size(); i++) got += g_names[emu_launches[i].fn] + " ";
+        if (got != (fused ? "route_align " : "route_fast align_fast ")) fail += "route_align launched " + got + "; ";
+    }
     if (memcmp(sel0, sel2, ns * 4)) fail += "route_align sel differs; ";
     if (memcmp(w0, w2, ns * 4)) fail += "route_align weights differ; ";
     if (memcmp(a.row_of, b.row_of, ns * 4) || memcmp(a.token_of, b.token_of, rows * 4) ||
@@ -715,7 +744,13 @@ static std::vector<rcase> route_cases() {
     return {
         {"route: n1 E8 k2 norm", 1, 8, 2, 1, 16, 0, 0, 0, 0},
         {"route: n5 E128 k8 norm, ties (9 levels), pads, pdl", 5, 128, 8, 1, 16, 9, 3, 2, 1},
-        {"route: n64 E256 k8 no norm (fused limit)", 64, 256, 8, 0, 16, 0, 0, 0, 0},
+        {"route: n64 E256 k8 no norm (two launches)", 64, 256, 8, 0, 16, 0, 0, 0, 0},
+        {"route: n8 E256 k32 ties (fused limit: 256 pairs in 8 warps)", 8, 256, 32, 1, 16, 3, 1, 1, 1},
+        {"route: n8 E128 k8 norm B16 (Qwen3, fused)", 8, 128, 8, 1, 16, 0, 0, 0, 0},
+        {"route: n9 E128 k8 norm (two launches)", 9, 128, 8, 1, 16, 0, 0, 0, 1},
+        {"route: n1 E128 k8 norm B128, ties (padding rows)", 1, 128, 8, 1, 128, 2, 0, 0, 0},
+        {"route: n2 E33 k3 no norm (E not a multiple of 32)", 2, 33, 3, 0, 4, 0, 2, 1, 0},
+        {"route: n0 E16 k2 (fused, no tokens)", 0, 16, 2, 1, 16, 0, 0, 0, 0},
         {"route: n65 E128 k8 norm (two launches)", 65, 128, 8, 1, 16, 5, 0, 1, 1},
         {"route: n3 E300 k32 ties (two launches: E > 256)", 3, 300, 32, 1, 4, 3, 1, 0, 0},
         {"route: n40 E60 k6 B1 ties", 40, 60, 6, 1, 1, 2, 0, 0, 0},

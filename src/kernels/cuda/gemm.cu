@@ -395,11 +395,11 @@ __global__ void k_to_bf16(const float *x, size_t ldx, int rows, int cols, __nv_b
 // ---------------------------------------------------------------- stream ---
 //
 // Work: item = (group g, block of up to TB = 8 NB of its rows, tile of BO
-// weight rows, k-split). One CTA of 8 warps per SM walks items blockIdx.x,
-// + gridDim.x, ...; its stages (BO weight rows x BK, and the block's rows x
-// BK of activations) flow through one cp.async ring of S stages across
-// items, S - 1 stages always in flight (~100-180 KB per SM: HBM latency x
-// per-SM bandwidth is ~35-50 KB). Warps are WR (along the tile's rows, 32
+// weight rows, k-split). CTAs of 8 warps (two per SM for NB <= 4, else one)
+// walk items blockIdx.x, + gridDim.x, ...; a CTA's stages (BO weight rows x
+// BK, and the block's rows x BK of activations) flow through its cp.async
+// ring of S stages across items, S - 1 stages always in flight (~100-180 KB
+// per SM: HBM latency x per-SM bandwidth is ~35-50 KB). Warps are WR (along the tile's rows, 32
 // weight rows each: two m16 tiles; with SwiGLU 16 gate rows and the same 16
 // up rows, so gate and up of one output meet in one thread) x WK (along k
 // inside a stage, summed through shared memory at the end of an item). So
@@ -529,15 +529,27 @@ __device__ __forceinline__ void st_decode(long i, const int *tP, const int *tF, 
     it.tile = (tP[g] + tb) * R + it.rt;
 }
 
+// Registers: NB <= 4 instances are held to 128 per thread so that two CTAs
+// share an SM. The ncu profile of the first version (one CTA of 8 warps,
+// 142 registers) showed it latency-bound at ~0.4 eligible warps per
+// scheduler and ~290 instructions per thread per 16 KB stage; two CTAs give
+// each scheduler 4 warps, and a barrier stall of one CTA is covered by the
+// other. NB >= 8 keeps 64..128 accumulators per thread: one CTA.
 template <int NB, bool SWI, bool AF32>
-__global__ void __launch_bounds__(ST_THREADS, 1) k_gg_stream(lm_cuda_gg p, st_plan pl) {
+__global__ void __launch_bounds__(ST_THREADS, NB <= 4 ? 2 : 1) k_gg_stream(lm_cuda_gg p, st_plan pl) {
     using C = stc<NB>;
     constexpr int STAGE = C::stage(AF32);
     constexpr int LA = AF32 ? C::BK / 4 : C::BK / 8;   // 16-byte chunks per staged activation row
     constexpr int QW = C::BO * C::L / ST_THREADS;      // weight chunks per thread per stage (4 or 8)
     constexpr int QA = C::TB * LA / ST_THREADS;        // activation chunks per thread per stage (1, 2 or 4)
+    constexpr int WSTEP = ST_THREADS / C::L, ASTEP = ST_THREADS / LA;  // rows between one thread's chunks
+    constexpr int ROWB = C::L * 16;                    // bytes of a staged bf16 row
+    // The WK > 1 sums over k go through the consumed stage: all 8 warps'
+    // accumulators at once where they fit (NB 1, 2), else the wk > 0 warps'.
+    constexpr bool ALLRED = C::WK > 1 && 8 * 32 * C::NACC * 4 <= STAGE;
     static_assert(QW * ST_THREADS == C::BO * C::L && QA * ST_THREADS == C::TB * LA, "stage split");
     static_assert(!AF32 || NB <= 4, "f32 activations are staged for NB <= 4 only");
+    static_assert(C::WK == 1 || (C::WK - 1) * C::WR * C::NACC * 32 * 4 <= STAGE, "k sums fit a stage");
     extern __shared__ __align__(128) unsigned char st_sm[];  // [S][STAGE] ring, then tP[G+1] tF[G] tC[G]
     __shared__ int s_scan[16], s_last;
 
@@ -595,60 +607,70 @@ __global__ void __launch_bounds__(ST_THREADS, 1) k_gg_stream(lm_cuda_gg p, st_pl
     const long total = (long)tP[G] * pl.R * splits;
     long ci = blockIdx.x;
     if (ci >= total) return;
+    const uint32_t ring = smem_u32(st_sm);
 
-    // ---- loader: the next stage to issue (item li, chunk lk)
+    // ---- loader: the next stage to issue (item li, chunk lk). Everything
+    // that does not change from stage to stage is computed once: the shared
+    // memory offsets of this thread's chunks once per kernel, their global
+    // addresses once per item; a stage then costs an add and a cp.async per
+    // chunk (the first version recomputed rows, swizzles and 64-bit
+    // addresses for every chunk of every stage).
     st_item Li = {};
-    const uint16_t *LW[2] = {NULL, NULL};
     long li = ci;
     int lk = 0;
     bool ldone = false;
-    // Activation row of each of this thread's chunks (NULL: zero-fill). Rows
-    // past the block's last one are not loaded at all: an mma's output
-    // column depends on its own B column only, so whatever those smem rows
-    // hold reaches only outputs that are never stored.
-    const char *ap[QA];
-    unsigned askip = 0;  // bit q: chunk q is such a row
+    int wdst[QW], adst[QA];  // byte offsets in a stage
+#pragma unroll
+    for (int q = 0; q < QW; q++) wdst[q] = sw_off<C::L>(tid / C::L + q * WSTEP, cw);
+#pragma unroll
+    for (int q = 0; q < QA; q++) {
+        const int j = tid / LA + q * ASTEP;
+        adst[q] = C::WBYTES + (AF32 ? (j * C::FLD + ca * 4) * 4 : sw_off<C::L>(j, ca));
+    }
+    // This item's sources at its first k (kbeg + this thread's column). A
+    // weight row past O is not loaded (its outputs are never stored); an
+    // activation row past the block's last one is not loaded either: an
+    // mma's output column depends on its own B column only, so whatever
+    // that shared memory holds reaches only outputs that are never stored.
+    // A gathered row of -1 is zero-filled.
+    const char *wsrc[QW], *asrc[QA];
+    unsigned wmask = 0, amask = 0, azero = 0;
     auto loader_item = [&]() {
         st_decode<C::TB, C::BK>(li, tP, tF, tC, G, pl.R, splits, cps, K, Li);
-        wmat(Li.g, LW);
-        askip = 0;
+        const uint16_t *W[2];
+        wmat(Li.g, W);
+        wmask = amask = azero = 0;
+#pragma unroll
+        for (int q = 0; q < QW; q++) {
+            const uint16_t *w = wrow(W, Li.rt, tid / C::L + q * WSTEP);
+            wsrc[q] = (const char *)(w ? w + Li.kbeg + cw * 8 : W[0]);
+            wmask |= (w != NULL) << q;
+        }
 #pragma unroll
         for (int q = 0; q < QA; q++) {
-            const int j = tid / LA + q * (ST_THREADS / LA);
-            ap[q] = NULL;
-            if (j >= Li.ntok) askip |= 1u << q;
-            else {
+            const int j = tid / LA + q * ASTEP;
+            asrc[q] = (const char *)p.a;
+            if (j < Li.ntok) {
                 const int r = Li.row0 + j, ar = p.a_row ? __ldcg(p.a_row + r) : r;
-                if (ar >= 0) ap[q] = (const char *)p.a + (size_t)ar * p.lda * esz;
+                amask |= 1u << q;
+                if (ar >= 0) asrc[q] += ((size_t)ar * p.lda + Li.kbeg + ca * (AF32 ? 4 : 8)) * esz;
+                else azero |= 1u << q;
             }
         }
     };
     auto load_stage = [&](int slot) {
-        unsigned char *sb = st_sm + (size_t)slot * STAGE;
-        const int k0 = Li.kbeg + lk * C::BK;
-        {
-            const int k = k0 + cw * 8;
-            const bool kok = k < Li.kend;
+        const uint32_t sb = ring + slot * STAGE;
+        const int kc = lk * C::BK;  // k of this stage within the item
+        const bool kw = Li.kbeg + kc + cw * 8 < Li.kend, ka = Li.kbeg + kc + ca * (AF32 ? 4 : 8) < Li.kend;
 #pragma unroll
-            for (int q = 0; q < QW; q++) {
-                const int lr = tid / C::L + q * (ST_THREADS / C::L);
-                const uint16_t *w = wrow(LW, Li.rt, lr);
-                if (!w) continue;  // past O: its outputs are never stored (nor read by other rows)
-                cp_async16(smem_u32(sb + sw_off<C::L>(lr, cw)), kok ? (const void *)(w + k) : p.a, kok);
-            }
-        }
-        {
-            const int k = k0 + ca * (AF32 ? 4 : 8);
-            const bool kok = k < Li.kend;
+        for (int q = 0; q < QW; q++)
+            if (wmask >> q & 1) cp_async16(sb + wdst[q], wsrc[q] + (kw ? kc * 2 : 0), kw);
 #pragma unroll
-            for (int q = 0; q < QA; q++) {
-                if (askip >> q & 1) continue;
-                const int j = tid / LA + q * (ST_THREADS / LA);
-                const bool ok = kok && ap[q];
-                unsigned char *d = sb + C::WBYTES + (AF32 ? (j * C::FLD + ca * 4) * 4 : sw_off<C::L>(j, ca));
-                cp_async16(smem_u32(d), ok ? (const void *)(ap[q] + (size_t)k * esz) : p.a, ok);
+        for (int q = 0; q < QA; q++)
+            if (amask >> q & 1) {
+                const bool ok = ka && !(azero >> q & 1);
+                cp_async16(sb + adst[q], asrc[q] + (ok ? kc * (int)esz : 0), ok);
             }
-        }
     };
     auto advance_loader = [&]() {
         if (++lk < Li.nck) return;
@@ -657,10 +679,22 @@ __global__ void __launch_bounds__(ST_THREADS, 1) k_gg_stream(lm_cuda_gg p, st_pl
         else ldone = true;
     };
 
-    // ---- compute: the item of the stage being consumed
+    // ---- compute: the item of the stage being consumed. ldmatrix offsets
+    // per k16 step (the swizzle term depends on the lane and the step only:
+    // every row a lane addresses is lane & 7 modulo 8).
     st_item Ci = {};
     int ck = 0;
     float acc[2][NB][4];
+    int a_off[C::KS], b_col[C::KS];
+#pragma unroll
+    for (int ss = 0; ss < C::KS; ss++) {
+        const int step = wk * C::KS + ss;
+        a_off[ss] = (wr * 32 + (lane & 15)) * ROWB + (((2 * step + (lane >> 4)) ^ (lane & 7)) << 4);
+        b_col[ss] = ((2 * step + ((lane >> 3) & 1)) ^ (lane & 7)) << 4;
+    }
+    const int b_row = ((lane >> 4) * 8 + (lane & 7)) * ROWB;                                  // NB >= 2, bf16
+    const int b1_off = (lane & 7) * ROWB + (((2 * wk * C::KS + (lane >> 3)) ^ (lane & 7)) << 4);  // NB == 1, bf16
+    const int x_off = g8 * C::FLD + wk * C::KS * 16 + 2 * t4;                                 // f32: floats
     auto zero_acc = [&]() {
 #pragma unroll
         for (int m = 0; m < 2; m++)
@@ -668,28 +702,24 @@ __global__ void __launch_bounds__(ST_THREADS, 1) k_gg_stream(lm_cuda_gg p, st_pl
             for (int b = 0; b < NB; b++) acc[m][b][0] = acc[m][b][1] = acc[m][b][2] = acc[m][b][3] = 0.0f;
     };
     auto compute_stage = [&](int slot) {
-        const unsigned char *sb = st_sm + (size_t)slot * STAGE;
-        const uint32_t wbase = smem_u32(sb), abase = smem_u32(sb + C::WBYTES);
+        const uint32_t wbase = ring + slot * STAGE, abase = wbase + C::WBYTES;
         const int kst = Ci.kbeg + ck * C::BK, nbv = (Ci.ntok + 7) >> 3;
         if (kst + wk * C::KS * 16 >= Ci.kend) return;  // this warp's k-range is past K (uniform in the warp)
         uint32_t b1x[4];  // NB == 1, bf16: the B fragments of both k16 steps in one ldmatrix
-        if constexpr (NB == 1 && !AF32)
-            ldsm_x4(abase + sw_off<C::L>(lane & 7, 2 * wk * C::KS + (lane >> 3)), b1x[0], b1x[1], b1x[2], b1x[3]);
+        if constexpr (NB == 1 && !AF32) ldsm_x4(abase + b1_off, b1x[0], b1x[1], b1x[2], b1x[3]);
 #pragma unroll
         for (int ss = 0; ss < C::KS; ss++) {
-            const int step = wk * C::KS + ss;
-            if (kst + step * 16 >= Ci.kend) break;
+            if (kst + (wk * C::KS + ss) * 16 >= Ci.kend) break;
             uint32_t a[2][4];
 #pragma unroll
             for (int m = 0; m < 2; m++)
-                ldsm_x4(wbase + sw_off<C::L>(wr * 32 + m * 16 + (lane & 15), 2 * step + (lane >> 4)), a[m][0], a[m][1],
-                        a[m][2], a[m][3]);
+                ldsm_x4(wbase + a_off[ss] + m * 16 * ROWB, a[m][0], a[m][1], a[m][2], a[m][3]);
             if constexpr (AF32) {
-                const float *xs = (const float *)(sb + C::WBYTES);
+                const float *xs = (const float *)(st_sm + (size_t)slot * STAGE + C::WBYTES) + x_off + ss * 16;
 #pragma unroll
                 for (int nb = 0; nb < NB; nb++) {
                     if (nb >= nbv) break;
-                    const float *x = xs + (nb * 8 + g8) * C::FLD + step * 16 + 2 * t4;
+                    const float *x = xs + nb * 8 * C::FLD;
                     const float2 x0 = *(const float2 *)x, x1 = *(const float2 *)(x + 8);
                     const uint32_t b0 = pack_bf16(x0.x, x0.y), b1 = pack_bf16(x1.x, x1.y);
 #pragma unroll
@@ -704,8 +734,7 @@ __global__ void __launch_bounds__(ST_THREADS, 1) k_gg_stream(lm_cuda_gg p, st_pl
                 for (int nb = 0; nb < NB; nb += 2) {
                     if (nb >= nbv) break;
                     uint32_t b[4];  // n-blocks nb and nb + 1: b0, b1 of each
-                    ldsm_x4(abase + sw_off<C::L>((nb + (lane >> 4)) * 8 + (lane & 7), 2 * step + ((lane >> 3) & 1)),
-                            b[0], b[1], b[2], b[3]);
+                    ldsm_x4(abase + b_row + nb * 8 * ROWB + b_col[ss], b[0], b[1], b[2], b[3]);
 #pragma unroll
                     for (int m = 0; m < 2; m++) mma16816(acc[m][nb], a[m][0], a[m][1], a[m][2], a[m][3], b[0], b[1]);
                     if (nb + 1 < nbv)
@@ -716,60 +745,119 @@ __global__ void __launch_bounds__(ST_THREADS, 1) k_gg_stream(lm_cuda_gg p, st_pl
             }
         }
     };
-    // The item's last stage is consumed: sum over the WK warps, over the
-    // splits, and store. Every thread takes part (barriers).
+
+    // ---- epilogue: the item's last stage is consumed. Sum over the WK
+    // warps, over the splits, and store. Every thread takes part (barriers).
+    // An output element is (m, b, c) of lane ln of warp row r (the mma
+    // accumulator layout); with split-K its partial sits at
+    //   part[tile][split][((m * NB + b) * 4 + c) * WR * 32 + r * 32 + ln].
     int *ws_cnt = NULL;  // split-K: [max_tiles rounded to 64] arrival counters, then the partial tiles
     float *ws_part = NULL;
     if (splits > 1) ws_cnt = (int *)p.ws, ws_part = (float *)p.ws + ((size_t)pl.max_tiles + 63) / 64 * 64;
+    auto store = [&](float v0, float v1, int r, int b, int c, int ln) {  // v0, v1: m = 0, 1
+        const int j = b * 8 + 2 * (ln & 3) + (c & 1), rof = (ln >> 2) + (c >> 1) * 8;
+        if (j >= Ci.ntok) return;
+        const size_t orow = (size_t)(Ci.row0 + j) * p.ldo;
+        if constexpr (SWI) {
+            const int o = Ci.rt * (C::BO / 2) + r * 16 + rof;
+            if (o < O) ((__nv_bfloat16 *)p.out)[orow + o] = __float2bfloat16(silu_mul(v0, v1));
+        } else {
+            const int o = Ci.rt * C::BO + r * 32 + rof;
+            if (o < O) ((float *)p.out)[orow + o] = v0 + bias_at(p.bias, p.bias_dt, o);
+            if (o + 16 < O) ((float *)p.out)[orow + o + 16] = v1 + bias_at(p.bias, p.bias_dt, o + 16);
+        }
+    };
+    auto pidx = [&](int m, int b, int c, int r, int ln) { return ((m * NB + b) * 4 + c) * (C::WR * 32) + r * 32 + ln; };
+    // Split-K arrival: true in the CTA that completes the tile (the others'
+    // partials are then visible to it).
+    auto arrive_last = [&]() {
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) s_last = atomicAdd(ws_cnt + Ci.tile, 1) == splits - 1;
+        __syncthreads();
+        if (s_last) __threadfence();
+        return s_last != 0;
+    };
     auto epilogue = [&](int slot) {
         const int nbv = (Ci.ntok + 7) >> 3;
-        if constexpr (C::WK > 1) {
-            // This slot's operands are consumed once every warp is here; it
-            // is refilled only after the next loop-top barrier.
+        float *red = (float *)(st_sm + (size_t)slot * STAGE);
+        float *part = splits > 1 ? ws_part + (size_t)Ci.tile * splits * C::SLOT : NULL;
+        if constexpr (ALLRED) {
+            // Every warp's accumulators to the slot (free once all warps are
+            // past it; refilled only after the next loop-top barrier), then
+            // each thread sums whole (r, b, c, lane) outputs over the WK warps.
             __syncthreads();
-            float *red = (float *)(st_sm + (size_t)slot * STAGE);
-            if (wk > 0)
 #pragma unroll
-                for (int m = 0; m < 2; m++)
+            for (int m = 0; m < 2; m++)
 #pragma unroll
-                    for (int b = 0; b < NB; b++)
+                for (int b = 0; b < NB; b++)
 #pragma unroll
-                        for (int c = 0; c < 4; c++)
-                            if (b < nbv) red[(((wk - 1) * C::WR + wr) * C::NACC + (m * NB + b) * 4 + c) * 32 + lane] = acc[m][b][c];
+                    for (int c = 0; c < 4; c++)
+                        if (b < nbv) red[(warp * C::NACC + (m * NB + b) * 4 + c) * 32 + lane] = acc[m][b][c];
             __syncthreads();
-            if (wk == 0)
-                for (int w = 1; w < C::WK; w++)
+            constexpr int P = C::WR * 32 * NB * 4;  // q = ((b * 4 + c) * WR + r) * 32 + ln
+            for (int q = tid; q < P; q += ST_THREADS) {
+                const int ln = q & 31, r = (q >> 5) % C::WR, b = q / (32 * C::WR * 4), c = (q / (32 * C::WR)) & 3;
+                if (b >= nbv) continue;
+                float v[2];
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    const float *x = red + (r * C::NACC + (m * NB + b) * 4 + c) * 32 + ln;
+                    float s = x[0];
+#pragma unroll
+                    for (int w = 1; w < C::WK; w++) s += x[w * C::WR * C::NACC * 32];
+                    v[m] = s;
+                }
+                if (part) {
+#pragma unroll
+                    for (int m = 0; m < 2; m++) __stcg(part + (size_t)Ci.ks * C::SLOT + pidx(m, b, c, r, ln), v[m]);
+                } else {
+                    store(v[0], v[1], r, b, c, ln);
+                }
+            }
+            if (!part || !arrive_last()) return;
+            // the last split: every split's partial in split order (its own
+            // re-read too), so the bits do not depend on which CTA came last
+            for (int q = tid; q < P; q += ST_THREADS) {
+                const int ln = q & 31, r = (q >> 5) % C::WR, b = q / (32 * C::WR * 4), c = (q / (32 * C::WR)) & 3;
+                if (b >= nbv) continue;
+                float v[2];
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    const float *x = part + pidx(m, b, c, r, ln);
+                    float s = __ldcg(x);
+                    for (int sp = 1; sp < splits; sp++) s += __ldcg(x + (size_t)sp * C::SLOT);
+                    v[m] = s;
+                }
+                store(v[0], v[1], r, b, c, ln);
+            }
+            if (tid == 0) ws_cnt[Ci.tile] = 0;  // all splits have arrived: ready for the next call
+            return;
+        } else {
+            if constexpr (C::WK > 1) {
+                __syncthreads();
+                if (wk > 0)
 #pragma unroll
                     for (int m = 0; m < 2; m++)
 #pragma unroll
                         for (int b = 0; b < NB; b++)
 #pragma unroll
                             for (int c = 0; c < 4; c++)
-                                if (b < nbv) acc[m][b][c] += red[(((w - 1) * C::WR + wr) * C::NACC + (m * NB + b) * 4 + c) * 32 + lane];
-        }
-        bool store = true;
-        if (splits > 1) {
-            // Partial tile to ws[tile][split]; the CTA that completes the
-            // tile's count sums all splits in split order (its own re-read
-            // too), so the result does not depend on which finished last.
-            int *cnt = ws_cnt + Ci.tile;
-            float *part = ws_part + (size_t)Ci.tile * splits * C::SLOT;
-            const int at = wr * 32 + lane;
-            if (wk == 0)
+                                if (b < nbv)
+                                    red[(((wk - 1) * C::WR + wr) * C::NACC + (m * NB + b) * 4 + c) * 32 + lane] = acc[m][b][c];
+                __syncthreads();
+                if (wk == 0)
+                    for (int w = 1; w < C::WK; w++)
 #pragma unroll
-                for (int m = 0; m < 2; m++)
+                        for (int m = 0; m < 2; m++)
 #pragma unroll
-                    for (int b = 0; b < NB; b++)
+                            for (int b = 0; b < NB; b++)
 #pragma unroll
-                        for (int c = 0; c < 4; c++)
-                            if (b < nbv) __stcg(part + (size_t)Ci.ks * C::SLOT + ((m * NB + b) * 4 + c) * (C::WR * 32) + at, acc[m][b][c]);
-            __threadfence();
-            __syncthreads();
-            if (tid == 0) s_last = atomicAdd(cnt, 1) == splits - 1;
-            __syncthreads();
-            store = s_last;
-            if (store) {
-                __threadfence();
+                                for (int c = 0; c < 4; c++)
+                                    if (b < nbv)
+                                        acc[m][b][c] += red[(((w - 1) * C::WR + wr) * C::NACC + (m * NB + b) * 4 + c) * 32 + lane];
+            }
+            if (part) {
                 if (wk == 0)
 #pragma unroll
                     for (int m = 0; m < 2; m++)
@@ -777,34 +865,33 @@ __global__ void __launch_bounds__(ST_THREADS, 1) k_gg_stream(lm_cuda_gg p, st_pl
                         for (int b = 0; b < NB; b++)
 #pragma unroll
                             for (int c = 0; c < 4; c++)
-                                if (b < nbv) {
-                                    const float *q = part + ((m * NB + b) * 4 + c) * (C::WR * 32) + at;
-                                    float v = __ldcg(q);
-                                    for (int s = 1; s < splits; s++) v += __ldcg(q + (size_t)s * C::SLOT);
-                                    acc[m][b][c] = v;
-                                }
-                if (tid == 0) *cnt = 0;  // all splits have arrived: ready for the next call
+                                if (b < nbv) __stcg(part + (size_t)Ci.ks * C::SLOT + pidx(m, b, c, wr, lane), acc[m][b][c]);
+                if (!arrive_last()) return;
+                // Sum in split order (see above), the split loop outermost so
+                // that a thread's 8 NB loads of one split are in flight
+                // together (the first version chained them: 8 NB x splits
+                // dependent L2 round trips, ~100 us at NB 8, 8 splits).
+                if (wk == 0)
+                    for (int sp = 0; sp < splits; sp++)
+#pragma unroll
+                        for (int m = 0; m < 2; m++)
+#pragma unroll
+                            for (int b = 0; b < NB; b++)
+#pragma unroll
+                                for (int c = 0; c < 4; c++)
+                                    if (b < nbv) {
+                                        const float x = __ldcg(part + (size_t)sp * C::SLOT + pidx(m, b, c, wr, lane));
+                                        acc[m][b][c] = sp ? acc[m][b][c] + x : x;
+                                    }
+                if (tid == 0) ws_cnt[Ci.tile] = 0;
             }
+            if (wk > 0) return;
+#pragma unroll
+            for (int b = 0; b < NB; b++)
+#pragma unroll
+                for (int c = 0; c < 4; c++)
+                    if (b < nbv) store(acc[0][b][c], acc[1][b][c], wr, b, c, lane);
         }
-        if (!store || wk > 0) return;
-#pragma unroll
-        for (int b = 0; b < NB; b++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                const int j = b * 8 + 2 * t4 + (c & 1), rof = g8 + (c >> 1) * 8;
-                if (b >= nbv || j >= Ci.ntok) continue;
-                const size_t orow = (size_t)(Ci.row0 + j) * p.ldo;
-                if constexpr (SWI) {
-                    const int o = Ci.rt * (C::BO / 2) + wr * 16 + rof;
-                    if (o < O) ((__nv_bfloat16 *)p.out)[orow + o] = __float2bfloat16(silu_mul(acc[0][b][c], acc[1][b][c]));
-                } else {
-#pragma unroll
-                    for (int m = 0; m < 2; m++) {
-                        const int o = Ci.rt * C::BO + wr * 32 + m * 16 + rof;
-                        if (o < O) ((float *)p.out)[orow + o] = acc[m][b][c] + bias_at(p.bias, p.bias_dt, o);
-                    }
-                }
-            }
     };
 
     // ---- the ring: stage x (flattened over this CTA's items) in slot x % S
@@ -992,6 +1079,24 @@ static int choose_splits(long units_est, long units_ub, long R, long nct, long f
     return splits;
 }
 
+// CTAs of stream kernel k with smem dynamic bytes per SM, cached (the
+// launcher plans every call); 0 if the query fails.
+static int occupancy(st_kernel_t k, size_t smem) {
+    static st_kernel_t fn[128];
+    static size_t sz[128];
+    static int dev[128], val[128], n, next;
+    int d = 0;
+    if (cudaGetDevice(&d) != cudaSuccess) d = 0;
+    for (int i = 0; i < n; i++)
+        if (fn[i] == k && sz[i] == smem && dev[i] == d) return val[i];
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k, ST_THREADS, smem) != cudaSuccess) occ = 0;
+    cudaGetLastError();
+    int i = n < 128 ? n++ : next++ % 128;
+    fn[i] = k, sz[i] = smem, dev[i] = d, val[i] = occ;
+    return occ;
+}
+
 static int stream_plan(const lm_cuda_gg *p, gg_plan *pl) {
     const devinfo d = dev_info();
     const int G = p->counts ? p->n_groups : 1, n = p->n_rows;
@@ -1013,16 +1118,24 @@ static int stream_plan(const lm_cuda_gg *p, gg_plan *pl) {
     if ((size_t)d.optin < tables + reserve + 3 * (size_t)sh.stage) return -1;
     int S = (int)((d.optin - tables - reserve) / sh.stage);
     if (S > ST_MAX_STAGES) S = ST_MAX_STAGES;
+    st_kernel_t kf = st_pick(nb, swi, af32);
+    int e = smem_limit((const void *)kf, (size_t)S * sh.stage + tables);
+    if (e) return e;
+    // CTAs per SM: two where the kernel allows it (NB <= 4: 128 registers)
+    // and each still gets a ring of >= 3 stages (H100: 2 x ~110 KB; A100:
+    // 2 x ~80 KB); else one with the deepest ring. p->occ forces 1 or 2.
+    const int want = p->occ == 1 || p->occ == 2 ? p->occ : nb <= 4 ? 2 : 1;
+    if (want >= 2)
+        for (int s = S; s >= 3; s--)
+            if (occupancy(kf, (size_t)s * sh.stage + tables) >= 2) {
+                S = s;
+                break;
+            }
     if (p->stages >= 3 && p->stages < S) S = p->stages;
     const size_t smem = (size_t)S * sh.stage + tables;
-    st_kernel_t kf = st_pick(nb, swi, af32);
-    int e = smem_limit((const void *)kf, smem);
-    if (e) return e;
-    int occ = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kf, ST_THREADS, smem) != cudaSuccess || occ < 1) {
-        cudaGetLastError();
-        return -1;
-    }
+    int occ = occupancy(kf, smem);
+    if (occ < 1) return -1;
+    if (p->occ == 1 || p->occ == 2) occ = occ < p->occ ? occ : p->occ;
     const long R = cdiv(p->O, sh.bo_out), nct = cdiv(p->K, sh.bk);
     const long units_ub = p->counts ? groups + n / sh.tb : cdiv(n, sh.tb);
     const long units_est = p->counts ? groups * cdiv(per, sh.tb) : units_ub;
@@ -1051,7 +1164,13 @@ static int gg_make_plan(const lm_cuda_gg *p, gg_plan *pl) {
     const int n = p->n_rows, G = p->counts ? p->n_groups : 1;
     const int groups = p->counts ? (G < n ? G : n) : 1, per = (n + groups - 1) / groups;
     const int cap = p->counts ? per + per / 4 + 1 : per;
-    int path = p->force >= 1 && p->force <= 3 ? p->force : cap <= 128 ? 3 : 2;
+    // Stream up to ~100 rows per group, but not past ~50 where a group's
+    // weights are large (>= 16 M elements): Mixtral's 64 rows per expert ran
+    // at 2.6x its bound on the stream kernel (NB 16: 48 KB stages, a 4-deep
+    // ring, 128 accumulators per thread) and at 2.0x on the large kernel;
+    // Qwen3's small experts (2048 x 768) were faster on the stream kernel.
+    const bool big_w = (double)p->K * p->O >= (double)(1 << 24);
+    int path = p->force >= 1 && p->force <= 3 ? p->force : cap <= (big_w ? 64 : 128) ? 3 : 2;
     // (the place for a Hopper large-M path: chosen here, launched in lm_cuda_gg_run)
     if (path == 3 && stream_plan(p, pl) != 0) path = per <= 8 * SMALL_MAX_NB ? 1 : 2;
     pl->path = path;
@@ -1181,19 +1300,19 @@ __device__ void block_scan2(int a, int b, int *ea, int *eb, int *ta, int *tb, in
     __syncthreads();  // sm may be reused
 }
 
-// The align of one CTA of 1024 threads (E <= 1024), sel_at(q) the expert
-// of pair q = token * k + choice. Counts by shared atomics; the padded
+// The align of one CTA (E <= 1024, blockDim.x a multiple of 32), sel_at(q)
+// the expert of pair q = token * k + choice. Counts by shared atomics; the padded
 // layout by a prefix sum over the experts (one thread each); then the
-// pairs in chunks of 1024, in order: a pair's row is its expert's next free
+// pairs in chunks of blockDim.x, in order: a pair's row is its expert's next free
 // row plus the number of earlier pairs of the same expert in the chunk
 // (match_any within the warp, prefix over the warps), which is the serial
 // kernel's order (each expert's rows in token order).
-// sh: cnt[E], next[E], wcnt[32][E]; scan: 64 ints.
+// sh: cnt[E], next[E], wcnt[nw][E] (nw = blockDim.x / 32); scan: 64 ints.
 template <class SelAt>
 __device__ void align_block(SelAt sel_at, int n, int k, int E, int B, int *row_of, size_t ldr, int *token_of,
                             int *tiles, int *n_tiles, int *counts, unsigned long long *stats, int *sh, int *scan) {
     int *cnt = sh, *next = sh + E, *wcnt = sh + 2 * E;
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, np = n * k;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, np = n * k, nw = blockDim.x / 32;
     for (int e = tid; e < E; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
     for (int q = tid; q < np; q += blockDim.x) atomicAdd(&cnt[sel_at(q)], 1);
@@ -1213,7 +1332,7 @@ __device__ void align_block(SelAt sel_at, int n, int k, int E, int B, int *row_o
     }
     __syncthreads();
     for (int q0 = 0; q0 < np; q0 += blockDim.x) {
-        for (int i = tid; i < 32 * E; i += blockDim.x) wcnt[i] = 0;
+        for (int i = tid; i < nw * E; i += blockDim.x) wcnt[i] = 0;
         __syncthreads();
         int q = q0 + tid, e = q < np ? sel_at(q) : -1;
         unsigned peers = __match_any_sync(0xffffffffu, e);
@@ -1222,7 +1341,7 @@ __device__ void align_block(SelAt sel_at, int n, int k, int E, int B, int *row_o
         __syncthreads();
         for (int x = tid; x < E; x += blockDim.x) {  // exclusive prefix over the warps, from the expert's next row
             int a = next[x];
-            for (int w = 0; w < 32; w++) {
+            for (int w = 0; w < nw; w++) {
                 int c = wcnt[w * E + x];
                 wcnt[w * E + x] = a;
                 a += c;
@@ -1242,7 +1361,7 @@ __device__ void align_block(SelAt sel_at, int n, int k, int E, int B, int *row_o
 __global__ void __launch_bounds__(1024) k_align_fast(const int *sel, size_t lds, int n, int k, int E, int B,
                                                      int *row_of, size_t ldr, int *token_of, int *tiles, int *n_tiles,
                                                      int *counts, unsigned long long *stats) {
-    extern __shared__ int sh[];  // cnt[E], next[E], wcnt[32][E]
+    extern __shared__ int sh[];  // cnt[E], next[E], wcnt[blockDim.x / 32][E]
     __shared__ int scan[64];
     griddep_wait();
     griddep_launch();
@@ -1250,14 +1369,25 @@ __global__ void __launch_bounds__(1024) k_align_fast(const int *sel, size_t lds,
                 n_tiles, counts, stats, sh, scan);
 }
 
+// Threads of the align CTA: one per expert (the layout's scan) and up to one
+// per pair, at least 4 warps. A small batch takes a small CTA: its
+// barriers and its per-expert prefix over the warps (one step per warp)
+// are what the align of a few pairs costs.
+static int align_threads(int n, int k, int E) {
+    long np = (long)n * k, t = np > E ? np : E;
+    t = (t + 31) / 32 * 32;
+    return (int)(t < 128 ? 128 : t > 1024 ? 1024 : t);
+}
+
 extern "C" int lm_cuda_align_fast_pdl(const int *sel, size_t lds, int n, int k, int E, int B, int *row_of, size_t ldr,
                                       int *token_of, int *tiles, int *n_tiles, int *counts, unsigned long long *stats,
                                       int pdl, lm_cuda_stream st) {
     if (E < 1 || E > MAX_GROUPS || k < 1 || B < 1) return (int)cudaErrorInvalidValue;
-    size_t smem = (size_t)34 * E * sizeof(int);
+    const int threads = align_threads(n, k, E);
+    size_t smem = (size_t)(2 + threads / 32) * E * sizeof(int);
     int e = smem_limit((const void *)k_align_fast, smem);
     if (e) return e;
-    return launch(k_align_fast, dim3(1), dim3(1024), smem, st, pdl > 0, sel, lds, n, k, E, B, row_of, ldr, token_of,
+    return launch(k_align_fast, dim3(1), dim3(threads), smem, st, pdl > 0, sel, lds, n, k, E, B, row_of, ldr, token_of,
                   tiles, n_tiles, counts, stats);
 }
 
@@ -1346,29 +1476,151 @@ extern "C" int lm_cuda_route_fast(const float *logits, size_t ldl, int n, int E,
                   pdl > 0, logits, ldl, n, E, k, norm, sel, lds, w, ldw);
 }
 
-// Route and align in one CTA of 1024 threads (n <= 64 tokens, E <= 256):
-// the warps route the tokens into shared memory, then align reads them
-// there. Saves a launch and the round trip of sel through memory.
-#define RA_MAX_TOKENS 64
+// Route and align in one CTA for a few tokens (n <= 8, E <= 256): the
+// latency of one decode step's router, which the first version (1024
+// threads, a warp per token, then the general align) took 11.6 us over
+// for one token: ~19k instructions, 65% of the warps' time at a barrier,
+// serial loops over 32 warps' counts. Here 16 warps, four barriers:
+//   1. warp t (< n) takes token t: max, softmax numerators in registers
+//      (E / 32 per lane), top k by repeated warp argmax; warp 8 + t
+//      computes the same numerators into shared memory and its lane 0 sums
+//      them in expert order (the serial sum, beside the top k);
+//   2. one thread per (token, choice): the weights (sum of the chosen p /
+//      sum in choice order) and the outputs in expert order;
+//   3. one thread per pair: its rank among the earlier pairs of its expert
+//      in its warp (match_any), the warp's count per expert;
+//   4. warp 0: per expert the prefix over the warps and, by a warp scan
+//      over the experts (E / 32 per lane), the padded layout, tiles,
+//      counts, stats; then every pair its row.
+// Same arithmetic as basic.cu's route (max, expf, the sums in its order) and
+// align (each expert's rows in pair order): the same bits.
+#define RA_MAX_TOKENS 8
 #define RA_MAX_E 256
+#define RA_THREADS 512
 
-__global__ void __launch_bounds__(1024) k_route_align(const float *logits, size_t ldl, int n, int E, int k, int norm,
-                                                      int *sel, size_t lds, float *w, size_t ldw, int B, int *row_of,
-                                                      size_t ldr, int *token_of, int *tiles, int *n_tiles, int *counts,
-                                                      unsigned long long *stats) {
-    extern __shared__ int ra_sh[];  // union{route: [32][E + 2k]; align: [34 E]}, then sel_sm[n k]
-    __shared__ int scan[64];
+__global__ void __launch_bounds__(RA_THREADS) k_route_align(const float *logits, size_t ldl, int n, int E, int k, int norm,
+                                                            int *sel, size_t lds, float *w, size_t ldw, int B,
+                                                            int *row_of, size_t ldr, int *token_of, int *tiles,
+                                                            int *n_tiles, int *counts, unsigned long long *stats) {
+    // pw[n][E] (the sum warps' numerators), sum[n], ch[n k], bp[n k], sel_sm[n k], wcnt[nwp][E]
+    extern __shared__ int ra_sh[];
+    constexpr int EPL = RA_MAX_E / 32;  // experts per lane
+    float *pw = (float *)ra_sh, *sum_sm = pw + n * E, *bp = sum_sm + n;
+    int *ch = (int *)(bp + n * k), *sel_sm = ch + n * k, *wcnt = sel_sm + n * k;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, np = n * k, nwp = (np + 31) >> 5;
     griddep_wait();
     griddep_launch();
-    const int warp = threadIdx.x / 32, big = 32 * (E + 2 * k) > 34 * E ? 32 * (E + 2 * k) : 34 * E;
-    int *sel_sm = ra_sh + big;
-    float *pw = (float *)ra_sh + (size_t)warp * (E + 2 * k);
-    for (int t = warp; t < n; t += 32)
-        route_warp(logits + (size_t)t * ldl, E, k, norm, sel + (size_t)t * lds, w + (size_t)t * ldw, sel_sm + t * k, pw,
-                   (int *)(pw + E), pw + E + k);
+    for (int i = tid; i < nwp * E; i += RA_THREADS) wcnt[i] = 0;
+
+    // 1. softmax numerators; top k (warps 0..n-1), sums (warps 8..8+n-1)
+    const int t = warp & 7;
+    if (t < n) {
+        const float *r = logits + (size_t)t * ldl;
+        float v[EPL], mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < EPL; j++) {
+            const int e = lane + 32 * j;
+            v[j] = e < E ? r[e] : -INFINITY;
+            mx = fmaxf(mx, v[j]);
+        }
+        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+#pragma unroll
+        for (int j = 0; j < EPL; j++)
+            if (lane + 32 * j < E) v[j] = expf(v[j] - mx);
+        if (warp < 8) {
+            unsigned taken = 0;  // bit j: expert lane + 32 j is chosen
+            for (int i = 0; i < k; i++) {
+                int best = -1;
+                float bv = 0;
+#pragma unroll
+                for (int j = 0; j < EPL; j++)  // in expert order; strict >: ties to the lower id
+                    if (lane + 32 * j < E && !(taken >> j & 1) && (best < 0 || v[j] > bv)) best = lane + 32 * j, bv = v[j];
+                for (int o = 16; o > 0; o >>= 1) {
+                    const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+                    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                    if (ob >= 0 && (best < 0 || ov > bv || (ov == bv && ob < best))) best = ob, bv = ov;
+                }
+                if (best >= 0 && (best & 31) == lane) taken |= 1u << (best >> 5);
+                if (lane == 0) ch[t * k + i] = best, bp[t * k + i] = bv;
+            }
+        } else {
+            float *q = pw + t * E;
+#pragma unroll
+            for (int j = 0; j < EPL; j++)
+                if (lane + 32 * j < E) q[lane + 32 * j] = v[j];
+            __syncwarp();
+            if (lane == 0) {
+                float s = 0;
+                for (int e = 0; e < E; e++) s += q[e];
+                sum_sm[t] = s;
+            }
+        }
+    }
     __syncthreads();
-    align_block([&](int q) { return sel_sm[q]; }, n, k, E, B, row_of, ldr, token_of, tiles, n_tiles, counts, stats,
-                ra_sh, scan);
+
+    // 2. weights and the outputs in expert order
+    if (tid < np) {
+        const int tt = tid / k, i = tid % k, e = ch[tid];
+        const float s = sum_sm[tt];
+        float wsum = 0;
+        for (int j = 0; j < k; j++) wsum += bp[tt * k + j] / s;
+        int rank = 0;
+        for (int j = 0; j < k; j++) rank += ch[tt * k + j] < e;
+        const float pv = bp[tt * k + i] / s;
+        sel[(size_t)tt * lds + rank] = e;
+        w[(size_t)tt * ldw + rank] = norm ? pv / wsum : pv;
+        sel_sm[tt * k + rank] = e;
+    }
+    __syncthreads();
+
+    // 3. each pair's rank within its warp among the pairs of its expert
+    const int e = tid < np ? sel_sm[tid] : -1;
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const int rank = __popc(peers & ((1u << lane) - 1));
+    if (e >= 0 && rank == 0) wcnt[warp * E + e] = __popc(peers);
+    __syncthreads();
+
+    // 4. the layout (warp 0), then the rows
+    if (warp == 0) {
+        const int epl = (E + 31) / 32, e0 = lane * epl;
+        int c[EPL], rows = 0, tls = 0;
+#pragma unroll
+        for (int j = 0; j < EPL; j++) {
+            c[j] = 0;
+            if (j < epl && e0 + j < E)
+                for (int x = 0; x < nwp; x++) {  // exclusive prefix over the warps
+                    const int v = wcnt[x * E + e0 + j];
+                    wcnt[x * E + e0 + j] = c[j];
+                    c[j] += v;
+                }
+            rows += (c[j] + B - 1) / B * B, tls += (c[j] + B - 1) / B;
+        }
+        int ir = rows, it = tls;
+        for (int o = 1; o < 32; o <<= 1) {
+            const int a = __shfl_up_sync(0xffffffffu, ir, o), b = __shfl_up_sync(0xffffffffu, it, o);
+            if (lane >= o) ir += a, it += b;
+        }
+        if (lane == 31) *n_tiles = it;
+        int row = ir - rows, tile = it - tls;
+#pragma unroll
+        for (int j = 0; j < EPL; j++) {
+            const int x = e0 + j;
+            if (j >= epl || x >= E) break;
+            const int tl = (c[j] + B - 1) / B;
+            counts[x] = c[j];
+            if (stats) stats[x] += (unsigned long long)c[j];
+            for (int b = 0; b < tl; b++) tiles[2 * (tile + b)] = x, tiles[2 * (tile + b) + 1] = row + b * B;
+            for (int r = row + c[j]; r < row + tl * B; r++) token_of[r] = -1;
+            for (int y = 0; y < nwp; y++) wcnt[y * E + x] += row;
+            row += tl * B, tile += tl;
+        }
+    }
+    __syncthreads();
+    if (e >= 0) {
+        const int r = wcnt[warp * E + e] + rank;
+        row_of[(size_t)(tid / k) * ldr + tid % k] = r;
+        token_of[r] = tid / k;
+    }
 }
 
 extern "C" int lm_cuda_route_align(const float *logits, size_t ldl, int n, int E, int k, int norm, int *sel, size_t lds,
@@ -1381,12 +1633,12 @@ extern "C" int lm_cuda_route_align(const float *logits, size_t ldl, int n, int E
         return lm_cuda_align_fast_pdl(sel, lds, n, k, E, B, row_of, ldr, token_of, tiles, n_tiles, counts, stats, pdl,
                                       st);
     }
-    int big = 32 * (E + 2 * k) > 34 * E ? 32 * (E + 2 * k) : 34 * E;
-    size_t smem = (size_t)(big + n * k) * 4;
+    const int nn = n > 0 ? n : 0, np = nn * k, nwp = (np + 31) / 32;
+    size_t smem = ((size_t)nn * E + nn + 3 * (size_t)np + (size_t)nwp * E) * 4;
     int e = smem_limit((const void *)k_route_align, smem);
     if (e) return e;
-    return launch(k_route_align, dim3(1), dim3(1024), smem, st, pdl > 0, logits, ldl, n, E, k, norm, sel, lds, w, ldw,
-                  B, row_of, ldr, token_of, tiles, n_tiles, counts, stats);
+    return launch(k_route_align, dim3(1), dim3(RA_THREADS), smem, st, pdl > 0, logits, ldl, nn, E, k, norm, sel, lds, w,
+                  ldw, B, row_of, ldr, token_of, tiles, n_tiles, counts, stats);
 }
 
 // -------------------------------------------------------------- combine ---
@@ -1406,7 +1658,8 @@ __global__ void __launch_bounds__(256) k_combine_fast(const int *row_of, size_t 
         if (vec) {
             for (int c = c0; c < H / 4; c += step) {
                 float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                for (int i = 0; i < k; i++) {
+#pragma unroll 4
+                for (int i = 0; i < k; i++) {  // unrolled: the loads of 4 choices in flight together
                     const float wi = wt[i];
                     const float4 v = *(const float4 *)(y + (size_t)ro[i] * ldy + 4 * c);
                     o.x += wi * v.x, o.y += wi * v.y, o.z += wi * v.z, o.w += wi * v.w;

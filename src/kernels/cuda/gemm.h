@@ -15,15 +15,18 @@
 // index meet in one thread's registers). Otherwise the output is f32 (+ bias).
 //
 // Kernels, chosen per call from the expected rows per group (lm_cuda_gg_run):
-// - stream (up to ~100 rows per group: decode, small and medium batches):
-//   memory-bound, so built to keep HBM busy. A persistent grid (one CTA per
-//   SM) walks a list of work items (group, tile of weight rows, block of up
-//   to 8*NB of the group's rows, k-split), found from the counts by each CTA
-//   with a prefix sum in shared memory. Weight tiles and the rows'
-//   activations stream through one cp.async ring of S stages (~200 KB, so
-//   >= ~100 KB per SM in flight), continuous across items, so an item
-//   boundary is no pipeline bubble. mma.sync with swap AB: weight rows are
-//   the mma's M, tokens its N; both operands come from shared memory by
+// - stream (up to ~100 rows per group, ~50 where a group's weights have
+//   >= 16M elements: decode, small and medium batches): memory-bound, so
+//   built to keep HBM busy. A persistent grid (two CTAs of 8 warps per SM
+//   for blocks of <= 32 rows, else one) walks a list of work items (group,
+//   tile of weight rows, block of up to 8*NB of the group's rows, k-split),
+//   found from the counts by each CTA with a prefix sum in shared memory.
+//   Weight tiles and the rows' activations stream through one cp.async
+//   ring per CTA (~100 KB each with two CTAs, ~200 KB with one; >= ~100 KB
+//   per SM in flight), continuous across items, so an item boundary is no
+//   pipeline bubble; a stage costs each thread a few instructions per
+//   16-byte chunk (addresses are set up once per item). mma.sync with swap
+//   AB: weight rows are the mma's M, tokens its N; both operands come from shared memory by
 //   ldmatrix (f32 activations of small blocks by 8-byte loads, rounded to
 //   bf16 there), so each staged activation chunk serves 32..256 weight rows.
 //   Split-K (f32 output only, with a workspace) when the items would not
@@ -89,6 +92,7 @@ typedef struct lm_cuda_gg {
     int nb, splits, stages;  // stream kernel: token blocks of 8 per item (1, 2, 4, 8, 16),
     int ctas;                //   split-K factor, ring depth, grid size; 0: chosen by the
                              //   launcher (the kernel lab and the tests force them)
+    int occ;                 // stream kernel: CTAs per SM (1, 2; 0: the launcher's choice)
 } lm_cuda_gg;
 
 // Whether the fast path takes these operands (bf16 weights, K % 8 == 0,
@@ -121,7 +125,8 @@ int lm_cuda_route_fast(const float *logits, size_t ldl, int n, int E, int k, int
                        size_t ldw, int pdl, lm_cuda_stream st);
 
 // lm_cuda_route then lm_cuda_align_fast, same outputs bit for bit: one
-// launch (one CTA) when n <= 64 tokens and E <= 256, else the two launches.
+// launch (one CTA of 512 threads) when n <= 8 tokens and E <= 256 (a decode
+// step), else lm_cuda_route_fast and lm_cuda_align_fast_pdl.
 int lm_cuda_route_align(const float *logits, size_t ldl, int n, int E, int k, int norm, int *sel, size_t lds, float *w,
                         size_t ldw, int B, int *row_of, size_t ldr, int *token_of, int *tiles, int *n_tiles,
                         int *counts, unsigned long long *stats, int pdl, lm_cuda_stream st);
