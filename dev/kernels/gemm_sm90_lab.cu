@@ -2,34 +2,47 @@
 //
 // Kernel lab of the Hopper GEMM (src/kernels/cuda/gemm_sm90.cu) against the
 // mma.sync large path of gemm.cu (lm_cuda_gg_run with force = 2, k_gg_large),
-// on the GPU (built by `make -C dev/kernels sm90`, run from anywhere).
+// on the GPU (built by `make -C dev/kernels sm90`; dev/kernels/gemm_sm90_lab.sh
+// builds, runs it and re-runs without a variant that hangs).
 //
-// Cases: the MoE expert GEMMs of Mixtral-8x7B (H 4096, I 14336, 8 experts,
-// top-2) and Qwen3-30B-A3B (H 2048, I 768, 128 experts, top-8) at M routed
-// tokens (random top-k routing, groups padded to 16 rows): gate+up (SwiGLU,
-// bf16 h, A gathered through token_of) and down (f32 out, A = packed h rows
-// whose padding rows hold NaN); plus dense projections M x N x K =
-// 8192 x 4096 x 4096 (+ f32 bias) and 8192 x 4096 x 14336.
+// Sections, in this order:
+// 1. smoke: every variant on small grouped and dense calls, checked, so that a
+//    variant that hangs or faults does so first (the watchdog names it).
+// 2. GEMM cases: the MoE expert GEMMs of Mixtral-8x7B (H 4096, I 14336, 8
+//    experts, top-2) and Qwen3-30B-A3B (H 2048, I 768, 128 experts, top-8) at
+//    M routed tokens (random top-k routing, groups padded to 16 rows):
+//    gate+up (SwiGLU, bf16 h, A gathered through token_of) and down (f32 out,
+//    A = packed h rows whose padding rows hold NaN); dense projections
+//    8192 x 4096 x 4096 (+ f32 bias) and 8192 x 4096 x 14336.
+// 3. layer: the whole MoE layer as the executor runs it, at M = 2048, 4096,
+//    8192 tokens (-L): route + align (lm_cuda_route_align), gate+up from f32
+//    activations (the f32 -> bf16 conversion included), down, combine
+//    (lm_cuda_combine_fast), with each variant for both GEMMs and with the
+//    large path; TFLOP/s count 6 * routed * H * I.
 //
-// Check (each case, each variant, before timing): both kernels on the same
-// random bf16 data, outputs poisoned (0xff bytes: NaN) before each run. Per
-// packed row: relative L2 of (sm90 - large) <= 1e-2, every value of both
-// finite (i.e. written), and padding rows (past a group's count) still
-// poison in the sm90 output. A failure prints the row, its group, the
-// first column that differs and both values.
-// Timing: CUDA events around one launch, L2 flushed (256 MB memset) before
-// each repetition, median of -r (default 10) after 2 warm-ups. TFLOP/s
-// count the routed rows only (2 * rows * K * O; gate+up: O = 2 I). A
-// watchdog stops the program (exit 3) if a kernel runs past 20 s: the
-// mbarrier waits have no timeout.
+// Checks (before timing): the reference once per case, each variant after
+// it on an output poisoned with 0xff bytes (NaN). Per packed row: relative
+// L2 of (sm90 - large) <= 1e-2, every value of both finite (written),
+// padding rows still poison. The layer: per token, relative L2 of the
+// combined output against the large path's <= 1e-2. Diagnostic variants
+// (lm_cuda_gg_sm90_diagnostic: no MMA / no loads / no epilogue) are timed,
+// not checked: their differences to the full variant say where time goes.
+// Timing: CUDA events around one launch (a layer: around its five), L2
+// flushed (256 MB memset) before each; the kernels of a case take turns
+// within each repetition (so clock and temperature drift fall on all of
+// them alike); median of -r (default 10) after 2 warm-ups, and the spread
+// (min, max). The SM clock and board power are sampled through NVML while
+// the timed kernels run (when libnvidia-ml.so.1 loads): MHz in the tables.
+// A watchdog stops the program (exit 3) if a kernel runs past 20 s: the
+// mbarrier waits have no timeout. A soft budget (-b, default 80 s) cuts
+// the repetitions to 3 once it is spent.
 //
-//   gemm_sm90_lab [-s mixtral,qwen3,dense|all] [-m 512,2048,4096,8192] [-r reps]
-//                 [-v 1,2,3] (sm90 variants to run; 0 = the launcher's choice) [-q] (no checks)
-// Variants (lm_cuda_gg_sm90_describe prints them): 1 = 128x256 tiles, 4
-// stages; 2 = 128x128, 6 stages; 3 = variant 1 without the consumers'
-// fence.proxy.async (to measure its cost; not used by the launcher).
+//   gemm_sm90_lab [-s mixtral,qwen3,dense|all] [-m 512,2048,4096,8192] [-L 2048,4096,8192|none]
+//                 [-r reps] [-v 1,4,5,6,7,8,9,10] (sm90 variants; 0 = the launcher's choice)
+//                 [-q] (no checks) [-b seconds] [-smoke] (only the smoke section)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,6 +52,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -50,6 +64,7 @@
         cudaError_t e_ = (cudaError_t)(x);                                                          \
         if (e_ != cudaSuccess) {                                                                    \
             fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));     \
+            fflush(stdout);                                                                         \
             exit(1);                                                                                \
         }                                                                                           \
     } while (0)
@@ -69,6 +84,13 @@ __global__ void k_fill_bf16(uint16_t *p, size_t n, uint32_t seed, float scale) {
         p[i] = *(uint16_t *)&b;
     }
 }
+__global__ void k_fill_f32(float *p, size_t n, uint32_t seed, float scale) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 15, h *= 0x2c1b3c6du, h ^= h >> 12, h ^= (uint32_t)(i >> 32) * 0x9e3779b9u;
+        p[i] = ((h >> 8) * (1.0f / 8388608.0f) - 1.0f) * scale;
+    }
+}
 
 // rows whose valid flag is 0 get NaN (0xffff) in all ld columns
 __global__ void k_nan_rows(uint16_t *p, size_t ld, int rows, const int *valid) {
@@ -79,12 +101,13 @@ __global__ void k_nan_rows(uint16_t *p, size_t ld, int rows, const int *valid) {
 
 // Per row: sum (got - ref)^2, sum ref^2, count of bad values (valid row: a
 // non-finite value in either output; padding row: got is not the poison).
+// valid == NULL: every row valid.
 __global__ void k_cmp(const void *got, const void *ref, int bf16, size_t ldo, int O, const int *valid, int rows,
                       double *stats) {
     __shared__ double s[3][256];
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         double d2 = 0, r2 = 0, bad = 0;
-        const bool v = valid[r];
+        const bool v = !valid || valid[r];
         for (int c = threadIdx.x; c < O; c += blockDim.x) {
             size_t i = (size_t)r * ldo + c;
             float g, f;
@@ -120,6 +143,53 @@ __global__ void k_cmp(const void *got, const void *ref, int bf16, size_t ldo, in
     }
 }
 
+// ------------------------------------------------------------------- NVML ---
+// SM clock and board power while the timed kernels run (dlopen: no nvml.h
+// and no link dependency; every call returns 0 on success).
+struct nvml_t {
+    void *lib = nullptr, *dev = nullptr;
+    int (*clock)(void *, int, unsigned *) = nullptr;  // nvmlDeviceGetClockInfo(dev, NVML_CLOCK_SM = 1, MHz)
+    int (*power)(void *, unsigned *) = nullptr;       // nvmlDeviceGetPowerUsage (mW)
+    int (*reasons)(void *, unsigned long long *) = nullptr;  // nvmlDeviceGetCurrentClocksEventReasons
+};
+static nvml_t g_nvml;
+static const char *nvml_open(int cuda_dev) {
+    void *lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) return "libnvidia-ml.so.1 not loaded";
+    auto init = (int (*)(void))dlsym(lib, "nvmlInit_v2");
+    auto by_bus = (int (*)(const char *, void **))dlsym(lib, "nvmlDeviceGetHandleByPciBusId_v2");
+    g_nvml.clock = (int (*)(void *, int, unsigned *))dlsym(lib, "nvmlDeviceGetClockInfo");
+    g_nvml.power = (int (*)(void *, unsigned *))dlsym(lib, "nvmlDeviceGetPowerUsage");
+    g_nvml.reasons = (int (*)(void *, unsigned long long *))dlsym(lib, "nvmlDeviceGetCurrentClocksEventReasons");
+    if (!g_nvml.reasons)
+        g_nvml.reasons = (int (*)(void *, unsigned long long *))dlsym(lib, "nvmlDeviceGetCurrentClocksThrottleReasons");
+    char bus[64];
+    if (!init || !by_bus || !g_nvml.clock || !g_nvml.power || init() != 0 ||
+        cudaDeviceGetPCIBusId(bus, sizeof bus, cuda_dev) != cudaSuccess || by_bus(bus, &g_nvml.dev) != 0) {
+        (void)cudaGetLastError();
+        dlclose(lib);
+        g_nvml = nvml_t();
+        return "NVML did not open the device";
+    }
+    g_nvml.lib = lib;
+    return nullptr;
+}
+// samples taken while a timed kernel runs: clock (MHz), power (W), the OR of the clock-event reasons
+struct sampler {
+    double mhz = 0, watts = 0;
+    long n = 0;
+    unsigned long long reasons = 0;
+    void take() {
+        if (!g_nvml.lib) return;
+        unsigned c = 0, p = 0;
+        unsigned long long r = 0;
+        if (g_nvml.clock(g_nvml.dev, 1, &c) == 0 && g_nvml.power(g_nvml.dev, &p) == 0) mhz += c, watts += p / 1e3, n++;
+        if (g_nvml.reasons && g_nvml.reasons(g_nvml.dev, &r) == 0) reasons |= r;
+    }
+    double mean_mhz() const { return n ? mhz / n : 0; }
+    double mean_w() const { return n ? watts / n : 0; }
+};
+
 // ------------------------------------------------------------------ state ---
 struct bufs {
     uint16_t *w;              // all weights
@@ -135,45 +205,53 @@ static bufs B;
 static cudaStream_t g_st;
 static cudaEvent_t g_ev0, g_ev1;
 static int g_fails;
+static double g_t0, g_budget = 80;
+static int g_reps;
 
 static double now_s() {
     timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
+static double elapsed() { return now_s() - g_t0; }
 
-// Waits for ev; a kernel that has not finished after 20 s is taken as hung.
-static void wait_or_die(cudaEvent_t ev, const char *what) {
+// Waits for ev (sampling NVML meanwhile if smp); a kernel that has not
+// finished after 20 s is taken as hung.
+static void wait_or_die(cudaEvent_t ev, const std::string &what, sampler *smp = nullptr) {
     double t0 = now_s();
     for (;;) {
         cudaError_t e = cudaEventQuery(ev);
         if (e == cudaSuccess) return;
         if (e != cudaErrorNotReady) {
-            fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+            fprintf(stderr, "%s: %s\n", what.c_str(), cudaGetErrorString(e));
+            fflush(stdout);
             exit(1);
         }
         if (now_s() - t0 > 20) {
-            printf("\nWATCHDOG: %s still running after 20 s (hung on an mbarrier?); exiting\n", what);
+            printf("\nWATCHDOG: %s still running after 20 s (hung on an mbarrier?); exiting\n", what.c_str());
             fflush(stdout);
             _exit(3);
         }
-        struct timespec ts = {0, 200000};
+        if (smp) smp->take();
+        struct timespec ts = {0, 100000};
         nanosleep(&ts, NULL);
     }
 }
 
-struct gcase {
-    std::string name;   // shape and GEMM
-    int M;              // tokens (MoE) or rows (dense)
-    lm_cuda_gg p;       // the call (force and variant set per run)
-    int rows;           // packed rows (output rows)
-    double flops;
-    std::vector<int> valid, group_of, first;  // per packed row: valid, its group; per group: first row
-};
+static const char *kname(int kernel) {
+    static char b[8][32];
+    static int i;
+    char *s = b[i++ & 7];
+    if (kernel == 0) return "large";
+    if (kernel < 0) return "sm90-auto";
+    snprintf(s, 32, "sm90-v%d", kernel);
+    return s;
+}
+static bool is_diag(int kernel) { return kernel > 0 && lm_cuda_gg_sm90_diagnostic(kernel); }
 
 // kernel: 0 = large (gemm.cu), v >= 1 = sm90 variant v, -1 = sm90 auto
-static int launch(const gcase &c, int kernel, void *out) {
-    lm_cuda_gg p = c.p;
+static int launch_gg(const lm_cuda_gg &c, int kernel, void *out) {
+    lm_cuda_gg p = c;
     p.out = out;
     if (kernel == 0) {
         p.force = 2;
@@ -184,92 +262,96 @@ static int launch(const gcase &c, int kernel, void *out) {
     return lm_cuda_gg_sm90_run(&p, g_st);
 }
 
-static const char *kname(int kernel) {
-    static char b[32];
-    if (kernel == 0) return "large";
-    if (kernel < 0) return "sm90-auto";
-    snprintf(b, sizeof b, "sm90-v%d", kernel);
-    return b;
-}
-
-// Runs `kernel` and the reference on poisoned outputs, compares. true: pass.
-static bool check(const gcase &c, int kernel) {
-    const bool bf = c.p.swiglu;
-    const size_t esz = bf ? 2 : 4, bytes = (size_t)c.rows * c.p.ldo * esz;
-    CK(cudaMemsetAsync(B.out_s9, 0xff, bytes, g_st));
-    CK(cudaMemsetAsync(B.out_ref, 0xff, bytes, g_st));
-    CK(launch(c, 0, B.out_ref));
-    CK(launch(c, kernel, B.out_s9));
-    k_cmp<<<2048, 256, 0, g_st>>>(B.out_s9, B.out_ref, bf, c.p.ldo, c.p.O, B.valid, c.rows, B.stats);
+// Per-row comparison of got against ref ([rows][ldo], O columns; valid NULL:
+// all rows valid). Prints PASS / FAIL with where; true: pass.
+static bool compare_rows(const char *what, const void *got, const void *ref, int bf, size_t ldo, int O, int rows,
+                         const int *valid_dev, const std::vector<int> *valid, const std::vector<int> *group_of,
+                         const std::vector<int> *first) {
+    k_cmp<<<2048, 256, 0, g_st>>>(got, ref, bf, ldo, O, valid_dev, rows, B.stats);
     CK(cudaGetLastError());
     CK(cudaEventRecord(g_ev1, g_st));
-    wait_or_die(g_ev1, (c.name + " check").c_str());
-    std::vector<double> st((size_t)c.rows * 3);
+    wait_or_die(g_ev1, std::string(what) + " compare");
+    std::vector<double> st((size_t)rows * 3);
     CK(cudaMemcpy(st.data(), B.stats, st.size() * sizeof(double), cudaMemcpyDeviceToHost));
     double worst = 0;
     int worst_r = -1, bad_rows = 0, first_bad = -1;
     long long bad_vals = 0;
-    for (int r = 0; r < c.rows; r++) {
+    for (int r = 0; r < rows; r++) {
+        const bool v = !valid || (*valid)[r];
         double d2 = st[3 * r], r2 = st[3 * r + 1], bad = st[3 * r + 2];
-        double rel = c.valid[r] ? sqrt(d2 / (r2 > 0 ? r2 : 1)) : 0;
+        double rel = v ? sqrt(d2 / (r2 > 0 ? r2 : 1)) : 0;
         bool ok = bad == 0 && rel <= 1e-2;
         if (!ok) {
             bad_rows++, bad_vals += (long long)bad;
             if (first_bad < 0) first_bad = r;
         }
-        if (c.valid[r] && !(rel <= worst)) worst = rel, worst_r = r;
+        if (v && !(rel <= worst)) worst = rel, worst_r = r;
     }
     if (!bad_rows) {
-        printf("  check %-9s PASS: worst row rel L2 %.2e (row %d), all %d valid rows written, padding untouched\n",
-               kname(kernel), worst, worst_r, c.rows);
+        printf("  check %-26s PASS: worst row rel L2 %.2e (row %d), all %d rows written%s\n", what, worst, worst_r, rows,
+               valid ? ", padding untouched" : "");
         return true;
     }
-    // say where: the first bad row, its group and the first column that differs
-    int r = first_bad, g = c.group_of[r];
-    std::vector<uint8_t> got(c.p.O * esz), ref(c.p.O * esz);
-    CK(cudaMemcpy(got.data(), (char *)B.out_s9 + (size_t)r * c.p.ldo * esz, got.size(), cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(ref.data(), (char *)B.out_ref + (size_t)r * c.p.ldo * esz, ref.size(), cudaMemcpyDeviceToHost));
+    const size_t esz = bf ? 2 : 4;
+    int r = first_bad;
+    std::vector<uint8_t> g(O * esz), f(O * esz);
+    CK(cudaMemcpy(g.data(), (const char *)got + (size_t)r * ldo * esz, g.size(), cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(f.data(), (const char *)ref + (size_t)r * ldo * esz, f.size(), cudaMemcpyDeviceToHost));
     auto val = [&](const std::vector<uint8_t> &v, int col) {
         if (bf) {
             uint32_t u = (uint32_t)((const uint16_t *)v.data())[col] << 16;
-            float f;
-            memcpy(&f, &u, 4);
-            return f;
+            float x;
+            memcpy(&x, &u, 4);
+            return x;
         }
         return ((const float *)v.data())[col];
     };
-    double rms = sqrt(st[3 * r + 1] / std::max(1, c.p.O));
+    const bool v = !valid || (*valid)[r];
+    double rms = sqrt(st[3 * r + 1] / std::max(1, O));
     int col = -1;
-    for (int k = 0; k < c.p.O && col < 0; k++) {
-        float a = val(got, k), b = val(ref, k);
-        bool differs = c.valid[r] ? !(fabs((double)a - b) <= 0.05 * rms + 1e-3 * fabs(b)) || !isfinite(a) : !isnan(a);
+    for (int k = 0; k < O && col < 0; k++) {
+        float a = val(g, k), b = val(f, k);
+        bool differs = v ? !(fabs((double)a - b) <= 0.05 * rms + 1e-3 * fabs(b)) || !isfinite(a) : !isnan(a);
         if (differs) col = k;
     }
-    printf("  check %-9s FAIL: %d bad rows (%lld bad values); first: packed row %d (%s, group %d, row %d of it), "
-           "rel L2 %.3e",
-           kname(kernel), bad_rows, bad_vals, r, c.valid[r] ? "valid" : "padding", g, r - c.first[g],
-           c.valid[r] ? sqrt(st[3 * r] / std::max(st[3 * r + 1], 1e-300)) : 0.0);
-    if (col >= 0) printf(", column %d: sm90 %.6g, large %.6g", col, val(got, col), val(ref, col));
+    printf("  check %-26s FAIL: %d bad rows (%lld bad values); first: row %d", what, bad_rows, bad_vals, r);
+    if (group_of) printf(" (%s, group %d, row %d of it)", v ? "valid" : "padding", (*group_of)[r], r - (*first)[(*group_of)[r]]);
+    printf(", rel L2 %.3e", v ? sqrt(st[3 * r] / std::max(st[3 * r + 1], 1e-300)) : 0.0);
+    if (col >= 0) printf(", column %d: got %.6g, reference %.6g", col, val(g, col), val(f, col));
     printf("\n");
     return false;
 }
 
-// median time in us of `reps` launches (2 warm-ups), L2 flushed before each
-static double time_it(const gcase &c, int kernel, int reps) {
-    std::vector<float> ts;
-    void *out = kernel == 0 ? B.out_ref : B.out_s9;
-    for (int r = 0; r < reps + 2; r++) {
-        CK(cudaMemsetAsync(B.flush, r & 0xff, B.flush_bytes, g_st));
-        CK(cudaEventRecord(g_ev0, g_st));
-        CK(launch(c, kernel, out));
-        CK(cudaEventRecord(g_ev1, g_st));
-        wait_or_die(g_ev1, (c.name + " " + kname(kernel)).c_str());
-        float ms;
-        CK(cudaEventElapsedTime(&ms, g_ev0, g_ev1));
-        if (r >= 2) ts.push_back(ms * 1e3f);
+// One timed entry: a name and how to launch it (returns a cudaError_t).
+struct timed {
+    std::string name;
+    std::function<int()> run;
+    std::vector<float> us;
+    sampler smp;
+    double med = 0, lo = 0, hi = 0;
+};
+// Runs every entry reps + 2 times (2 warm-ups), the entries taking turns
+// (rotated each repetition), L2 flushed before each, events around each.
+static void time_all(std::vector<timed> &ts, int reps) {
+    if (elapsed() > g_budget && reps > 3) reps = 3;
+    const int n = (int)ts.size();
+    for (int r = 0; r < reps + 2; r++)
+        for (int j = 0; j < n; j++) {
+            timed &t = ts[(j + r) % n];
+            CK(cudaMemsetAsync(B.flush, r & 0xff, B.flush_bytes, g_st));
+            CK(cudaEventRecord(g_ev0, g_st));
+            CK(t.run());
+            CK(cudaEventRecord(g_ev1, g_st));
+            wait_or_die(g_ev1, t.name, r >= 2 ? &t.smp : nullptr);
+            float ms;
+            CK(cudaEventElapsedTime(&ms, g_ev0, g_ev1));
+            if (r >= 2) t.us.push_back(ms * 1e3f);
+        }
+    for (auto &t : ts) {
+        std::vector<float> v = t.us;
+        std::sort(v.begin(), v.end());
+        t.med = v[v.size() / 2], t.lo = v.front(), t.hi = v.back();
     }
-    std::sort(ts.begin(), ts.end());
-    return ts[ts.size() / 2];
 }
 
 struct shape {
@@ -305,30 +387,117 @@ static void route(const shape &s, int M, std::vector<int> &counts, std::vector<i
         for (int i = 0; i < s.k; i++) token_of[next[sel[(size_t)t * s.k + i]]++] = t;
 }
 
+struct gcase {
+    std::string name;
+    int M;              // tokens (MoE) or rows (dense)
+    lm_cuda_gg p;       // the call (force and variant set per run)
+    int rows;           // packed rows (output rows)
+    double flops;
+    std::vector<int> valid, group_of, first;  // per packed row: valid, its group; per group: first row
+};
+
 struct row_result {
     std::string name;
     int M;
-    double t_large;
-    std::vector<double> t_s9;
     double flops;
+    std::vector<timed> t;  // [0]: large, then the variants
+};
+
+// Checks every non-diagnostic variant against the reference (computed once).
+static void check_case(const gcase &c, const std::vector<int> &vars) {
+    const int bf = c.p.swiglu;
+    const size_t bytes = (size_t)c.rows * c.p.ldo * (bf ? 2 : 4);
+    CK(cudaMemsetAsync(B.out_ref, 0xff, bytes, g_st));
+    CK(launch_gg(c.p, 0, B.out_ref));
+    for (int v : vars) {
+        if (is_diag(v)) continue;
+        CK(cudaMemsetAsync(B.out_s9, 0xff, bytes, g_st));
+        CK(launch_gg(c.p, v, B.out_s9));
+        CK(cudaEventRecord(g_ev1, g_st));
+        wait_or_die(g_ev1, c.name + " " + kname(v));
+        g_fails += !compare_rows(kname(v), B.out_s9, B.out_ref, bf, c.p.ldo, c.p.O, c.rows, B.valid, &c.valid,
+                                 &c.group_of, &c.first);
+    }
+}
+
+static row_result time_case(const gcase &c, const std::vector<int> &vars) {
+    row_result rr;
+    rr.name = c.name, rr.M = c.M, rr.flops = c.flops;
+    rr.t.push_back({"large", [&c] { return launch_gg(c.p, 0, B.out_ref); }, {}, {}});
+    for (int v : vars) rr.t.push_back({kname(v), [&c, v] { return launch_gg(c.p, v, B.out_s9); }, {}, {}});
+    time_all(rr.t, g_reps);
+    printf("  time:");
+    for (auto &t : rr.t)
+        printf(" %s %.1f us (%.0f TFLOP/s, %.0f..%.0f us, %.0f MHz)%s", t.name.c_str(), t.med, c.flops / t.med / 1e6,
+               t.lo, t.hi, t.smp.mean_mhz(), &t == &rr.t.back() ? "" : ";");
+    printf("\n");
+    fflush(stdout);
+    return rr;
+}
+
+// ------------------------------------------------------------------ layer ---
+struct layer_bufs {
+    float *x, *logits, *w, *y, *out, *out_ref;
+    uint16_t *h, *scratch;
+    int *sel, *row_of, *token_of, *tiles, *n_tiles, *counts;
+};
+static layer_bufs LB;
+
+// The stages of one MoE layer, as the executor runs it, with `kernel` for
+// both GEMMs. stage: -1 all; 0 route+align; 1 gate+up from the f32 x
+// (converted into scratch first); 2 gate+up from the bf16 copy of x that 1
+// left in scratch; 3 down; 4 combine.
+static int run_layer(const shape &s, int M, const void *const *tab, int kernel, float *out, int stage = -1) {
+    int e;
+    if ((stage < 0 || stage == 0) &&
+        (e = lm_cuda_route_align(LB.logits, s.E, M, s.E, s.k, 1, LB.sel, s.k, LB.w, s.k, BLK, LB.row_of, s.k,
+                                 LB.token_of, LB.tiles, LB.n_tiles, LB.counts, NULL, 0, g_st)))
+        return e;
+    lm_cuda_gg up = {};
+    up.a = LB.x, up.a_f32 = 1, up.lda = s.H, up.a_rows = M, up.a_row = LB.token_of, up.counts = LB.counts;
+    up.n_groups = s.E, up.block = BLK, up.n_rows = M * s.k, up.w1 = tab, up.w2 = tab + s.E, up.ldw = s.H;
+    up.K = s.H, up.O = s.I, up.swiglu = 1, up.ldo = s.I;
+    up.scratch = LB.scratch, up.scratch_bytes = (size_t)M * s.H * 2;
+    if (stage == 2) up.a = LB.scratch, up.a_f32 = 0, up.scratch = NULL, up.scratch_bytes = 0;
+    if ((stage < 0 || stage == 1 || stage == 2) && (e = launch_gg(up, kernel, LB.h))) return e;
+    lm_cuda_gg dn = {};
+    dn.a = LB.h, dn.a_f32 = 0, dn.lda = s.I, dn.counts = LB.counts, dn.n_groups = s.E, dn.block = BLK;
+    dn.n_rows = M * s.k, dn.w1 = tab + 2 * s.E, dn.ldw = s.I, dn.K = s.I, dn.O = s.H, dn.ldo = s.H;
+    if ((stage < 0 || stage == 3) && (e = launch_gg(dn, kernel, LB.y))) return e;
+    if (stage < 0 || stage == 4)
+        return lm_cuda_combine_fast(LB.row_of, s.k, LB.w, s.k, M, s.k, LB.y, s.H, out, s.H, s.H, 0, g_st);
+    return 0;
+}
+
+struct layer_result {
+    std::string name;
+    int M;
+    double flops;
+    std::vector<timed> t;
 };
 
 int main(int argc, char **argv) {
-    std::string which = "all", mlist = "512,2048,4096,8192", vlist = "1,2,3";
-    int reps = 10, do_check = 1;
+    std::string which = "all", mlist = "512,2048,4096,8192", llist = "2048,4096,8192", vlist = "1,4,5,6,7,8,9,10";
+    int reps = 10, do_check = 1, smoke_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-s") && i + 1 < argc) which = argv[++i];
         else if (!strcmp(argv[i], "-m") && i + 1 < argc) mlist = argv[++i];
+        else if (!strcmp(argv[i], "-L") && i + 1 < argc) llist = argv[++i];
         else if (!strcmp(argv[i], "-r") && i + 1 < argc) reps = std::max(1, atoi(argv[++i]));
         else if (!strcmp(argv[i], "-v") && i + 1 < argc) vlist = argv[++i];
+        else if (!strcmp(argv[i], "-b") && i + 1 < argc) g_budget = atof(argv[++i]);
         else if (!strcmp(argv[i], "-q")) do_check = 0;
+        else if (!strcmp(argv[i], "-smoke")) smoke_only = 1;
         else {
-            fprintf(stderr, "usage: gemm_sm90_lab [-s mixtral,qwen3,dense|all] [-m 512,2048,...] [-r reps] [-v 1,2,3|0] [-q]\n");
+            fprintf(stderr, "usage: gemm_sm90_lab [-s mixtral,qwen3,dense|all] [-m 512,2048,...] [-L 2048,...|none] "
+                            "[-r reps] [-v 1,4,5,...|0] [-q] [-b seconds] [-smoke]\n");
             return 2;
         }
     }
+    g_reps = reps;
     auto ints = [](const std::string &l) {
         std::vector<int> v;
+        if (l == "none") return v;
         for (const char *p = l.c_str(); *p;) {
             v.push_back(atoi(p));
             while (*p && *p != ',') p++;
@@ -336,15 +505,22 @@ int main(int argc, char **argv) {
         }
         return v;
     };
-    std::vector<int> Ms = ints(mlist), vars = ints(vlist);
+    std::vector<int> Ms = ints(mlist), Ls = ints(llist), vars = ints(vlist);
     for (int &v : vars)
         if (v == 0) v = -1;  // the launcher's choice
+    for (int v : vars)
+        if (v > lm_cuda_gg_sm90_variants()) {
+            fprintf(stderr, "variant %d: this build has %d\n", v, lm_cuda_gg_sm90_variants());
+            return 2;
+        }
     auto want = [&](const char *n) { return which == "all" || which.find(n) != std::string::npos; };
 
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     printf("device %s, sm_%d%d, %d SMs, L2 %d MB, %zu KB smem/block opt-in\n", prop.name, prop.major, prop.minor,
            prop.multiProcessorCount, prop.l2CacheSize >> 20, prop.sharedMemPerBlockOptin >> 10);
+    const char *nv = nvml_open(0);
+    printf("NVML: %s\n", nv ? nv : "SM clock and power sampled while the timed kernels run");
     {
         lm_cuda_gg probe = {};
         probe.K = 64, probe.O = 64, probe.ldw = 64, probe.lda = 64, probe.w1_0 = (void *)16, probe.n_rows = 1;
@@ -358,12 +534,12 @@ int main(int argc, char **argv) {
     }
     for (int v = 1; v <= lm_cuda_gg_sm90_variants(); v++)
         for (int sw = 1; sw >= 0; sw--) {
-            char b[400];
+            char b[512];
             CK(lm_cuda_gg_sm90_describe(v, sw, b, sizeof b));
             printf("  %s\n", b);
         }
     printf("reference: lm_cuda_gg_run force=2 (k_gg_large, mma.sync 128x128x32, 4-stage cp.async)\n");
-    printf("checks: %s; timing: median of %d reps, L2 flushed (256 MB memset) before each\n",
+    printf("checks: %s; timing: median of %d reps (kernels interleaved), L2 flushed (256 MB memset) before each\n",
            do_check ? "per row rel L2 <= 1e-2, every value written, padding rows untouched" : "skipped", reps);
 
     // buffers sized for the largest case
@@ -385,30 +561,85 @@ int main(int argc, char **argv) {
     CK(cudaStreamCreate(&g_st));
     CK(cudaEventCreate(&g_ev0));
     CK(cudaEventCreate(&g_ev1));
-    double t_start = now_s();
+    g_t0 = now_s();
 
+    // ---------------------------------------------------------------- smoke ---
+    // small calls through every variant first: a variant that hangs does it here
+    {
+        printf("\n[smoke: every variant on small grouped (gather, packed) and dense calls]\n");
+        const int E = 4, H = 256, I = 320, M = 300, k = 2;
+        std::vector<int> counts = {0, 1, 317, 282};  // empty, single, tails of 61 and 26 rows
+        std::vector<int> first(E), token_of;
+        int rows = 0;
+        for (int e = 0; e < E; e++) first[e] = rows, rows += (counts[e] + BLK - 1) / BLK * BLK;
+        token_of.assign(rows, -1);
+        gcase c;
+        c.M = M, c.rows = rows, c.first = first, c.valid.assign(rows, 0), c.group_of.assign(rows, 0);
+        for (int e = 0; e < E; e++)
+            for (int j = 0; j < counts[e]; j++)
+                token_of[first[e] + j] = (int)(rnd_u() % M), c.valid[first[e] + j] = 1;
+        for (int e = 0; e < E; e++)
+            for (int r = first[e]; r < first[e] + (counts[e] + BLK - 1) / BLK * BLK; r++) c.group_of[r] = e;
+        CK(cudaMemcpy(B.counts, counts.data(), E * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(B.token_of, token_of.data(), rows * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(B.valid, c.valid.data(), rows * 4, cudaMemcpyHostToDevice));
+        const size_t per = (size_t)H * I;
+        k_fill_bf16<<<1024, 256>>>(B.w, 3 * per * E, 0x55u, 1.0f / sqrtf((float)H));
+        k_fill_bf16<<<1024, 256>>>(B.x, (size_t)std::max(M * H, rows * I), 0x66u, 1.0f);
+        CK(cudaGetLastError());
+        std::vector<const void *> hp(3 * E);
+        for (int e = 0; e < E; e++)
+            for (int m = 0; m < 3; m++) hp[m * E + e] = B.w + (size_t)(3 * e + m) * per;
+        CK(cudaMemcpy(B.tab, hp.data(), hp.size() * sizeof(void *), cudaMemcpyHostToDevice));
+        (void)k;
+        for (int pass = 0; pass < 3; pass++) {
+            c.p = lm_cuda_gg{};
+            if (pass == 0) {  // gate+up, gathered
+                c.name = "smoke gate+up";
+                c.p.a = B.x, c.p.lda = H, c.p.a_rows = M, c.p.a_row = B.token_of, c.p.counts = B.counts;
+                c.p.n_groups = E, c.p.block = BLK, c.p.n_rows = 600, c.p.w1 = B.tab, c.p.w2 = B.tab + E, c.p.ldw = H;
+                c.p.K = H, c.p.O = I, c.p.swiglu = 1, c.p.ldo = I;
+            } else if (pass == 1) {  // down, packed
+                c.name = "smoke down";
+                c.p.a = B.x, c.p.lda = I, c.p.a_rows = rows, c.p.counts = B.counts, c.p.n_groups = E, c.p.block = BLK;
+                c.p.n_rows = 600, c.p.w1 = B.tab + 2 * E, c.p.ldw = I, c.p.K = I, c.p.O = H, c.p.ldo = H;
+            } else {  // dense 300 x 320 x 256 (+ bias), odd n-block count
+                c.name = "smoke dense";
+                c.rows = 300, c.valid.assign(300, 1), c.group_of.assign(300, 0), c.first = {0};
+                CK(cudaMemcpy(B.valid, c.valid.data(), 300 * 4, cudaMemcpyHostToDevice));
+                c.p.a = B.x, c.p.lda = H, c.p.a_rows = 300, c.p.n_rows = 300, c.p.w1_0 = B.w, c.p.ldw = H, c.p.K = H;
+                c.p.O = I, c.p.ldo = I, c.p.bias = B.w + 3 * per * E - I, c.p.bias_dt = 2;
+            }
+            printf("%s:\n", c.name.c_str());
+            fflush(stdout);
+            if (do_check) {
+                check_case(c, vars);
+            }
+            for (int v : vars)
+                if (is_diag(v)) {  // runs to the end
+                    CK(launch_gg(c.p, v, B.out_s9));
+                    CK(cudaEventRecord(g_ev1, g_st));
+                    wait_or_die(g_ev1, c.name + " " + kname(v));
+                    printf("  ran   %-26s (diagnostic: not checked)\n", kname(v));
+                }
+        }
+        printf("smoke done (%.1f s)\n", elapsed());
+        fflush(stdout);
+        if (smoke_only) return g_fails ? 1 : 0;
+    }
+
+    // ----------------------------------------------------------- GEMM cases ---
     std::vector<row_result> results;
     auto run_case = [&](gcase &c) {
         printf("\n%s, M %d: %d output rows x %d columns, K %d (%.1f GFLOP)\n", c.name.c_str(), c.M, c.rows, c.p.O, c.p.K,
                c.flops / 1e9);
         CK(cudaMemcpy(B.valid, c.valid.data(), (size_t)c.rows * 4, cudaMemcpyHostToDevice));
-        row_result rr;
-        rr.name = c.name, rr.M = c.M, rr.flops = c.flops;
-        if (do_check)
-            for (int v : vars) g_fails += !check(c, v);
-        rr.t_large = time_it(c, 0, reps);
-        for (int v : vars) rr.t_s9.push_back(time_it(c, v, reps));
-        printf("  time: large %.1f us (%.0f TFLOP/s)", rr.t_large, c.flops / rr.t_large / 1e6);
-        for (size_t i = 0; i < vars.size(); i++)
-            printf(", %s %.1f us (%.0f TFLOP/s, x%.2f)", kname(vars[i]), rr.t_s9[i], c.flops / rr.t_s9[i] / 1e6,
-                   rr.t_large / rr.t_s9[i]);
-        printf("\n");
-        fflush(stdout);
-        results.push_back(rr);
+        if (do_check) check_case(c, vars);
+        results.push_back(time_case(c, vars));
     };
 
     for (const shape &s : SHAPES) {
-        if (!want(s.name)) continue;
+        if (!want(s.name) || Ms.empty()) continue;
         // weights: gate, up, down of each expert, [O][K] bf16, scaled so the outputs stay O(1)
         const size_t per = (size_t)s.H * s.I;
         k_fill_bf16<<<4096, 256>>>(B.w, 3 * per * s.E, 0x1234u, 1.0f / sqrtf((float)s.H));
@@ -449,6 +680,7 @@ int main(int argc, char **argv) {
             // down: A = packed h rows (bf16 [rows][I], padding rows NaN), f32 out [rows][H]
             k_fill_bf16<<<4096, 256>>>(B.x, (size_t)rows * s.I, 0x999u + M, 1.0f);
             CK(cudaGetLastError());
+            CK(cudaMemcpy(B.valid, c.valid.data(), (size_t)rows * 4, cudaMemcpyHostToDevice));
             k_nan_rows<<<1024, 256>>>(B.x, s.I, rows, B.valid);
             CK(cudaGetLastError());
             c.name = std::string(s.name) + " down";
@@ -457,11 +689,10 @@ int main(int argc, char **argv) {
             c.p.block = BLK, c.p.n_rows = (int)routed, c.p.w1 = B.tab + 2 * s.E, c.p.ldw = s.I, c.p.K = s.I, c.p.O = s.H;
             c.p.ldo = s.H;
             c.flops = 2.0 * routed * s.I * s.H;
-            CK(cudaMemcpy(B.valid, c.valid.data(), (size_t)rows * 4, cudaMemcpyHostToDevice));
             run_case(c);
         }
     }
-    if (want("dense")) {
+    if (want("dense") && !Ms.empty()) {
         // M x N x K: rows x O x K; weights from the same buffer
         const int dims[2][3] = {{8192, 4096, 4096}, {8192, 4096, 14336}};
         for (int d = 0; d < 2; d++) {
@@ -483,29 +714,139 @@ int main(int argc, char **argv) {
         }
     }
 
-    // summary
-    printf("\n%-22s %6s %12s %9s", "shape", "M", "large us", "TFLOP/s");
-    for (int v : vars) printf(" %13s %9s %7s", (std::string(kname(v)) + " us").c_str(), "TFLOP/s", "x large");
-    printf("\n");
-    for (auto &r : results) {
-        printf("%-22s %6d %12.1f %9.0f", r.name.c_str(), r.M, r.t_large, r.flops / r.t_large / 1e6);
-        for (size_t i = 0; i < vars.size(); i++)
-            printf(" %13.1f %9.0f %7.2f", r.t_s9[i], r.flops / r.t_s9[i] / 1e6, r.t_large / r.t_s9[i]);
-        printf("\n");
+    // ---------------------------------------------------------------- layer ---
+    std::vector<layer_result> layers;
+    if (!Ls.empty()) {
+        int maxL = *std::max_element(Ls.begin(), Ls.end());
+        size_t x_n = 0, h_n = 0, y_n = 0, tok_n = 0, e_max = 0, sel_n = 0;
+        for (const shape &s : SHAPES) {
+            if (!want(s.name)) continue;
+            const size_t rmax = (size_t)maxL * s.k + (size_t)s.E * (BLK - 1);
+            x_n = std::max(x_n, (size_t)maxL * s.H), h_n = std::max(h_n, rmax * s.I), y_n = std::max(y_n, rmax * s.H);
+            tok_n = std::max(tok_n, rmax), e_max = std::max(e_max, (size_t)s.E), sel_n = std::max(sel_n, (size_t)maxL * s.k);
+        }
+        if (x_n) {
+            CK(cudaMalloc(&LB.x, x_n * 4));
+            CK(cudaMalloc(&LB.logits, (size_t)maxL * e_max * 4));
+            CK(cudaMalloc(&LB.w, sel_n * 4));
+            CK(cudaMalloc(&LB.y, y_n * 4));
+            CK(cudaMalloc(&LB.out, x_n * 4));
+            CK(cudaMalloc(&LB.out_ref, x_n * 4));
+            CK(cudaMalloc(&LB.h, h_n * 2));
+            CK(cudaMalloc(&LB.scratch, x_n * 2));
+            CK(cudaMalloc(&LB.sel, sel_n * 4));
+            CK(cudaMalloc(&LB.row_of, sel_n * 4));
+            CK(cudaMalloc(&LB.token_of, tok_n * 4));
+            CK(cudaMalloc(&LB.tiles, (2 * (tok_n / BLK + e_max) + 16) * 4));
+            CK(cudaMalloc(&LB.n_tiles, 16));
+            CK(cudaMalloc(&LB.counts, e_max * 4));
+        }
+        for (const shape &s : SHAPES) {
+            if (!want(s.name)) continue;
+            const size_t per = (size_t)s.H * s.I;
+            k_fill_bf16<<<4096, 256>>>(B.w, 3 * per * s.E, 0x2345u, 1.0f / sqrtf((float)s.H));
+            CK(cudaGetLastError());
+            std::vector<const void *> hp(3 * s.E);
+            for (int e = 0; e < s.E; e++)
+                for (int m = 0; m < 3; m++) hp[m * s.E + e] = B.w + (size_t)(3 * e + m) * per;
+            CK(cudaMemcpy(B.tab, hp.data(), hp.size() * sizeof(void *), cudaMemcpyHostToDevice));
+            const void *const *tab = (const void *const *)B.tab;
+            for (int M : Ls) {
+                k_fill_f32<<<4096, 256>>>(LB.x, (size_t)M * s.H, 0x31u + M, 1.0f);
+                k_fill_f32<<<1024, 256>>>(LB.logits, (size_t)M * s.E, 0x41u + M, 2.0f);
+                CK(cudaGetLastError());
+                layer_result lr;
+                char nm[64];
+                snprintf(nm, sizeof nm, "%s layer", s.name);
+                lr.name = nm, lr.M = M, lr.flops = 6.0 * M * s.k * s.H * (double)s.I;
+                printf("\n%s, M %d: route+align, gate+up (f32 activations), down, combine (%.1f GFLOP)\n", nm, M,
+                       lr.flops / 1e9);
+                if (do_check) {
+                    CK(run_layer(s, M, tab, 0, LB.out_ref));
+                    for (int v : vars) {
+                        if (is_diag(v)) continue;
+                        CK(cudaMemsetAsync(LB.out, 0xff, (size_t)M * s.H * 4, g_st));
+                        CK(run_layer(s, M, tab, v, LB.out));
+                        CK(cudaEventRecord(g_ev1, g_st));
+                        wait_or_die(g_ev1, std::string(nm) + " " + kname(v));
+                        g_fails += !compare_rows(kname(v), LB.out, LB.out_ref, 0, s.H, s.H, M, nullptr, nullptr,
+                                                 nullptr, nullptr);
+                    }
+                }
+                lr.t.push_back({"large", [&s, M, tab] { return run_layer(s, M, tab, 0, LB.out_ref); }, {}, {}});
+                for (int v : vars)
+                    lr.t.push_back({kname(v), [&s, M, tab, v] { return run_layer(s, M, tab, v, LB.out); }, {}, {}});
+                time_all(lr.t, g_reps);
+                printf("  time:");
+                for (auto &t : lr.t)
+                    printf(" %s %.1f us (%.0f TFLOP/s, %.0f MHz, %.0f W)%s", t.name.c_str(), t.med, lr.flops / t.med / 1e6,
+                           t.smp.mean_mhz(), t.smp.mean_w(), &t == &lr.t.back() ? "" : ";");
+                printf("\n");
+                // the stages one by one, with the launcher's choice (or the first variant)
+                int bv = 0;  // large if only diagnostics were asked for
+                for (int v : vars)
+                    if (!is_diag(v) && (bv == 0 || v == -1 || v == 6)) bv = v;
+                std::vector<timed> st;
+                static const char *sn[] = {"route+align", "gate+up f32 x", "gate+up bf16 x", "down", "combine"};
+                for (int k = 0; k < 5; k++)
+                    st.push_back({sn[k], [&s, M, tab, bv, k] { return run_layer(s, M, tab, bv, LB.out, k); }, {}, {}});
+                time_all(st, g_reps);
+                printf("  stages with %s (us, each alone, L2 flushed): route+align %.1f, gate+up %.1f (of which f32->bf16 "
+                       "%.1f), down %.1f, combine %.1f; sum %.1f\n",
+                       kname(bv), st[0].med, st[1].med, st[1].med - st[2].med, st[3].med, st[4].med,
+                       st[0].med + st[1].med + st[3].med + st[4].med);
+                fflush(stdout);
+                layers.push_back(lr);
+            }
+        }
     }
-    // the MoE layer's two GEMMs together (route/align/combine not included)
-    printf("\nMoE layer GEMMs (gate+up + down):\n");
-    for (size_t i = 0; i + 1 < results.size(); i++) {
-        const row_result &a = results[i], &b = results[i + 1];
-        if (a.name.find("gate+up") == std::string::npos || b.name.find("down") == std::string::npos || a.M != b.M) continue;
-        double fl = a.flops + b.flops;
-        printf("%-22s %6d  large %7.0f TFLOP/s", a.name.substr(0, a.name.find(' ')).c_str(), a.M,
-               fl / (a.t_large + b.t_large) / 1e6);
-        for (size_t v = 0; v < vars.size(); v++)
-            printf("  %s %4.0f TFLOP/s", kname(vars[v]), fl / (a.t_s9[v] + b.t_s9[v]) / 1e6);
+
+    // -------------------------------------------------------------- summary ---
+    if (!results.empty()) {
+        printf("\n%-26s %6s %10s %6s", "GEMM", "M", "large us", "TF/s");
+        for (int v : vars) printf(" %12s %6s %5s", (std::string(kname(v)) + " us").c_str(), "TF/s", "MHz");
         printf("\n");
+        for (auto &r : results) {
+            printf("%-26s %6d %10.1f %6.0f", r.name.c_str(), r.M, r.t[0].med, r.flops / r.t[0].med / 1e6);
+            for (size_t i = 1; i < r.t.size(); i++)
+                printf(" %12.1f %6.0f %5.0f", r.t[i].med, r.flops / r.t[i].med / 1e6, r.t[i].smp.mean_mhz());
+            printf("\n");
+        }
+        printf("\nMoE layer GEMMs (gate+up + down, bf16 activations; TFLOP/s):\n");
+        for (size_t i = 0; i + 1 < results.size(); i++) {
+            const row_result &a = results[i], &b = results[i + 1];
+            if (a.name.find("gate+up") == std::string::npos || b.name.find("down") == std::string::npos || a.M != b.M)
+                continue;
+            double fl = a.flops + b.flops;
+            printf("%-26s %6d", a.name.substr(0, a.name.find(' ')).c_str(), a.M);
+            for (size_t v = 0; v < a.t.size(); v++)
+                printf("  %s %4.0f", a.t[v].name.c_str(), fl / (a.t[v].med + b.t[v].med) / 1e6);
+            printf("\n");
+        }
+    }
+    if (!layers.empty()) {
+        printf("\nWHOLE MoE LAYER (route+align, gate+up from f32 x, down, combine): TFLOP/s (median us), "
+               "6 * routed * H * I FLOP\n%-16s %6s", "layer", "M");
+        for (auto &t : layers[0].t) printf(" %18s", t.name.c_str());
+        printf("\n");
+        for (auto &l : layers) {
+            printf("%-16s %6d", l.name.c_str(), l.M);
+            for (auto &t : l.t) {
+                char b[40];
+                snprintf(b, sizeof b, "%.0f (%.0f)", l.flops / t.med / 1e6, t.med);
+                printf(" %18s", b);
+            }
+            printf("\n");
+        }
+        if (g_nvml.lib) {
+            unsigned long long r = 0;
+            for (auto &l : layers)
+                for (auto &t : l.t) r |= t.smp.reasons;
+            printf("clock-event reasons seen while timing (NVML bit mask): %#llx%s\n", r,
+                   r & 0xec ? " (power / thermal capping among them)" : "");
+        }
     }
     printf("\n%s (%.1f s)\n", g_fails ? "SOME CHECKS FAILED" : do_check ? "all checks passed" : "(checks skipped)",
-           now_s() - t_start);
+           elapsed());
     return g_fails ? 1 : 0;
 }

@@ -1,7 +1,10 @@
 // Emulator check of src/kernels/cuda/gemm_sm90.cu through its launchers
-// (lm_cuda_gg_sm90_run / _supported): the persistent TMA + wgmma kernel
-// k_s9_gemm<BN, STAGES, SWI> for both variants, its prep kernel (group tables,
-// per-expert tensor maps written on the device) and the f32 -> bf16 staging,
+// (lm_cuda_gg_sm90_run / _supported): the persistent TMA + wgmma kernels
+// k_s9_gemm<BN, STAGES, SWI, FENCE> (variants 1-3) and k_s9_gemm2<SWI>
+// (variants 4-10: half tiles, balanced bands, TMA activations, TMA-store
+// epilogue, 2-CTA clusters with multicast weights), their prep kernels
+// (group tables, per-expert tensor maps written on the device, the
+// activations' map bounded on the device) and the f32 -> bf16 staging,
 // against a double-precision reference over the same bf16 operands.
 //
 // As in check_gemm: every "device" buffer ends against an inaccessible page,
@@ -53,15 +56,20 @@ static std::string launches_str() {
         {(const void *)&k_s9_gemm<128, 6, true, true>, "gemm<128,6,swiglu>"},
         {(const void *)&k_s9_gemm<256, 4, false, false>, "gemm<256,4,f32out,nofence>"},
         {(const void *)&k_s9_gemm<256, 4, true, false>, "gemm<256,4,swiglu,nofence>"},
+        {(const void *)&k_s9_gemm2<false>, "gemm2<f32out>"},
+        {(const void *)&k_s9_gemm2<true>, "gemm2<swiglu>"},
         {(const void *)&k_s9_prep, "prep"},
+        {(const void *)&k_s9_prep2, "prep2"},
         {(const void *)&k_s9_to_bf16, "to_bf16"},
     };
     std::string s;
     for (auto &l : emu_launches) {
         char b[160];
         auto it = names.find(l.fn);
-        snprintf(b, sizeof b, "%s%s(%u)%s", s.empty() ? "" : " + ", it == names.end() ? "?" : it->second.c_str(),
-                 l.grid.x, l.err ? " LAUNCH FAILED" : "");
+        char cl[32] = "";
+        if (l.cluster > 1) snprintf(cl, sizeof cl, " cl%u", l.cluster);
+        snprintf(b, sizeof b, "%s%s(%u%s)%s", s.empty() ? "" : " + ", it == names.end() ? "?" : it->second.c_str(),
+                 l.grid.x, cl, l.err ? " LAUNCH FAILED" : "");
         s += b;
     }
     return s.empty() ? "no launch" : s;
@@ -79,7 +87,10 @@ struct gcase {
     int lda_pad = 0, ldw_pad = 0, ldo_pad = 0;
     int variant = 0;           // lm_cuda_gg_sm90_set_variant
     int sms = 3;               // emulated SMs (the persistent grid)
+    int cluster_sms = 0;       // SMs clusters may use (0: all)
     int cc_major = 9;
+    bool diag = false;         // a diagnostic variant: runs to the end, output not compared
+    long wgmma = -1;           // >= 0: the wgmma instructions the launch must issue (x 128 threads)
     std::string expect;        // prefix of the launch list
     int expect_rc = 0;
     long scratch_cut = 0;
@@ -97,7 +108,9 @@ struct gcase {
     gcase &gather(int t) { tokens = t; return *this; }
     gcase &pads(int a, int w, int out) { lda_pad = a, ldw_pad = w, ldo_pad = out; return *this; }
     gcase &var(int v) { variant = v; return *this; }
-    gcase &smcount(int n) { sms = n; return *this; }
+    gcase &smcount(int n, int cl = 0) { sms = n, cluster_sms = cl; return *this; }
+    gcase &diagnostic() { diag = true; return *this; }
+    gcase &wgmmas(long n) { wgmma = n; return *this; }
     gcase &expects(std::string e, int rc = 0) { expect = std::move(e), expect_rc = rc; return *this; }
 };
 
@@ -108,7 +121,7 @@ static float bias_val(const void *b, int dt, int i) {
 }
 
 static std::string run_gemm(const gcase &c, std::string *info) {
-    emu_dev.sms = c.sms, emu_dev.cc_major = c.cc_major;
+    emu_dev.sms = c.sms, emu_dev.cc_major = c.cc_major, emu_dev.cluster_sms = c.cluster_sms;
     const bool grouped = !c.counts.empty();
     const int G = grouped ? (int)c.counts.size() : 1, K = c.K, O = c.O;
     std::vector<int> first(G), cnt(G);
@@ -193,6 +206,7 @@ static std::string run_gemm(const gcase &c, std::string *info) {
     char msg[512];
     if (lm_cuda_gg_sm90_set_variant(c.variant)) return "set_variant refused";
     emu_launches.clear();
+    const long long wgmma0 = emu_stat.wgmma;
     int sup = lm_cuda_gg_sm90_supported(&p);
     int rc = lm_cuda_gg_sm90_run(&p, 0);
     *info = launches_str();
@@ -205,7 +219,11 @@ static std::string run_gemm(const gcase &c, std::string *info) {
         return msg;
     }
     if (info->compare(0, c.expect.size(), c.expect)) return "expected launches: " + c.expect;
-    if (rc) return "";
+    if (c.wgmma >= 0 && emu_stat.wgmma - wgmma0 != c.wgmma * 128) {
+        snprintf(msg, sizeof msg, "%lld wgmma issued, expected %ld", (emu_stat.wgmma - wgmma0) / 128, c.wgmma);
+        return msg;
+    }
+    if (rc || c.diag) return "";
 
     double maxref = 0, maxerr = 0;
     long bad = 0, sent_bad = 0;
@@ -291,8 +309,80 @@ static std::vector<gcase> cases() {
         v.push_back(gcase("auto 40 groups of 0..149/4 gather swiglu K40 O64").groups(cs, 4).gather(300).swiglu().k(40).o(64)
                         .expects("prep(1) + gemm<128,6,swiglu>(3)"));
         v.push_back(gcase("auto 40 groups of 0..149/1 packed f32out K40 O520").groups(cs, 1).k(40).o(520)
-                        .expects("prep(1) + gemm<256,4,f32out>(3)"));
+                        .expects("prep2(1) + gemm2<f32out>(2 cl2)"));
+        for (int var : {4, 5, 6, 7}) {
+            char n[160];
+            snprintf(n, sizeof n, "v%d 40 groups of 0..149/4 gather swiglu K40 O200 (tails in every band)", var);
+            v.push_back(gcase(n).groups(cs, 4).gather(300).swiglu().k(40).o(200).var(var).pads(0, 8, 0)
+                            .expects(var >= 6 ? "prep2(1) + gemm2<swiglu>(2 cl2)" : "prep2(1) + gemm2<swiglu>(3)"));
+            snprintf(n, sizeof n, "v%d 40 groups of 0..149/1 packed f32out+bias f32 K136 O300 (TMA activations)", var);
+            v.push_back(gcase(n).groups(cs, 1).k(136).o(300).bias(0).var(var).pads(0, 0, 4)
+                            .expects(var >= 6 ? "prep2(1) + gemm2<f32out>(2 cl2)" : "prep2(1) + gemm2<f32out>(3)"));
+        }
     }
+    // variants 4-7 (s9_body2): half tiles (17, 130: 2 rows; 1000: 104 rows, the
+    // second half partial), the TMA-store epilogue next to direct stores, pairs
+    // with the odd m-block paired across n-blocks, an idle CTA when nb is odd
+    for (int var : {4, 5, 6, 7}) {
+        const bool cl = var >= 6;
+        char n[160];
+        auto g = [&](const char *k) { return std::string(k) + (cl ? "(2 cl2)" : "(3)"); };
+        snprintf(n, sizeof n, "v%d swiglu groups{0,1,17,130,1000}/16 gather K72 O200", var);
+        v.push_back(gcase(n).groups(awk, 16).gather(700).swiglu().o(200).var(var).pads(8, 8, 8)
+                        .expects("prep2(1) + " + g("gemm2<swiglu>")));
+        snprintf(n, sizeof n, "v%d swiglu groups{0,1,17,130,1000}/16 gather K136 O130 odd ldo (direct stores)", var);
+        v.push_back(gcase(n).groups(awk, 16).gather(300).swiglu().k(136).o(130).var(var).pads(0, 0, 3)
+                        .expects("prep2(1) + " + g("gemm2<swiglu>")));
+        snprintf(n, sizeof n, "v%d f32out+bias f32 groups{0,1,17,130,1000}/8 packed K72 O300", var);
+        v.push_back(gcase(n).groups(awk, 8).o(300).bias(0).var(var).pads(0, 8, 4)
+                        .expects("prep2(1) + " + g("gemm2<f32out>")));
+        snprintf(n, sizeof n, "v%d f32out+bias bf16 groups{0,1,17,130,1000}/8 gather a32 K8 O45", var);
+        v.push_back(gcase(n).groups(awk, 8).gather(40).k(8).a32().bias(2).var(var).pads(4, 0, 3)
+                        .expects("to_bf16(1) + prep2(1) + " + g("gemm2<f32out>")));
+        snprintf(n, sizeof n, "v%d dense 300 f32out+bias f16 K2048 O45 (odd nb: an idle CTA)", var);
+        v.push_back(gcase(n).dense(300).k(2048).bias(1).var(var).pads(0, 0, 3).expects(g("gemm2<f32out>")));
+        snprintf(n, sizeof n, "v%d dense 130 swiglu a32 K2048 O130", var);
+        v.push_back(gcase(n).dense(130).k(2048).o(130).a32().swiglu().var(var).pads(4, 0, 6)
+                        .expects("to_bf16(4) + " + g("gemm2<swiglu>")));
+        snprintf(n, sizeof n, "v%d groups{129,0,64,3}/16 packed f32out K136 O257 odd ldo", var);
+        v.push_back(gcase(n).groups({129, 0, 64, 3}, 16).k(136).o(257).var(var).pads(8, 16, 3)
+                        .expects("prep2(1) + " + g("gemm2<f32out>")));
+        snprintf(n, sizeof n, "v%d dense 2100 f32out K8 O300 (17 m-blocks: bands 9 + 8, or 8 pairs + 1)", var);
+        v.push_back(gcase(n).dense(2100).k(8).o(300).var(var).smcount(7).pads(0, 0, 4)
+                        .expects(cl ? "gemm2<f32out>(6 cl2)" : "gemm2<f32out>(7)"));
+        snprintf(n, sizeof n, "v%d groups{2181,40}/1 gather swiglu K8 O130 (18 m-blocks: bands)", var);
+        v.push_back(gcase(n).groups({2181, 40}, 1).gather(64).swiglu().k(8).o(130).var(var).smcount(5)
+                        .expects(cl ? "prep2(1) + gemm2<swiglu>(4 cl2)" : "prep2(1) + gemm2<swiglu>(5)"));
+    }
+    // tail tiles of <= 64 rows take one warpgroup: K 64 is one stage of 4
+    // wgmma per warpgroup; 64 rows: 4, 65: 8 (both halves); pairs: the odd
+    // m-block's second CTA idle (one n-block)
+    v.push_back(gcase("v4 dense 64 rows K64 O256 (a half tile: 4 wgmma)").dense(64).k(64).o(256).var(4).wgmmas(4)
+                    .expects("gemm2<f32out>(1)"));
+    v.push_back(gcase("v4 dense 65 rows K64 O256 (a full tile: 8 wgmma)").dense(65).k(64).o(256).var(4).wgmmas(8)
+                    .expects("gemm2<f32out>(1)"));
+    v.push_back(gcase("v6 dense 64 rows K64 O256 (a half tile, an idle CTA: 4 wgmma)").dense(64).k(64).o(256).var(6)
+                    .wgmmas(4).expects("gemm2<f32out>(2 cl2)"));
+    v.push_back(gcase("v6 dense 180 rows K64 O256 (a pair, one half: 12 wgmma)").dense(180).k(64).o(256).var(6)
+                    .wgmmas(12).expects("gemm2<f32out>(2 cl2)"));
+    // pairs: all 132 SMs (CTAs without a unit), SMs that clusters cannot use,
+    // none at all (the launcher runs without clusters), 65536 rows
+    v.push_back(gcase("v6 132 SMs groups{0,1,17,130,1000}/16 f32out K72 O45").groups(awk, 16).var(6).smcount(132)
+                    .pads(0, 0, 3).expects("prep2(1) + gemm2<f32out>(28 cl2)"));
+    v.push_back(gcase("v6 5 SMs of which 4 for clusters, groups{0,1,17,130,1000}/16 swiglu gather K72 O200")
+                    .groups(awk, 16).gather(100).swiglu().o(200).var(6).smcount(5, 4)
+                    .expects("prep2(1) + gemm2<swiglu>(4 cl2)"));
+    v.push_back(gcase("v6 1 SM: no cluster fits, runs without").groups(awk, 16).gather(100).swiglu().o(200).var(6)
+                    .smcount(1).expects("prep2(1) + gemm2<swiglu>(1)"));
+    v.push_back(gcase("v6 dense 65536 rows K8 O8 (66 clusters)").dense(65536).k(8).o(8).var(6).smcount(132)
+                    .pads(0, 0, 4).expects("gemm2<f32out>(132 cl2)"));
+    // the diagnostics run to the end (their output is not the product)
+    v.push_back(gcase("v8 (no MMA) swiglu groups{0,1,17,130,1000}/16 gather").groups(awk, 16).gather(300).swiglu()
+                    .o(200).var(8).diagnostic().expects("prep2(1) + gemm2<swiglu>(2 cl2)"));
+    v.push_back(gcase("v9 (no loads) f32out groups{0,1,17,130,1000}/8 packed").groups(awk, 8).o(300).var(9)
+                    .pads(0, 0, 4).diagnostic().expects("prep2(1) + gemm2<f32out>(2 cl2)"));
+    v.push_back(gcase("v10 (no epilogue) swiglu groups{0,1,17,130,1000}/16 gather").groups(awk, 16).gather(300)
+                    .swiglu().o(200).var(10).diagnostic().expects("prep2(1) + gemm2<swiglu>(2 cl2)"));
     // raster bands: 18 m-blocks (a full band of 16 and a partial one) x 2 n-blocks
     v.push_back(gcase("v1 dense 2200 f32out K8 O300 (bands 16 + 2)").dense(2200).k(8).o(300).var(1).smcount(7)
                     .expects("gemm<256,4,f32out>(7)"));

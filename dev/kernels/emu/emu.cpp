@@ -12,8 +12,9 @@
 
 emu_fiber *emu_cur;
 dim3 blockIdx, blockDim, gridDim;
-emu_bar emu_block_bar, emu_warp_bar[32];
-emu_stage emu_st[32];
+emu_bar emu_block_bar, emu_warp_bar[64];
+emu_bar emu_cta_bar[8];
+emu_stage emu_st[64];
 emu_device emu_dev;
 emu_stats emu_stat;
 std::vector<emu_launch_rec> emu_launches;
@@ -106,9 +107,13 @@ static void ctx_init(emu_fiber *f, char *top) {
 
 // ----------------------------------------------------------- cp.async ---
 struct emu_cp_op { unsigned char *dst; unsigned char data[16]; };
+// a TMA store in flight: the map as issued, the box origin, its shared source
+struct emu_bulk_op { unsigned char map[128]; int x, y; unsigned char *src; };
 struct emu_cp {
     std::vector<emu_cp_op> open;                 // issued, not yet committed
     std::vector<std::vector<emu_cp_op>> groups;  // committed, oldest first
+    std::vector<emu_bulk_op> bopen;              // bulk async-group (TMA stores): issued, not committed
+    std::vector<std::vector<emu_bulk_op>> bgroups;
 };
 static void cp_land(std::vector<emu_cp_op> &g) {
     for (auto &o : g) memcpy(o.dst, o.data, 16);
@@ -120,6 +125,7 @@ static const std::function<void()> *g_body;
 static std::vector<emu_fiber> g_fib;
 static const size_t STACK = 256 * 1024;
 
+static void block_thread_exits(int rank);
 extern "C" void emu_fiber_main() {
     (*g_body)();
     emu_fiber *f = emu_cur;
@@ -128,6 +134,9 @@ extern "C" void emu_fiber_main() {
         cp_land(f->cp->open);
         f->cp->groups.clear();
     }
+    EMU_CHECK(f->cp->bopen.empty() && f->cp->bgroups.empty(),
+              "thread exits with TMA stores (bulk async-groups) not waited for (cp.async.bulk.wait_group)");
+    block_thread_exits(f->rank);
     f->done = 1;
     ctx_to_sched(f);
     abort();  // not resumed
@@ -155,8 +164,11 @@ const char *emu_sched_name() {
 
 static bool runnable(const emu_fiber &f) { return !f.done && (!f.wbar || f.wbar->gen != f.wgen); }
 
+static void smem_select(int rank);
 static void resume(emu_fiber &f) {
     emu_cur = &f;
+    blockIdx = f.bid;
+    smem_select(f.rank);
     ctx_to_fiber(&f);
     emu_stat.switches++;
 }
@@ -168,7 +180,12 @@ static void resume(emu_fiber &f) {
     int shown = 0, exited = 0;
     for (int i = 0; i < n; i++) {
         exited += g_fib[i].done;
-        if (!g_fib[i].done && shown < 8) fprintf(stderr, " thread %d at %s;", i, g_fib[i].wait_at), shown++;
+        if (!g_fib[i].done && shown < 8) {
+            if (g_fib[i].rank) fprintf(stderr, " thread %d of cluster rank %d at %s;", i % (n / (g_fib[i].rank + 1)),
+                                       g_fib[i].rank, g_fib[i].wait_at);
+            else fprintf(stderr, " thread %d at %s;", i, g_fib[i].wait_at);
+            shown++;
+        }
     }
     fprintf(stderr, " (%d of %d threads exited)\n", exited, n);
     abort();
@@ -177,8 +194,26 @@ static void resume(emu_fiber &f) {
 static void sm90_block_start();
 static void sm90_block_end();
 
-static void run_block(int n, const std::function<void()> &body) {
-    EMU_CHECK(n >= 1 && n <= 1024, "block of %d threads", n);
+// the blocks of the cluster being run: their indices (g_bids[rank]), how many
+static dim3 g_bids[8];
+static int g_csize = 1, g_cthreads = 1;  // blocks in the cluster, threads per block
+static emu_bar g_cluster_bar, g_named[8][16];
+static int g_exited[8];  // threads of each block of the cluster that have exited
+static void block_thread_exits(int rank) { g_exited[rank]++; }
+// Another block of the cluster may be signalled (remote arrive, multicast)
+// only while it runs: its shared memory goes with its last thread.
+static void check_peer_alive(int rank, const char *what) {
+    EMU_CHECK(g_exited[rank] < g_cthreads, "%s: block of cluster rank %d has exited (a cluster barrier missing before "
+                                           "the exit?)", what, rank);
+}
+
+// Runs nb blocks (a cluster; 1 without clusters) of n threads each as one set
+// of fibers: fiber i is thread i % n of the block of rank i / n.
+static void run_fibers(int nb, int n1, const std::function<void()> &body) {
+    const int n = nb * n1;
+    EMU_CHECK(n1 >= 1 && n1 <= 1024 && nb >= 1 && nb <= 8 && n <= 2048, "cluster of %d blocks of %d threads", nb, n1);
+    g_csize = nb, g_cthreads = n1;
+    for (int &x : g_exited) x = 0;
     if ((int)g_fib.size() < n) {
         size_t old = g_fib.size();
         g_fib.resize(n);
@@ -195,12 +230,17 @@ static void run_block(int n, const std::function<void()> &body) {
     g_body = &body;
     sm90_block_start();
     emu_block_bar = emu_bar();
+    for (auto &b : emu_cta_bar) b = emu_bar();
+    for (auto &r : g_named)
+        for (auto &b : r) b = emu_bar();
+    g_cluster_bar = emu_bar();
     for (auto &b : emu_warp_bar) b = emu_bar();
     for (int i = 0; i < n; i++) {
         emu_fiber &f = g_fib[i];
-        f.lin = i, f.done = 0, f.wbar = NULL, f.wait_at = "";
-        f.tid = dim3(i % blockDim.x, i / blockDim.x % blockDim.y, i / (blockDim.x * blockDim.y));
-        f.cp->open.clear(), f.cp->groups.clear();
+        const int t = i % n1;
+        f.lin = i, f.done = 0, f.wbar = NULL, f.wait_at = "", f.rank = i / n1, f.bid = g_bids[i / n1];
+        f.tid = dim3(t % blockDim.x, t / blockDim.x % blockDim.y, t / (blockDim.x * blockDim.y));
+        f.cp->open.clear(), f.cp->groups.clear(), f.cp->bopen.clear(), f.cp->bgroups.clear();
         ctx_init(&f, f.stack + STACK);
     }
     static unsigned long long rs;
@@ -244,6 +284,12 @@ static void run_block(int n, const std::function<void()> &body) {
     emu_cur = NULL;
     sm90_block_end();
     emu_stat.threads += n;
+    g_csize = 1;
+}
+static void run_block(int n, const std::function<void()> &body) {
+    g_bids[0] = blockIdx;
+    run_fibers(1, n, body);
+    blockIdx = g_bids[0];
 }
 
 unsigned emu_ballot(int pred) {
@@ -257,23 +303,36 @@ unsigned emu_ballot(int pred) {
 }
 
 // -------------------------------------------------------- shared memory ---
-static unsigned char *g_smem_map;  // [window][guard page]
+// One window per block of a cluster (rank), each [window][guard page]; the
+// running thread's block's window is the current one (g_smem_map, g_dyn).
+// Addresses are offsets into a window, the same range for every block.
+struct emu_win { unsigned char *map, *dyn; size_t dyn_size; };
+static emu_win g_win[8];
+static unsigned char *g_smem_map;  // the current window
 static size_t g_smem_cap, g_dyn_size;
 static unsigned char *g_dyn;       // start of the running block's dynamic shared memory
 
-static void smem_setup(size_t bytes) {
+static void smem_setup_rank(size_t bytes, int rank) {
     long pg = sysconf(_SC_PAGESIZE);
-    if (!g_smem_map) {
+    emu_win &w = g_win[rank];
+    if (!w.map) {
         g_smem_cap = (256 * 1024 + pg - 1) / pg * pg;
-        g_smem_map = (unsigned char *)mmap(NULL, g_smem_cap + pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        EMU_CHECK(g_smem_map != MAP_FAILED, "mmap of shared memory");
-        mprotect(g_smem_map + g_smem_cap, pg, PROT_NONE);
+        w.map = (unsigned char *)mmap(NULL, g_smem_cap + pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        EMU_CHECK(w.map != MAP_FAILED, "mmap of shared memory");
+        mprotect(w.map + g_smem_cap, pg, PROT_NONE);
     }
     size_t r = (bytes + 127) & ~(size_t)127;  // 128-byte aligned start, the end against the guard page
     EMU_CHECK(r <= g_smem_cap, "dynamic shared memory of %zu bytes", bytes);
-    g_dyn = g_smem_map + g_smem_cap - r;
-    g_dyn_size = bytes;
-    memset(g_dyn, 0xff, r);
+    w.dyn = w.map + g_smem_cap - r;
+    w.dyn_size = bytes;
+    memset(w.dyn, 0xff, r);
+}
+static void smem_select(int rank) {
+    g_smem_map = g_win[rank].map, g_dyn = g_win[rank].dyn, g_dyn_size = g_win[rank].dyn_size;
+}
+static void smem_setup(size_t bytes) {
+    smem_setup_rank(bytes, 0);
+    smem_select(0);
 }
 unsigned char *emu_dyn_smem() { return g_dyn; }
 size_t emu_dyn_smem_size() { return g_dyn_size; }
@@ -283,10 +342,16 @@ uint32_t emu_smem_addr(const void *p, size_t bytes, const char *what) {
               "%s: %p is not in the block's dynamic shared memory (%zu bytes)", what, p, g_dyn_size);
     return (uint32_t)(c - g_smem_map);
 }
+// the rank of the block an address names: a shared::cluster address (emu_mapa)
+// names one, a plain one the running thread's block
+static int smem_rank(uint32_t a) { return (a >> 24) ? (int)(a >> 24) - 1 : emu_cur ? emu_cur->rank : 0; }
 unsigned char *emu_smem_ptr(uint32_t a, size_t bytes, const char *what) {
-    unsigned char *p = g_smem_map + a;
-    EMU_CHECK(g_dyn && p >= g_dyn && p + bytes <= g_dyn + g_dyn_size,
-              "%s: shared address %u outside the block's dynamic shared memory", what, a);
+    const int r = smem_rank(a);
+    EMU_CHECK(r < g_csize, "%s: shared::cluster address %#x names rank %d of a cluster of %d", what, a, r, g_csize);
+    const emu_win &w = g_win[r];
+    unsigned char *p = w.map + (a & 0xffffff);
+    EMU_CHECK(w.dyn && p >= w.dyn && p + bytes <= w.dyn + w.dyn_size,
+              "%s: shared address %u outside the block's dynamic shared memory", what, a & 0xffffff);
     return p;
 }
 
@@ -423,7 +488,8 @@ struct emu_mbar {
     std::vector<emu_tma_op> tma;              // issued copies, landing when someone polls (or the phase needs them)
     std::vector<std::vector<emu_cp_op>> cpa;  // cp.async.mbarrier.arrive.noinc: a thread's copies, then one arrival
 };
-static std::map<uint32_t, emu_mbar> g_mbar;  // by shared address, per block
+static std::map<uint64_t, emu_mbar> g_mbar;  // by (block rank, shared address), per block / cluster
+static uint64_t mbar_key(uint32_t a) { return (uint64_t)smem_rank(a) << 32 | (a & 0xffffff); }
 
 static void mbar_bump(emu_mbar &m) { m.chg.gen++, g_releases++; }
 static void mbar_complete(emu_mbar &m) {
@@ -435,18 +501,18 @@ static void mbar_complete(emu_mbar &m) {
 static emu_mbar &mbar_at(uint32_t a, const char *what) {
     emu_smem_ptr(a, 8, what);
     EMU_CHECK(a % 8 == 0, "%s: mbarrier address %u not 8-byte aligned", what, a);
-    auto it = g_mbar.find(a);
-    EMU_CHECK(it != g_mbar.end(), "%s: mbarrier at %u not initialised", what, a);
+    auto it = g_mbar.find(mbar_key(a));
+    EMU_CHECK(it != g_mbar.end(), "%s: mbarrier at %u not initialised", what, a & 0xffffff);
     return it->second;
 }
 void emu_mbar_init(uint32_t a, int count) {
     emu_smem_ptr(a, 8, "mbarrier.init");
     EMU_CHECK(a % 8 == 0, "mbarrier.init: address %u not 8-byte aligned", a);
     EMU_CHECK(count >= 1 && count < (1 << 20), "mbarrier.init: count %d", count);
-    auto it = g_mbar.find(a);
+    auto it = g_mbar.find(mbar_key(a));
     EMU_CHECK(it == g_mbar.end() || (it->second.tma.empty() && it->second.cpa.empty()),
               "mbarrier.init at %u while copies are in flight to it", a);
-    emu_mbar &m = g_mbar[a];
+    emu_mbar &m = g_mbar[mbar_key(a)];
     m.expected = m.pending = count, m.tx = 0, m.phase = 0;
     m.tma.clear(), m.cpa.clear();
     memset(emu_smem_ptr(a, 8, "mbarrier.init"), 0x5a, 8);  // opaque
@@ -516,7 +582,7 @@ struct emu_tmap {
 static_assert(sizeof(emu_tmap) <= 128, "tensor map layout");
 static const uint64_t TMAP_MAGIC = 0x54454e534f524d41ull;
 static std::map<const void *, unsigned> g_tmap_ver;  // maps published by tensormap.cp_fenceproxy: version
-static std::map<const void *, unsigned> g_tmap_acq;  // per block: the version acquired
+static std::map<std::pair<int, const void *>, unsigned> g_tmap_acq;  // per block (rank): the version acquired
 
 CUresult emu_tensor_map_encode_tiled(CUtensorMap *map, CUtensorMapDataType dt, cuuint32_t rank, void *addr,
                                      const cuuint64_t *dim, const cuuint64_t *strides, const cuuint32_t *box,
@@ -583,14 +649,20 @@ void emu_tmap_cp_fenceproxy(CUtensorMap *gmap, uint32_t smap) {
 }
 void emu_tmap_acquire(const CUtensorMap *map) {
     auto it = g_tmap_ver.find(map);
-    if (it != g_tmap_ver.end()) g_tmap_acq[map] = it->second;
+    if (it != g_tmap_ver.end()) g_tmap_acq[std::make_pair(emu_cur->rank, (const void *)map)] = it->second;
+}
+// a map published on the device is usable by a block once it acquired that version
+static bool tmap_usable(const CUtensorMap *map) {
+    auto v = g_tmap_ver.find(map);
+    return v == g_tmap_ver.end() || g_tmap_acq[std::make_pair(emu_cur->rank, (const void *)map)] == v->second;
 }
 
-void emu_tma_load_2d(uint32_t dst, const CUtensorMap *map, int x, int y, uint32_t bar) {
+// ctamask 0: into the issuing block only; else into each block of the mask
+// (multicast), at the same offsets (dst, bar) in each
+static void tma_load(uint32_t dst, const CUtensorMap *map, int x, int y, uint32_t bar, unsigned ctamask) {
     emu_stat.tma++;
     emu_tmap t = tmap_read(map, "cp.async.bulk.tensor");
-    auto v = g_tmap_ver.find(map);
-    EMU_CHECK(v == g_tmap_ver.end() || g_tmap_acq[map] == v->second,
+    EMU_CHECK(tmap_usable(map),
               "cp.async.bulk.tensor: the tensor map at %p was written on the device and not acquired by this block "
               "(fence.proxy.tensormap::generic.acquire)", (const void *)map);
     EMU_CHECK(t.rank == 2, "cp.async.bulk.tensor.2d with a rank-%u map", t.rank);
@@ -600,10 +672,10 @@ void emu_tma_load_2d(uint32_t dst, const CUtensorMap *map, int x, int y, uint32_
     EMU_CHECK(dst % (span ? 8 * span : 128) == 0, "cp.async.bulk.tensor: shared destination %u not %u-byte aligned", dst,
               span ? 8 * span : 128);
     EMU_CHECK(!span || row == span, "TMA box rows of %u bytes under a %u-byte swizzle: not emulated", row, span);
-    unsigned char *d = emu_smem_ptr(dst, bytes, "cp.async.bulk.tensor");
-    emu_mbar &m = mbar_at(bar, "cp.async.bulk.tensor");
+    EMU_CHECK(dst >> 24 == 0 && bar >> 24 == 0, "cp.async.bulk.tensor: give the issuing block's own shared addresses");
+    EMU_CHECK(ctamask < (1u << g_csize), "cp.async.bulk.tensor multicast: ctaMask %#x in a cluster of %d", ctamask, g_csize);
     emu_tma_op o;
-    o.dst = d, o.bytes = bytes, o.data.assign(bytes, 0);
+    o.bytes = bytes, o.data.assign(bytes, 0);
     for (uint32_t r = 0; r < t.box[1]; r++)
         for (uint32_t e = 0; e < t.box[0]; e++) {
             long long gx = (long long)x + e, gy = (long long)y + r;
@@ -616,9 +688,108 @@ void emu_tma_load_2d(uint32_t dst, const CUtensorMap *map, int x, int y, uint32_
             if (gx >= 0 && gy >= 0 && (uint64_t)gx < t.dim[0] && (uint64_t)gy < t.dim[1])
                 memcpy(&o.data[off], (const char *)(uintptr_t)t.addr + gy * t.stride[0] + gx * t.esz, t.esz);
         }
-    memset(d, 0xff, bytes);  // until it lands
-    m.tma.push_back(std::move(o));
-    mbar_bump(m);
+    for (int r = 0; r < g_csize; r++) {
+        if (ctamask ? !(ctamask >> r & 1) : r != emu_cur->rank) continue;
+        const uint32_t cd = ctamask ? (uint32_t)(r + 1) << 24 | dst : dst, cb = ctamask ? (uint32_t)(r + 1) << 24 | bar : bar;
+        check_peer_alive(r, "cp.async.bulk.tensor multicast");
+        unsigned char *d = emu_smem_ptr(cd, bytes, "cp.async.bulk.tensor");
+        emu_mbar &m = mbar_at(cb, "cp.async.bulk.tensor");
+        o.dst = d;
+        memset(d, 0xff, bytes);  // until it lands
+        m.tma.push_back(o);
+        mbar_bump(m);
+    }
+}
+void emu_tma_load_2d(uint32_t dst, const CUtensorMap *map, int x, int y, uint32_t bar) { tma_load(dst, map, x, y, bar, 0); }
+void emu_tma_load_2d_multicast(uint32_t dst, const CUtensorMap *map, int x, int y, uint32_t bar, uint16_t ctamask) {
+    EMU_CHECK(ctamask != 0, "cp.async.bulk.tensor multicast with an empty ctaMask");
+    tma_load(dst, map, x, y, bar, ctamask);
+}
+
+void emu_tmap_replace_global_dim(uint32_t smap, int ord, uint32_t v) {
+    EMU_CHECK(smap % 128 == 0, "tensormap.replace: shared address %u not 128-byte aligned", smap);
+    unsigned char *p = emu_smem_ptr(smap, 128, "tensormap.replace");
+    emu_tmap t = tmap_read(p, "tensormap.replace");
+    EMU_CHECK(ord >= 0 && (uint32_t)ord < t.rank, "tensormap.replace.global_dim: ordinal %d of a rank-%u map", ord, t.rank);
+    EMU_CHECK(v >= 1, "tensormap.replace.global_dim: dimension %u", v);
+    t.dim[ord] = v;
+    if (ord + 1 < (int)t.rank)
+        EMU_CHECK(t.stride[ord] >= (ord ? t.stride[ord - 1] * t.dim[ord] : t.dim[0] * t.esz),
+                  "tensormap.replace.global_dim: dimension %u wider than the stride", v);
+    memcpy(p, &t, sizeof t);
+}
+
+// ---- TMA stores and bulk async-groups ----
+void emu_tma_store_2d(const CUtensorMap *map, int x, int y, uint32_t src) {
+    emu_stat.tma++;
+    emu_tmap t = tmap_read(map, "cp.async.bulk.tensor (store)");
+    EMU_CHECK(tmap_usable(map),
+              "cp.async.bulk.tensor store: the tensor map at %p was written on the device and not acquired by this "
+              "block", (const void *)map);
+    EMU_CHECK(t.rank == 2 && t.es[0] == 1 && t.es[1] == 1, "TMA store: only 2-D maps with unit element strides");
+    const uint32_t row = t.box[0] * t.esz, bytes = row * t.box[1], span = t.swz ? 16u << t.swz : 0;
+    EMU_CHECK(src >> 24 == 0, "TMA store: the source is a shared::cta address");
+    EMU_CHECK(src % (span ? 8 * span : 128) == 0, "TMA store: shared source %u not %u-byte aligned", src, span ? 8 * span : 128);
+    EMU_CHECK(!span || row == span, "TMA store box rows of %u bytes under a %u-byte swizzle: not emulated", row, span);
+    emu_bulk_op o;
+    memcpy(o.map, map, 128);
+    o.x = x, o.y = y, o.src = emu_smem_ptr(src, bytes, "TMA store");
+    emu_cur->cp->bopen.push_back(o);
+}
+void emu_bulk_commit() {
+    emu_cp *c = emu_cur->cp;
+    c->bgroups.push_back(std::move(c->bopen));
+    c->bopen.clear();
+}
+// reads the box out of shared memory (now: the latest moment it may) and
+// writes its in-bounds elements
+static void bulk_store_run(const emu_bulk_op &o) {
+    emu_tmap t;
+    memcpy(&t, o.map, sizeof t);
+    const uint32_t row = t.box[0] * t.esz, span = t.swz ? 16u << t.swz : 0;
+    const uint32_t base = (uint32_t)((uintptr_t)o.src & 1023);  // the swizzle follows the address bits (src is 1024-aligned)
+    for (uint32_t r = 0; r < t.box[1]; r++)
+        for (uint32_t e = 0; e < t.box[0]; e++) {
+            long long gx = (long long)o.x + e, gy = (long long)o.y + r;
+            if (gx < 0 || gy < 0 || (uint64_t)gx >= t.dim[0] || (uint64_t)gy >= t.dim[1]) continue;
+            uint32_t off = r * row + e * t.esz;
+            if (span) {
+                uint32_t a = base + off;
+                a ^= ((a >> 7) & (span / 16 - 1)) << 4;
+                off = a - base;
+            }
+            memcpy((char *)(uintptr_t)t.addr + gy * t.stride[0] + gx * t.esz, o.src + off, t.esz);
+        }
+}
+void emu_bulk_wait(int n, bool read_only) {
+    (void)read_only;  // the emulator writes global memory when it reads the source
+    EMU_CHECK(n >= 0 && n <= 63, "cp.async.bulk.wait_group %d", n);
+    emu_cp *c = emu_cur->cp;
+    while ((int)c->bgroups.size() > n) {
+        for (auto &o : c->bgroups.front()) bulk_store_run(o);
+        c->bgroups.erase(c->bgroups.begin());
+    }
+}
+
+// ---- clusters ----
+int emu_cluster_rank() { return emu_cur->rank; }
+int emu_cluster_size() { return g_csize; }
+uint32_t emu_mapa(uint32_t a, int rank) {
+    EMU_CHECK(a >> 24 == 0, "mapa of an address that is already a shared::cluster address");
+    EMU_CHECK(rank >= 0 && rank < g_csize, "mapa: rank %d in a cluster of %d", rank, g_csize);
+    return (uint32_t)(rank + 1) << 24 | a;
+}
+void emu_mbar_arrive_cluster(uint32_t a) {
+    check_peer_alive(smem_rank(a), "mbarrier.arrive.shared::cluster");
+    emu_mbar &m = mbar_at(a, "mbarrier.arrive.shared::cluster");
+    mbar_arrive1(m, a, "mbarrier.arrive.shared::cluster");
+}
+void emu_cluster_sync() { emu_wait(g_cluster_bar, g_csize * g_cthreads, "barrier.cluster"); }
+void emu_bar_sync(int id, int count) {
+    EMU_CHECK(id >= 0 && id < 16, "bar.sync: barrier %d", id);
+    EMU_CHECK(count > 0 && count % 32 == 0 && count <= g_cthreads, "bar.sync %d, %d in a block of %d threads", id, count,
+              g_cthreads);
+    emu_wait(id ? g_named[emu_cur->rank][id] : emu_cta_bar[emu_cur->rank], count, "bar.sync");
 }
 
 // ---- wgmma ----
@@ -631,8 +802,8 @@ struct emu_wg {
     uint64_t key = 0;
     emu_wg_op cur;
 };
-static emu_wg g_wg[8];
-static emu_bar g_wg_bar[8];
+static emu_wg g_wg[16];  // by warpgroup, numbered across the blocks of a cluster
+static emu_bar g_wg_bar[16];
 struct emu_shadow { std::vector<float> v; int pending; };
 static std::map<float *, emu_shadow> g_shadow;  // accumulators in flight: their values as the MMAs see them
 
@@ -732,10 +903,10 @@ static void sm90_block_start() {
     g_mbar.clear();
     g_tmap_acq.clear();
     g_shadow.clear();
-    for (int i = 0; i < 8; i++) g_wg[i] = emu_wg(), g_wg_bar[i] = emu_bar();
+    for (int i = 0; i < 16; i++) g_wg[i] = emu_wg(), g_wg_bar[i] = emu_bar();
 }
 static void sm90_block_end() {
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 16; i++)
         EMU_CHECK(g_wg[i].ops.empty(), "block %u: warpgroup %d exited with %zu wgmma not waited for", blockIdx.x, i,
                   g_wg[i].ops.size());
 }
@@ -809,6 +980,51 @@ void emu_launch(const void *fn, const std::function<void()> &body, dim3 grid, di
         return;
     }
     emu_run(grid, block, smem, body);
+}
+
+void emu_run_cluster(dim3 grid, dim3 block, size_t smem, unsigned cx, const std::function<void()> &body) {
+    EMU_CHECK(cx >= 1 && cx <= 8 && grid.x % cx == 0, "cluster of %u blocks over a grid of %u", cx, grid.x);
+    gridDim = grid, blockDim = block;
+    const int n1 = (int)(block.x * block.y * block.z);
+    EMU_CHECK(cx == 1 || n1 % 32 == 0, "clusters of blocks of %d threads (not whole warps): not emulated", n1);
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x += cx) {
+                for (unsigned r = 0; r < cx; r++) {
+                    g_bids[r] = dim3(x + r, y, z);
+                    smem_setup_rank(smem, (int)r);
+                }
+                blockIdx = g_bids[0];
+                smem_select(0);
+                run_fibers((int)cx, n1, body);
+                emu_stat.blocks += cx;
+            }
+}
+
+void emu_launch_cluster(const void *fn, const std::function<void()> &body, dim3 grid, dim3 block, size_t smem,
+                        unsigned cx, cudaStream_t st) {
+    (void)st;
+    unsigned long long nt = (unsigned long long)block.x * block.y * block.z;
+    bool bad = !grid.x || !grid.y || !grid.z || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 || !nt ||
+               nt > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 || !cx || cx > 8 || grid.x % cx ||
+               nt * cx > 2048 || (cx > 1 && nt % 32);
+    auto it = g_max_dyn.find(fn);
+    size_t lim = it != g_max_dyn.end() ? std::max((size_t)it->second, (size_t)48 * 1024) : 48 * 1024;
+    cudaError_t e = bad ? cudaErrorInvalidConfiguration : smem > lim ? cudaErrorInvalidValue : cudaSuccess;
+    emu_launches.push_back({fn, grid, block, smem, e, cx});
+    if (e) {
+        g_last_error = e;
+        return;
+    }
+    emu_run_cluster(grid, block, smem, cx, body);
+}
+
+int emu_max_active_clusters(unsigned cx, size_t smem, int threads) {
+    if (!cx || cx > 8 || threads < 1 || threads > 1024) return 0;
+    int per_sm = std::min(emu_dev.threads_per_sm / ((threads + 31) / 32 * 32),
+                          smem ? (int)(emu_dev.smem_per_sm / (smem + 1024)) : 32);
+    const int sms = emu_dev.cluster_sms > 0 ? emu_dev.cluster_sms : emu_dev.sms;
+    return sms * std::min(per_sm, 32) / (int)cx;
 }
 
 // A segfault inside a kernel: say where.

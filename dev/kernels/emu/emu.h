@@ -125,6 +125,8 @@ struct emu_fiber {
     const char *wait_at;    // what it waits for (deadlock report)
     emu_cp *cp;
     char *stack;
+    int rank;               // its block's rank in the cluster (0 without clusters)
+    dim3 bid;               // its block's index (what blockIdx reads while it runs)
 };
 extern emu_fiber *emu_cur;
 extern dim3 blockIdx, blockDim, gridDim;
@@ -148,10 +150,15 @@ extern emu_sched_policy emu_sched;
 extern unsigned long long emu_seed;
 const char *emu_sched_name();
 void emu_wait(emu_bar &b, int n, const char *what);
-extern emu_bar emu_block_bar, emu_warp_bar[32];
+// Warps (and warpgroups) are numbered across the blocks of a cluster
+// (emu_cur->lin counts through them), hence 64 warps: up to 2048 threads.
+extern emu_bar emu_block_bar, emu_warp_bar[64];
+extern emu_bar emu_cta_bar[8];  // __syncthreads of each block of a cluster
 static inline int emu_warp() { return emu_cur->lin / 32; }
 static inline int emu_lane() { return emu_cur->lin % 32; }
-static inline void __syncthreads() { emu_wait(emu_block_bar, (int)(blockDim.x * blockDim.y * blockDim.z), "__syncthreads"); }
+static inline void __syncthreads() {
+    emu_wait(emu_cta_bar[emu_cur->rank], (int)(blockDim.x * blockDim.y * blockDim.z), "__syncthreads");
+}
 static inline void emu_warp_sync(const char *what) { emu_wait(emu_warp_bar[emu_warp()], 32, what); }
 static inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp_sync("__syncwarp"); }
 
@@ -160,7 +167,7 @@ static inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp_sync("__syncwar
 // every lane reads what it needs, the warp meets again. All 32 lanes must
 // take part (the masks are not emulated: full warps only).
 struct emu_stage { unsigned char buf[32][64]; };
-extern emu_stage emu_st[32];
+extern emu_stage emu_st[64];
 template <class T> static inline T emu_exchange(T v, int src, const char *what) {
     static_assert(sizeof(T) <= 64, "staging slot");
     emu_stage &s = emu_st[emu_warp()];
@@ -260,7 +267,9 @@ enum cudaDeviceAttr { cudaDevAttrMaxThreadsPerBlock = 1, cudaDevAttrMaxSharedMem
                       cudaDevAttrComputeCapabilityMinor = 76, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 // the device emulated: SM count, compute capability and limits (an H100 SXM by default)
 struct emu_device { int sms = 132; size_t smem_optin = 227 * 1024, smem_per_sm = 228 * 1024; int threads_per_sm = 2048;
-                    int cc_major = 9, cc_minor = 0; };
+                    int cc_major = 9, cc_minor = 0;
+                    int cluster_sms = 0;  // SMs that clusters of 2+ CTAs can use (0: all; fewer as on GPCs of odd sizes)
+};
 extern emu_device emu_dev;
 cudaError_t emu_set_attr(const void *fn, int attr, int value);
 cudaError_t emu_occupancy(int *n, const void *fn, int threads, size_t smem);
@@ -311,7 +320,7 @@ void emu_launch(const void *fn, const std::function<void()> &body, dim3 grid, di
 void emu_run(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body);
 
 // every emu_launch since the last clear: kernel, configuration, launch error
-struct emu_launch_rec { const void *fn; dim3 grid, block; size_t smem; cudaError_t err; };
+struct emu_launch_rec { const void *fn; dim3 grid, block; size_t smem; cudaError_t err; unsigned cluster = 1; };
 extern std::vector<emu_launch_rec> emu_launches;
 
 // counters since the program started (or the caller's last reset)
@@ -343,3 +352,40 @@ void emu_wgmma_bf16(float *d, int n, uint64_t desc_a, uint64_t desc_b, int scale
 void emu_wgmma_fence();
 void emu_wgmma_commit();
 void emu_wgmma_wait(int n);
+
+// ---------------------------------------------- clusters (sm_90), additive ---
+// A launch with a cluster dimension (emu_launch_cluster, or cudaLaunchKernelEx
+// with cudaLaunchAttributeClusterDimension, emu_ext.h) runs the blocks of a
+// cluster together: their threads are fibers of one scheduler (each block its
+// own dynamic shared memory, __syncthreads and named barriers), so one block's
+// threads interleave with the other's at every barrier and mbarrier poll.
+// Clusters along x only, up to 8 blocks and 2048 threads, blocks of whole
+// warps; static __shared__ variables are NOT per block (kernels launched as
+// clusters must use dynamic shared memory only).
+// Shared addresses: each block sees its own window at the same addresses, as
+// on the GPU; emu_mapa gives a shared::cluster address, which names a block
+// (bits 24 and up: rank + 1) and is accepted where the PTX takes one.
+int emu_cluster_rank();
+int emu_cluster_size();
+uint32_t emu_mapa(uint32_t addr, int rank);                       // mapa.shared::cluster
+void emu_mbar_arrive_cluster(uint32_t caddr);                      // mbarrier.arrive.release.cluster.shared::cluster
+void emu_cluster_sync();                                           // barrier.cluster.arrive + wait (all threads)
+// cp.async.bulk.tensor.2d...multicast::cluster: the box lands at dst and
+// completes the mbarrier at bar in every block of ctamask (same offsets).
+void emu_tma_load_2d_multicast(uint32_t dst, const CUtensorMap_st *map, int x, int y, uint32_t bar, uint16_t ctamask);
+void emu_bar_sync(int id, int count);                              // bar.sync id, count (named barriers, per block)
+// TMA store (cp.async.bulk.tensor.2d.global.shared::cta.bulk_group), with its
+// bulk async-groups (per thread): the shared source is read, and global
+// memory written (in-bounds elements only), at the wait_group that covers
+// it, the latest the hardware may read it; a thread exiting with groups
+// not waited for fails.
+void emu_tma_store_2d(const CUtensorMap_st *map, int x, int y, uint32_t src);
+void emu_bulk_commit();
+void emu_bulk_wait(int n, bool read_only);
+void emu_tmap_replace_global_dim(uint32_t smap, int ord, uint32_t v);  // tensormap.replace .global_dim
+void emu_launch_cluster(const void *fn, const std::function<void()> &body, dim3 grid, dim3 block, size_t smem,
+                        unsigned cluster_x, cudaStream_t st = 0);
+void emu_run_cluster(dim3 grid, dim3 block, size_t smem, unsigned cluster_x, const std::function<void()> &body);
+// what cudaOccupancyMaxActiveClusters says for clusters of cluster_x blocks
+// of this shared memory (one block per SM at most above half an SM's shared memory)
+int emu_max_active_clusters(unsigned cluster_x, size_t smem, int threads);

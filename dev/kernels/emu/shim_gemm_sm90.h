@@ -5,6 +5,7 @@
 #pragma once
 #define LM_SM90_EMU 1
 #include "emu.h"
+#include "emu_ext.h"  // cudaLaunchKernelEx with a cluster dimension, cudaOccupancyMaxActiveClusters
 #include "cuda.h"
 
 static inline void s9_mbar_init(uint32_t bar, int count) { emu_mbar_init(bar, count); }
@@ -38,3 +39,16 @@ static inline void s9_wgmma_n256(float (&d)[128], uint64_t da, uint64_t db, int 
 static inline void s9_wgmma_n128(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
     emu_wgmma_bf16(d, 128, da, db, scale_d);
 }
+// clusters, multicast, TMA stores (s9_body2)
+static inline uint32_t s9_cluster_rank() { return (uint32_t)emu_cluster_rank(); }
+static inline void s9_cluster_sync() { emu_cluster_sync(); }
+static inline void s9_mbar_arrive_peer(uint32_t bar, uint32_t rank) { emu_mbar_arrive_cluster(emu_mapa(bar, (int)rank)); }
+static inline void s9_tma_2d_mc(uint32_t dst, const CUtensorMap *map, int x, int y, uint32_t bar, uint16_t mask) {
+    emu_tma_load_2d_multicast(dst, map, x, y, bar, mask);
+}
+static inline void s9_tma_store_2d(const CUtensorMap *map, int x, int y, uint32_t src) { emu_tma_store_2d(map, x, y, src); }
+static inline void s9_bulk_commit() { emu_bulk_commit(); }
+template <int N> static inline void s9_bulk_wait_read() { emu_bulk_wait(N, true); }
+template <int N> static inline void s9_bulk_wait() { emu_bulk_wait(N, false); }
+static inline void s9_named_sync(int id, int n) { emu_bar_sync(id, n); }
+static inline void s9_tmap_replace_rows(uint32_t smap, int rows) { emu_tmap_replace_global_dim(smap, 1, (uint32_t)rows); }

@@ -5,6 +5,8 @@
 //   A[STAGES][128 rows][128 B]   activation rows, 128-byte swizzled (cp.async)
 //   B[STAGES][BN rows][128 B]    weight rows, 128-byte swizzled (TMA boxes of
 //                                64 rows; swiglu: gate, up, gate, up, ...)
+//   E[2][16 KB]                  variants 4+: each consumer warpgroup's epilogue
+//                                buffer (128-byte swizzled rows, TMA stores)
 //   full[STAGES], empty[STAGES]  mbarriers
 // 128-byte swizzle: the 16-byte chunk c of row r of an 8-row, 1024-byte atom
 // sits at chunk c ^ (r % 8), i.e. address bits [4:6] are XORed with bits
@@ -30,6 +32,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "kernels/cuda/gemm_sm90.h"
 
@@ -49,6 +52,29 @@
 #define S9_PROD_REGS 56  // setmaxnreg: 128 x 56 + 256 x 224 <= 64K registers
 #define S9_CONS_REGS 224
 #define S9_PREP_SMEM (32 * 128 + 128)  // prep kernel: one tensor map per warp
+// Variants 4 and up (s9_body2): 128 x 256 tiles, 4 stages, plus a 32 KB
+// epilogue buffer (16 KB per consumer warpgroup) for the TMA-store epilogue:
+// 4 x 48 KB + 32 KB + barriers + alignment slack = 230528 of the 232448
+// bytes a block may have.
+#define S9_ST2 4
+// s9_body2's producer holds more state (tile flags, maps, the gather rows):
+// 56 registers spilled, 64 do not; the consumers need no more than 216.
+#define S9_PROD_REGS2 64  // 128 x 64 + 256 x 216 <= 384 x 168
+#define S9_CONS_REGS2 216
+#define S9_EPI_BYTES 16384
+#define S9_BANDP 8                      // pairs of m-blocks per raster band (16 m-blocks, as S9_BAND)
+#define S9_PREP2_SMEM (33 * 128 + 128)  // prep2: a map per warp + the activations' map
+
+// Features of s9_body2, chosen per call by the launcher (s9_params.flags).
+enum {
+    S9F_PAIRS = 1,     // 2-CTA clusters: the two CTAs take m-blocks 2p, 2p+1 of one weight tile, each loads
+                       //   half of its boxes and multicasts them to both (L2 -> SM weight traffic halved)
+    S9F_ATMA = 2,      // activations by TMA (packed rows, no gather): no cp.async, no proxy fence
+    S9F_EPI_TMA = 4,   // epilogue through shared memory and TMA stores (full 64-row halves)
+    S9F_NOLOAD = 8,    // lab diagnostics, output garbage: no loads (the MMAs read stale shared memory),
+    S9F_NOMMA = 16,    //   no MMAs (stages only waited for and handed back),
+    S9F_NOSTORE = 32,  //   no epilogue
+};
 
 struct s9_params {
     const uint16_t *a;  // bf16 activations [.][lda]
@@ -64,11 +90,16 @@ struct s9_params {
     size_t ldo;
     const void *bias;
     int bias_dt;
+    // s9_body2 only
+    int flags;                 // S9F_*
+    const CUtensorMap *gamap;  // grouped with S9F_ATMA: the activations' map (rows bounded on the device)
 };
 
 // Written by the prep kernel of a grouped call, read by the GEMM that follows
 // on the stream (hence: no concurrent grouped calls on several streams).
-__device__ CUtensorMap g_s9_maps[2 * S9_MAXG];
+// (128-byte aligned: what tensormap.cp_fenceproxy and the emulator ask of a map's address)
+__device__ __align__(128) CUtensorMap g_s9_maps[2 * S9_MAXG];
+__device__ __align__(128) CUtensorMap g_s9_amap;  // prep2: the packed activations, rows bounded by the last valid row
 __device__ int g_s9_tab[3 * S9_MAXG + 1];
 // 1 in the sm_90a image (and the emulator), 0 in the others: what the
 // launcher reads back to know that this device runs real kernel bodies.
@@ -161,6 +192,60 @@ __device__ __forceinline__ void s9_setmaxnreg_inc() {
 template <int N>
 __device__ __forceinline__ void s9_setmaxnreg_dec() {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+// --- clusters, multicast, TMA stores (s9_body2) ---
+__device__ __forceinline__ uint32_t s9_cluster_rank() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+// Every thread of both CTAs: before it, each CTA's barrier init is visible to
+// the other (remote arrivals and multicast complete_tx may follow); at the
+// end, no CTA leaves while the other may still signal its barriers.
+__device__ __forceinline__ void s9_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// An arrival on the barrier at the same offset in CTA `rank` of the cluster.
+__device__ __forceinline__ void s9_mbar_arrive_peer(uint32_t bar, uint32_t rank) {
+    asm volatile(
+        "{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
+        "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
+        "r"(rank)
+        : "memory");
+}
+// The box lands at dst in every CTA of mask and completes the barrier at
+// bar (same offsets) in each by its bytes.
+__device__ __forceinline__ void s9_tma_2d_mc(uint32_t dst, const CUtensorMap *map, int x, int y, uint32_t bar,
+                                             uint16_t mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+        " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+        "l"(map), "r"(x), "r"(y), "r"(bar), "h"(mask)
+        : "memory");
+}
+// Shared -> global box (elements outside the map's dims are not written).
+__device__ __forceinline__ void s9_tma_store_2d(const CUtensorMap *map, int x, int y, uint32_t src) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(map), "r"(x),
+                 "r"(y), "r"(src)
+                 : "memory");
+}
+__device__ __forceinline__ void s9_bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// at most N of this thread's store groups still reading shared memory
+template <int N>
+__device__ __forceinline__ void s9_bulk_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+// at most N of this thread's store groups not yet complete
+template <int N>
+__device__ __forceinline__ void s9_bulk_wait() {
+    asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void s9_named_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+// the row count (dimension 1) of the map at smap
+__device__ __forceinline__ void s9_tmap_replace_rows(uint32_t smap, int rows) {
+    asm volatile("tensormap.replace.tile.global_dim.shared::cta.b1024.b32 [%0], 1, %1;\n" ::"r"(smap), "r"(rows)
+                 : "memory");
 }
 
 // wgmma.mma_async m64n256k16, bf16 x bf16 -> f32, A and B from shared memory (K-major, no
@@ -444,6 +529,390 @@ __device__ __forceinline__ void s9_body(const s9_params &p, const CUtensorMap *d
     }
 }
 
+// ------------------------------------------------- variants 4 and up ---
+//
+// s9_body2: the same pipeline as s9_body (BN 256, 4 stages), with what the
+// first H200 run pointed at (see gemm_sm90.h):
+// - Tail tiles of a group with at most 64 valid rows ("half" tiles) run on
+//   consumer warpgroup 0 alone: the tensor cores are shared by the two
+//   warpgroups, so such a tile takes half the time instead of a full one
+//   (1 m-block in 10 of Mixtral at 4096 tokens, 1 in 5 of Qwen3's).
+// - Raster bands of balanced widths (17 m-blocks: 9 + 8, not 16 + 1, whose
+//   single-row band re-reads every weight slab from HBM for one tile each).
+// - Packed (non-gathered) activations by TMA, with the rows bounded by the
+//   last valid row (dense: rows; grouped: the prep kernel patches the map).
+// - The epilogue through shared memory and TMA stores (S9F_EPI_TMA): the
+//   consumers write their half of the tile into a 128-byte-swizzled buffer
+//   (conflict-free), one thread per warpgroup issues bulk stores and the
+//   warpgroup goes back to its MMAs while the copy engine writes whole lines;
+//   direct stores from registers write 8 rows x 16 or 32 bytes per
+//   instruction. Halves with invalid rows keep the direct stores.
+// - 2-CTA clusters (S9F_PAIRS): the CTAs of a cluster take m-blocks 2p and
+//   2p+1 of the same group and weight tile; each loads two of the four
+//   weight boxes and multicasts them to both, so each SM reads 32 KB instead
+//   of 48 KB per stage from L2. Both CTAs walk the same units in lockstep:
+//   each CTA's empty barriers count the consumer warps of both (a stage may
+//   be refilled, by either producer, only when both have drained it), the
+//   full barriers expect the whole stage whoever sends it. A group's odd
+//   last m-block is paired across two weight tiles instead (no multicast),
+//   inside the last band so that its weight slabs are still in L2.
+// - SwiGLU with __expf and __fdividef (the IEEE division was a ~10-instruction
+//   sequence per output in an epilogue that stalls the tensor cores).
+
+// The m-block and output block of a unit for one CTA; idle: no tile (the
+// CTA still takes part in the unit's stages); half: at most 64 valid rows.
+struct s9_tile2 {
+    int grp, first, count, m0, n0;
+    bool idle, mcast, half;
+};
+
+// Units of a group of `count` rows: tiles, or with pairs, pairs of m-blocks
+// x n-blocks plus the odd m-block's n-blocks two at a time.
+__device__ __host__ __forceinline__ int s9_units_of(int count, int nb, bool pairs) {
+    const int mbs = (count + S9_BM - 1) / S9_BM;
+    return pairs ? (mbs >> 1) * nb + (mbs & 1) * ((nb + 1) >> 1) : mbs * nb;
+}
+
+// Position `local` of a walk over rows x nb blocks in nbands bands of
+// balanced widths (the wider ones first), the row fastest within a band.
+__device__ __forceinline__ void s9_band_pos(int local, int rows, int nbands, int nb, int &row, int &col) {
+    const int q = rows / nbands, rem = rows % nbands, big = rem * (q + 1) * nb;
+    int w, r0, r;
+    if (local < big) {
+        const int b = local / ((q + 1) * nb);
+        r = local - b * (q + 1) * nb, w = q + 1, r0 = b * (q + 1);
+    } else {
+        const int l = local - big, b = l / (q * nb);
+        r = l - b * q * nb, w = q, r0 = rem * (q + 1) + b * q;
+    }
+    row = r0 + r % w, col = r / w;
+}
+
+// Unit u for the CTA of cluster rank `rank` (0 without pairs). *g: group cursor.
+__device__ __forceinline__ s9_tile2 s9_unit2(const s9_params &p, int u, int *g, int rank, bool pairs, int bn_out) {
+    s9_tile2 T;
+    int local;
+    if (p.n_groups == 0) {
+        T.grp = 0, T.first = 0, T.count = p.rows, local = u;
+    } else {
+        const int G = p.n_groups;
+        const int *start = p.tab + 2 * G;
+        while (u >= start[*g + 1]) ++*g;
+        T.grp = *g, T.first = p.tab[*g], T.count = p.tab[G + *g], local = u - start[*g];
+    }
+    const int mbs = (T.count + S9_BM - 1) / S9_BM, nb = p.nb;
+    int mb, n;
+    T.idle = false, T.mcast = false;
+    if (!pairs) {
+        s9_band_pos(local, mbs, (mbs + S9_BAND - 1) / S9_BAND, nb, mb, n);
+    } else {
+        // P pairs in bands of <= S9_BANDP; the last (narrowest) band also
+        // holds the odd m-block, whose units come after each n-pair's pairs
+        const int P = mbs >> 1, t = mbs & 1, nbands = (P + S9_BANDP - 1) / S9_BANDP, wl = nbands ? P / nbands : 0;
+        const int before = (P - wl) * nb;
+        if (local < before) {
+            int pr;
+            s9_band_pos(local, P - wl, nbands - 1, nb, pr, n);
+            mb = 2 * pr + rank, T.mcast = true;
+        } else {
+            const int l = local - before, per = 2 * wl + t, q = l / per, r = l - q * per;
+            if (r < wl) {
+                mb = 2 * (P - wl + r) + rank, n = 2 * q, T.mcast = true;
+            } else if (r < 2 * wl && 2 * q + 1 < nb) {
+                mb = 2 * (P - 2 * wl + r) + rank, n = 2 * q + 1, T.mcast = true;
+            } else {  // the odd m-block, n-blocks 2q (rank 0) and 2q + 1 (rank 1)
+                mb = mbs - 1, n = 2 * q + rank, T.idle = n >= nb;
+            }
+        }
+    }
+    T.m0 = mb * S9_BM, T.n0 = n * bn_out;
+    T.half = T.count - T.m0 <= 64;
+    return T;
+}
+
+__device__ __forceinline__ float s9_silu_mul_fast(float g, float u) { return __fdividef(g * u, 1.0f + __expf(-g)); }
+
+// A consumer warp hands stage `bar` back: to its own CTA's producer and,
+// with pairs, to the other CTA's (which multicasts into this CTA's stages).
+__device__ __forceinline__ void s9_release(uint32_t bar, int lane, bool pairs, uint32_t rank) {
+    if (lane == 0) {
+        s9_mbar_arrive(bar);
+        if (pairs) s9_mbar_arrive_peer(bar, rank ^ 1);
+    }
+}
+
+// Epilogue of consumer warpgroup wg: rows T.m0 + 64 wg .. + 63 of the tile.
+// ebuf / ebuf_g: the warpgroup's 16 KB buffer (shared address / pointer).
+template <bool SWI>
+__device__ __forceinline__ void s9_epi2(const s9_params &p, const s9_tile2 &T, const float (&acc)[128], int wg,
+                                        int warp, int lane, const CUtensorMap *om, uint32_t ebuf,
+                                        unsigned char *ebuf_g, bool issuer) {
+    const int rl0 = warp * 16 + (lane >> 2), cq = 2 * (lane & 3), row0 = T.m0 + wg * 64;
+    if ((p.flags & S9F_EPI_TMA) && row0 + 64 <= T.count) {
+        const int orow = T.first + row0;
+        if constexpr (SWI) {
+            // [64 rows][2 boxes of 64 bf16 columns]: chunk ii (8 columns) of row rl at ii ^ (rl % 8)
+            if (issuer) s9_bulk_wait_read<0>();  // the previous tile's stores have read the buffer
+            s9_named_sync(1 + wg, 128);
+#pragma unroll
+            for (int q = 0; q < 2; q++)
+#pragma unroll
+                for (int ii = 0; ii < 8; ii++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int ig = 16 * q + ii, iu = ig + 8, rl = rl0 + 8 * h;
+                        const float v0 = s9_silu_mul_fast(acc[4 * ig + 2 * h], acc[4 * iu + 2 * h]);
+                        const float v1 = s9_silu_mul_fast(acc[4 * ig + 2 * h + 1], acc[4 * iu + 2 * h + 1]);
+                        *(__nv_bfloat162 *)(ebuf_g + q * 8192 + rl * 128 + ((ii ^ (rl & 7)) << 4) + (lane & 3) * 4) =
+                            __floats2bfloat162_rn(v0, v1);
+                    }
+            s9_fence_proxy_async();  // generic-proxy writes, read next by the copy engine
+            s9_named_sync(1 + wg, 128);
+            if (issuer) {
+                s9_tma_store_2d(om, T.n0, orow, ebuf);
+                s9_tma_store_2d(om, T.n0 + 64, orow, ebuf + 8192);
+                s9_bulk_commit();
+            }
+        } else {
+            // 8 boxes of [64 rows][32 f32 columns] through two 8 KB buffers: box j
+            // is written while box j - 1 is read out
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                if (issuer) s9_bulk_wait_read<1>();  // box j - 2 (this buffer) has been read
+                s9_named_sync(1 + wg, 128);
+                const int bo = (j & 1) * 8192;
+#pragma unroll
+                for (int i4 = 0; i4 < 4; i4++) {
+                    const int i = 4 * j + i4, col = T.n0 + 8 * i + cq, chunk = 2 * i4 + ((lane & 3) >> 1);
+                    const float b0 = col < p.O ? s9_bias(p.bias, p.bias_dt, col) : 0.0f;
+                    const float b1 = col + 1 < p.O ? s9_bias(p.bias, p.bias_dt, col + 1) : 0.0f;
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int rl = rl0 + 8 * h;
+                        *(float2 *)(ebuf_g + bo + rl * 128 + ((chunk ^ (rl & 7)) << 4) + (lane & 1) * 8) =
+                            make_float2(acc[4 * i + 2 * h] + b0, acc[4 * i + 2 * h + 1] + b1);
+                    }
+                }
+                s9_fence_proxy_async();
+                s9_named_sync(1 + wg, 128);
+                if (issuer) {
+                    s9_tma_store_2d(om, T.n0 + 32 * j, orow, ebuf + bo);
+                    s9_bulk_commit();
+                }
+            }
+        }
+        return;
+    }
+    // straight from the accumulators (as s9_body): rows past the group's count
+    // and columns past O are not written
+    const int rb = wg * 64 + rl0;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int j = T.m0 + rb + 8 * h;
+        if (j >= T.count) continue;
+        const size_t orow = (size_t)(T.first + j) * p.ldo;
+        if constexpr (SWI) {
+#pragma unroll
+            for (int q = 0; q < 2; q++)
+#pragma unroll
+                for (int ii = 0; ii < 8; ii++) {
+                    const int ig = 16 * q + ii, iu = ig + 8;
+                    const int col = T.n0 + 64 * q + 8 * ii + cq;
+                    const float v0 = s9_silu_mul_fast(acc[4 * ig + 2 * h], acc[4 * iu + 2 * h]);
+                    const float v1 = s9_silu_mul_fast(acc[4 * ig + 2 * h + 1], acc[4 * iu + 2 * h + 1]);
+                    __nv_bfloat16 *o = (__nv_bfloat16 *)p.out + orow + col;
+                    if (col + 1 < p.O && !((uintptr_t)o & 3)) {
+                        *(__nv_bfloat162 *)o = __floats2bfloat162_rn(v0, v1);
+                    } else {  // last column, or an odd ldo
+                        if (col < p.O) o[0] = __float2bfloat16(v0);
+                        if (col + 1 < p.O) o[1] = __float2bfloat16(v1);
+                    }
+                }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 32; i++) {
+                const int col = T.n0 + 8 * i + cq;
+                float *o = (float *)p.out + orow + col;
+                if (col + 1 < p.O && !((uintptr_t)o & 7)) {
+                    *(float2 *)o = make_float2(acc[4 * i + 2 * h] + s9_bias(p.bias, p.bias_dt, col),
+                                               acc[4 * i + 2 * h + 1] + s9_bias(p.bias, p.bias_dt, col + 1));
+                } else {
+                    if (col < p.O) o[0] = acc[4 * i + 2 * h] + s9_bias(p.bias, p.bias_dt, col);
+                    if (col + 1 < p.O) o[1] = acc[4 * i + 2 * h + 1] + s9_bias(p.bias, p.bias_dt, col + 1);
+                }
+            }
+        }
+    }
+}
+
+// A consumer warpgroup's k loop over one tile: wait for each stage, issue its
+// four m64n256k16 MMAs (MMA: none, for a warpgroup without rows or a
+// diagnostic), hand the previous stage back once its MMAs are done.
+template <bool MMA>
+__device__ __forceinline__ void s9_mainloop2(float (&acc)[128], uint32_t sA, uint32_t sB, uint32_t sBar, int wg,
+                                             int lane, int nk, bool atma, bool pairs, uint32_t rank, int &s,
+                                             uint32_t &ph) {
+    constexpr int STAGES = S9_ST2, A_BYTES = S9_BM * 128, B_BYTES = 256 * 128;
+    int prev = 0;
+    for (int kb = 0; kb < nk; kb++) {
+        while (!s9_mbar_try_wait(sBar + 8u * s, ph)) {
+        }
+        if (!atma) s9_fence_proxy_async();  // the activation tile came through cp.async
+#pragma unroll
+        for (int i = 0; i < 128; i++) s9_fence_reg(acc[i]);
+        s9_wgmma_fence();
+        if (MMA) {
+            const uint32_t a0 = sA + s * A_BYTES + wg * 64 * 128, b0 = sB + s * B_BYTES;
+#pragma unroll
+            for (int k = 0; k < S9_BK / 16; k++)
+                s9_wgmma_n256(acc, s9_desc(a0 + k * 32), s9_desc(b0 + k * 32), kb > 0 || k > 0);
+        }
+        s9_wgmma_commit();
+#pragma unroll
+        for (int i = 0; i < 128; i++) s9_fence_reg(acc[i]);
+        s9_wgmma_wait<1>();  // the previous stage's MMAs are done: hand its slot back
+        if (kb > 0) s9_release(sBar + 8u * (STAGES + prev), lane, pairs, rank);
+        prev = s;
+        if (++s == STAGES) s = 0, ph ^= 1;
+    }
+    s9_wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < 128; i++) s9_fence_reg(acc[i]);
+    s9_release(sBar + 8u * (STAGES + prev), lane, pairs, rank);
+}
+
+// am: the activations' map (dense, S9F_ATMA); om: the output's (S9F_EPI_TMA).
+template <bool SWI>
+__device__ __forceinline__ void s9_body2(const s9_params &p, const CUtensorMap *dm1, const CUtensorMap *dm2,
+                                         const CUtensorMap *am, const CUtensorMap *om) {
+    constexpr int BN = 256, STAGES = S9_ST2, A_BYTES = S9_BM * 128, B_BYTES = BN * 128;
+    constexpr int BN_OUT = SWI ? BN / 2 : BN;
+    extern __shared__ __align__(1024) unsigned char s9_sm2[];
+    const uint32_t raw = s9_smem(s9_sm2), pad = (1024u - (raw & 1023u)) & 1023u, base = raw + pad;
+    const uint32_t sA = base, sB = sA + STAGES * A_BYTES, sE = sB + STAGES * B_BYTES, sBar = sE + 2 * S9_EPI_BYTES;
+    auto full = [&](int s) { return sBar + 8u * s; };
+    auto empty = [&](int s) { return sBar + 8u * (STAGES + s); };
+
+    const int tid = threadIdx.x, fl = p.flags;
+    const bool pairs = fl & S9F_PAIRS, atma = fl & S9F_ATMA;
+    const uint32_t rank = pairs ? s9_cluster_rank() : 0;
+    // units of the walk: a CTA's own, or its cluster's (both CTAs the same)
+    const int ustep = pairs ? (int)gridDim.x >> 1 : (int)gridDim.x, u0 = pairs ? (int)blockIdx.x >> 1 : (int)blockIdx.x;
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            s9_mbar_init(full(s), atma ? 1 : 128 + 1);  // the TMA issuer's expect_tx (+ the cp.async arrivals)
+            s9_mbar_init(empty(s), pairs ? 16 : 8);     // one arrival per consumer warp (of both CTAs)
+        }
+        s9_fence_mbar_init();
+    }
+    if (pairs)
+        s9_cluster_sync();
+    else
+        __syncthreads();
+
+    const int nk = (p.K + S9_BK - 1) / S9_BK;
+    const int total = p.n_groups ? p.tab[3 * p.n_groups] : s9_units_of(p.rows, p.nb, pairs);
+    int s = 0;
+    uint32_t ph = 0;
+    int gcur = 0;
+
+    if (tid >= 256) {
+        // ------------------------------------------------ producer ---
+        s9_setmaxnreg_dec<S9_PROD_REGS2>();
+        const int pt = tid - 256;
+        if (!atma || pt == 0) {  // TMA for both operands: one thread
+            const int r0 = pt >> 3, c = pt & 7;
+            const uint32_t a_off = (uint32_t)r0 * 128 + (uint32_t)((c ^ (r0 & 7)) << 4);
+            const CUtensorMap *amap = p.n_groups ? p.gamap : am;
+            if (atma && p.n_groups) s9_tmap_acquire(amap);
+            int map_grp = -1;
+            for (int u = u0; u < total; u += ustep) {
+                const s9_tile2 T = s9_unit2(p, u, &gcur, (int)rank, pairs, BN_OUT);
+                const bool load = !T.idle && !(fl & S9F_NOLOAD);
+                const CUtensorMap *m1 = dm1, *m2 = dm2;
+                if (p.n_groups) {
+                    m1 = p.gmaps + 2 * T.grp, m2 = m1 + 1;
+                    if (pt == 0 && load && map_grp != T.grp) {
+                        s9_tmap_acquire(m1);
+                        if (SWI) s9_tmap_acquire(m2);
+                        map_grp = T.grp;
+                    }
+                }
+                const uint16_t *src[8];
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    const int j = T.m0 + r0 + 16 * i;
+                    const int ar = load && !atma && j < T.count ? (p.a_row ? p.a_row[T.first + j] : T.first + j) : -1;
+                    src[i] = ar >= 0 ? p.a + (size_t)ar * p.lda + c * 8 : nullptr;
+                }
+                for (int kb = 0; kb < nk; kb++) {
+                    while (!s9_mbar_try_wait(empty(s), ph ^ 1)) {
+                    }
+                    if (pt == 0) {
+                        const uint32_t bytes = load ? B_BYTES + (atma ? (T.half ? A_BYTES / 2 : A_BYTES) : 0) : 0;
+                        s9_mbar_arrive_tx(full(s), bytes);
+                        if (load) {
+#pragma unroll
+                            for (int u4 = 0; u4 < BN / 64; u4++) {
+                                if (T.mcast && (u4 & 1) != (int)rank) continue;  // the other CTA sends it
+                                const CUtensorMap *m = SWI && (u4 & 1) ? m2 : m1;
+                                const int row = SWI ? T.n0 + 64 * (u4 >> 1) : T.n0 + 64 * u4;
+                                const uint32_t dst = sB + s * B_BYTES + u4 * 8192;
+                                if (T.mcast)
+                                    s9_tma_2d_mc(dst, m, kb * S9_BK, row, full(s), (uint16_t)3);
+                                else
+                                    s9_tma_2d(dst, m, kb * S9_BK, row, full(s));
+                            }
+                            if (atma)
+                                for (int h = 0; h < (T.half ? 1 : 2); h++)
+                                    s9_tma_2d(sA + s * A_BYTES + h * 8192, amap, kb * S9_BK, T.first + T.m0 + 64 * h,
+                                              full(s));
+                        }
+                    }
+                    if (!atma) {
+                        if (load) {
+                            const bool kok = kb * S9_BK + c * 8 < p.K;
+                            const uint32_t dst = sA + s * A_BYTES + a_off;
+#pragma unroll
+                            for (int i = 0; i < 8; i++) {
+                                const bool ok = kok && src[i];
+                                s9_cp_async16(dst + i * 16 * 128, ok ? src[i] + kb * S9_BK : p.a, ok);
+                            }
+                        }
+                        s9_cp_async_arrive(full(s));
+                    }
+                    if (++s == STAGES) s = 0, ph ^= 1;
+                }
+            }
+            if (!atma) s9_cp_async_wait_all();
+        }
+    } else {
+        // ------------------------------------------------ consumers ---
+        s9_setmaxnreg_inc<S9_CONS_REGS2>();
+        const int wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+        const bool issuer = (tid & 127) == 0;  // of the warpgroup's TMA stores
+        const uint32_t ebuf = sE + wg * S9_EPI_BYTES;
+        unsigned char *const ebuf_g = s9_sm2 + pad + (ebuf - base);
+        float acc[128];
+#pragma unroll
+        for (int i = 0; i < 128; i++) acc[i] = 0.0f;
+        for (int u = u0; u < total; u += ustep) {
+            const s9_tile2 T = s9_unit2(p, u, &gcur, (int)rank, pairs, BN_OUT);
+            const bool act = !T.idle && !(T.half && wg == 1), mma = act && !(fl & S9F_NOMMA);
+            // two copies of the stage loop rather than a condition around the
+            // wgmma: ptxas serialises wgmma under a branch (or predicate) it
+            // cannot prove warpgroup-uniform (C7520)
+            if (mma)
+                s9_mainloop2<true>(acc, sA, sB, sBar, wg, lane, nk, atma, pairs, rank, s, ph);
+            else
+                s9_mainloop2<false>(acc, sA, sB, sBar, wg, lane, nk, atma, pairs, rank, s, ph);
+            if (act && !(fl & S9F_NOSTORE)) s9_epi2<SWI>(p, T, acc, wg, warp, lane, om, ebuf, ebuf_g, issuer);
+        }
+        if (issuer && (fl & S9F_EPI_TMA)) s9_bulk_wait<0>();  // the stores are done before the CTA leaves
+    }
+    if (pairs) s9_cluster_sync();
+}
+
 // Grouped calls: the group tables (padded first rows, counts, tile offsets)
 // and one tensor map per (group, matrix) from the template (only the global
 // address differs between experts). One CTA of 1024 threads.
@@ -498,6 +967,73 @@ __device__ __forceinline__ void s9_prep_body(const CUtensorMap *tmpl, const int 
     }
 }
 
+// Prep of variants 4 and up: the group tables with the walk's unit offsets
+// (tiles, or pair units), the per-(group, matrix) weight maps as in
+// s9_prep_body, and with atmpl the activations' map (packed rows, S9F_ATMA)
+// bounded by the last valid row: a TMA box of a group's last m-block reads
+// past its rows, and past the end of the array for the last group.
+__device__ __forceinline__ void s9_prep2_body(const CUtensorMap *tmpl, const CUtensorMap *atmpl, const int *counts,
+                                              int G, int block, int nb, int pairs, const void *const *w1,
+                                              const void *const *w2, CUtensorMap *maps, CUtensorMap *amap, int *tab) {
+    __shared__ int s_wsum2[2][32];
+    __shared__ int s_end;
+    extern __shared__ __align__(128) unsigned char s9_prep2_sm[];  // a map per warp + one (+ alignment slack)
+    const uint32_t raw = s9_smem(s9_prep2_sm), pad = (128u - (raw & 127u)) & 127u;
+    CUtensorMap *s_map = (CUtensorMap *)(s9_prep2_sm + pad);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    if (tid == 0) s_end = 0;
+    const int c = tid < G ? counts[tid] : 0;
+    int v[2] = {(c + block - 1) / block * block, s9_units_of(c, nb, pairs != 0)};  // padded rows, units
+    int inc[2];
+#pragma unroll
+    for (int x = 0; x < 2; x++) {  // inclusive scan within the warp
+        int a = v[x];
+        for (int o = 1; o < 32; o <<= 1) {
+            int y = __shfl_up_sync(0xffffffffu, a, o);
+            if (lane >= o) a += y;
+        }
+        inc[x] = a;
+        if (lane == 31) s_wsum2[x][warp] = a;
+    }
+    __syncthreads();
+    if (warp == 0) {  // exclusive scan of the warp totals
+#pragma unroll
+        for (int x = 0; x < 2; x++) {
+            int w = s_wsum2[x][lane], a = w;
+            for (int o = 1; o < 32; o <<= 1) {
+                int y = __shfl_up_sync(0xffffffffu, a, o);
+                if (lane >= o) a += y;
+            }
+            s_wsum2[x][lane] = a - w;
+        }
+    }
+    __syncthreads();
+    if (tid < G) {
+        int first = s_wsum2[0][warp] + inc[0] - v[0], ustart = s_wsum2[1][warp] + inc[1] - v[1];
+        tab[tid] = first, tab[G + tid] = c, tab[2 * G + tid] = ustart;
+        if (tid == G - 1) tab[3 * G] = ustart + v[1];
+        if (c > 0) atomicMax(&s_end, first + c);
+    }
+    const int nm = w2 ? 2 : 1;
+    for (int i = warp; i < G * nm; i += 32) {
+        const int g = i / nm, m = i % nm;
+        ((uint32_t *)&s_map[warp])[lane] = ((const uint32_t *)tmpl)[lane];  // 128 bytes, a word per lane
+        __syncwarp();
+        if (lane == 0) s9_tmap_replace_addr(s9_smem(&s_map[warp]), (m ? w2 : w1)[g]);
+        __syncwarp();
+        s9_tmap_publish(maps + 2 * g + m, s9_smem(&s_map[warp]));
+        __syncwarp();
+    }
+    __syncthreads();  // s_end
+    if (atmpl && warp == 0) {
+        ((uint32_t *)&s_map[32])[lane] = ((const uint32_t *)atmpl)[lane];
+        __syncwarp();
+        if (lane == 0) s9_tmap_replace_rows(s9_smem(&s_map[32]), s_end > 0 ? s_end : 1);
+        __syncwarp();
+        s9_tmap_publish(amap, s9_smem(&s_map[32]));
+    }
+}
+
 #endif  // S9_DEV
 
 __global__ void k_s9_to_bf16(const float *x, size_t ldx, int rows, int cols, __nv_bfloat16 *y) {
@@ -514,6 +1050,26 @@ __global__ void __launch_bounds__(S9_THREADS, 1)
               const __grid_constant__ CUtensorMap dm2) {
 #if S9_DEV
     s9_body<BN, STAGES, SWI, FENCE>(p, &dm1, &dm2);
+#endif
+}
+
+template <bool SWI>
+__global__ void __launch_bounds__(S9_THREADS, 1)
+    k_s9_gemm2(const __grid_constant__ s9_params p, const __grid_constant__ CUtensorMap dm1,
+               const __grid_constant__ CUtensorMap dm2, const __grid_constant__ CUtensorMap am,
+               const __grid_constant__ CUtensorMap om) {
+#if S9_DEV
+    s9_body2<SWI>(p, &dm1, &dm2, &am, &om);
+#endif
+}
+
+// atmpl_on: whether atmpl is the activations' map to publish into amap
+__global__ void __launch_bounds__(1024)
+    k_s9_prep2(const __grid_constant__ CUtensorMap tmpl, const __grid_constant__ CUtensorMap atmpl, int atmpl_on,
+               const int *counts, int G, int block, int nb, int pairs, const void *const *w1, const void *const *w2,
+               CUtensorMap *maps, CUtensorMap *amap, int *tab) {
+#if S9_DEV
+    s9_prep2_body(&tmpl, atmpl_on ? &atmpl : nullptr, counts, G, block, nb, pairs, w1, w2, maps, amap, tab);
 #endif
 }
 
@@ -535,16 +1091,33 @@ typedef CUresult (*s9_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t,
 
 struct s9_variant {
     int bn, stages, fence;
+    int body2, flags;  // s9_body2 with these S9F_* features (S9F_ATMA and S9F_EPI_TMA where the operands allow)
+    const char *what;
 };
 // 1: 128 x 256 tiles, 4 stages (48 KB each); 2: 128 x 128, 6 stages (32 KB
-// each); 3: variant 1 without the consumers' proxy fence (lab only: see s9_body)
-static const s9_variant S9_VARIANTS[] = {{256, 4, 1}, {128, 6, 1}, {256, 4, 0}};
+// each); 3: variant 1 without the consumers' proxy fence (lab only: see
+// s9_body). 4 and up: s9_body2 (128 x 256, 4 stages), 8..10 lab diagnostics
+// of 6 whose output is not the product (lm_cuda_gg_sm90_diagnostic).
+static const s9_variant S9_VARIANTS[] = {
+    {256, 4, 1, 0, 0, ""},
+    {128, 6, 1, 0, 0, ""},
+    {256, 4, 0, 0, 0, ", no proxy fence"},
+    {256, 4, 1, 1, 0, ", half tiles, balanced bands, TMA activations"},
+    {256, 4, 1, 1, S9F_EPI_TMA, ", v4 + TMA-store epilogue"},
+    {256, 4, 1, 1, S9F_EPI_TMA | S9F_PAIRS, ", v5 + 2-CTA clusters (weight multicast)"},
+    {256, 4, 1, 1, S9F_PAIRS, ", v4 + 2-CTA clusters (weight multicast)"},
+    {256, 4, 1, 1, S9F_EPI_TMA | S9F_PAIRS | S9F_NOMMA, ", DIAGNOSTIC v6 without MMAs"},
+    {256, 4, 1, 1, S9F_EPI_TMA | S9F_PAIRS | S9F_NOLOAD, ", DIAGNOSTIC v6 without loads"},
+    {256, 4, 1, 1, S9F_EPI_TMA | S9F_PAIRS | S9F_NOSTORE, ", DIAGNOSTIC v6 without epilogue"},
+};
 #define S9_NVAR ((int)(sizeof S9_VARIANTS / sizeof S9_VARIANTS[0]))
+#define S9_DIAG (S9F_NOMMA | S9F_NOLOAD | S9F_NOSTORE)
 static int g_s9_variant;  // 0: auto
 
 static size_t s9_smem_bytes(int bn, int stages) {
     return (size_t)stages * (S9_BM + bn) * 128 + (size_t)16 * stages + 1024;  // + barriers + alignment slack
 }
+static size_t s9_smem2_bytes() { return s9_smem_bytes(256, S9_ST2) + 2 * S9_EPI_BYTES; }
 
 #define S9_MAXDEV 64
 static int g_s9_dev_ok[S9_MAXDEV];  // 0 unknown, 1 yes, -1 no
@@ -600,6 +1173,7 @@ extern "C" int lm_cuda_gg_sm90_supported(const lm_cuda_gg *p) {
 }
 
 extern "C" int lm_cuda_gg_sm90_variants(void) { return S9_NVAR; }
+extern "C" int lm_cuda_gg_sm90_diagnostic(int v) { return v >= 1 && v <= S9_NVAR && (S9_VARIANTS[v - 1].flags & S9_DIAG); }
 extern "C" int lm_cuda_gg_sm90_set_variant(int v) {
     if (v < 0 || v > S9_NVAR) return (int)cudaErrorInvalidValue;
     g_s9_variant = v;
@@ -615,6 +1189,64 @@ static int s9_encode(CUtensorMap *m, const void *addr, int K, int O, size_t ldw)
                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     return r == CUDA_SUCCESS ? 0 : (int)cudaErrorInvalidValue;
+}
+
+// A 2-D row-major matrix [rows][cols] of esz-byte elements (row stride ld
+// elements), boxes of box_cols x 64 rows, 128-byte swizzle: the activations
+// (as the weights) and the output boxes of the TMA-store epilogue.
+static int s9_encode2(CUtensorMap *m, const void *addr, CUtensorMapDataType dt, int esz, long long cols,
+                      long long rows, size_t ld, int box_cols) {
+    cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)(ld * esz)};
+    cuuint32_t box[2] = {(cuuint32_t)box_cols, 64}, es[2] = {1, 1};
+    CUresult r = g_s9_encode(m, dt, 2, (void *)addr, dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    return r == CUDA_SUCCESS ? 0 : (int)cudaErrorInvalidValue;
+}
+
+// Clusters of 2 that fit at once (cudaOccupancyMaxActiveClusters: SMs of a
+// GPC pair up, so odd GPC sizes can leave SMs out), per device and kernel.
+template <bool SWI>
+static int s9_max_clusters(int dev) {
+    static int cache[S9_MAXDEV];  // 0 unknown, -1 none
+    if (cache[dev]) return cache[dev] > 0 ? cache[dev] : 0;
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = 2, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3(2 * (g_s9_sms[dev] > 0 ? g_s9_sms[dev] : 132)), cfg.blockDim = dim3(S9_THREADS);
+    cfg.dynamicSmemBytes = s9_smem2_bytes(), cfg.attrs = at, cfg.numAttrs = 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, k_s9_gemm2<SWI>, &cfg) != cudaSuccess) {
+        (void)cudaGetLastError();
+        n = 0;
+    }
+    cache[dev] = n > 0 ? n : -1;
+    return n > 0 ? n : 0;
+}
+
+template <bool SWI>
+static int s9_launch2(const s9_params &p, const CUtensorMap &d1, const CUtensorMap &d2, const CUtensorMap &am,
+                      const CUtensorMap &om, int grid, bool pairs, cudaStream_t st) {
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = 2, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3(grid), cfg.blockDim = dim3(S9_THREADS), cfg.dynamicSmemBytes = s9_smem2_bytes();
+    cfg.stream = st, cfg.attrs = at, cfg.numAttrs = pairs ? 1 : 0;
+    cudaError_t e = cudaLaunchKernelEx(&cfg, k_s9_gemm2<SWI>, p, d1, d2, am, om);
+    return e != cudaSuccess ? (int)e : (int)cudaGetLastError();
+}
+
+// once per instantiation: allow > 48 KB of dynamic shared memory
+template <bool SWI>
+static int s9_attr2() {
+    static bool attr = false;
+    if (attr) return 0;
+    cudaError_t e = cudaFuncSetAttribute(k_s9_gemm2<SWI>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s9_smem2_bytes());
+    if (e != cudaSuccess) return (int)e;
+    attr = true;
+    return 0;
 }
 
 template <int BN, int ST, bool SWI, bool FENCE = true>
@@ -655,7 +1287,7 @@ extern "C" int lm_cuda_gg_sm90_run(const lm_cuda_gg *p, lm_cuda_stream st) {
     }
 
     int v = g_s9_variant;
-    if (!v) v = (p->swiglu ? p->O <= 64 : p->O <= 128) ? 2 : 1;  // narrow outputs: less of the tile wasted
+    if (!v) v = (p->swiglu ? p->O <= 64 : p->O <= 128) ? 2 : 6;  // narrow outputs: less of the tile wasted
     const s9_variant var = S9_VARIANTS[v - 1];
     const int bn_out = p->swiglu ? var.bn / 2 : var.bn;
 
@@ -665,11 +1297,71 @@ extern "C" int lm_cuda_gg_sm90_run(const lm_cuda_gg *p, lm_cuda_stream st) {
     q.n_groups = grouped ? p->n_groups : 0;
     q.out = p->out, q.ldo = p->ldo, q.bias = p->bias, q.bias_dt = p->bias_dt;
     int e;
-    void *maps = NULL, *tab = NULL;
-    if ((e = (int)cudaGetSymbolAddress(&maps, g_s9_maps)) || (e = (int)cudaGetSymbolAddress(&tab, g_s9_tab))) return e;
-    q.gmaps = (const CUtensorMap *)maps, q.tab = (const int *)tab;
+    void *maps = NULL, *tab = NULL, *amap = NULL;
+    if ((e = (int)cudaGetSymbolAddress(&maps, g_s9_maps)) || (e = (int)cudaGetSymbolAddress(&tab, g_s9_tab)) ||
+        (e = (int)cudaGetSymbolAddress(&amap, g_s9_amap)))
+        return e;
+    q.gmaps = (const CUtensorMap *)maps, q.tab = (const int *)tab, q.gamap = (const CUtensorMap *)amap;
+
+    // one CTA per SM at most (the kernel walks the tiles); the tile count of a
+    // grouped call is only known on the device: bound it
+    long long mblocks = ((long long)p->n_rows + S9_BM - 1) / S9_BM + (grouped ? p->n_groups : 0);
+    long long tiles = mblocks * q.nb;
+    int grid = g_s9_sms[dev] > 0 ? g_s9_sms[dev] : 132;
+    if (tiles < grid) grid = (int)tiles;
 
     CUtensorMap d1, d2;
+    if (var.body2) {
+        int flags = var.flags;
+        // activations by TMA: packed rows, 16-byte aligned (lda % 8 == 0 already)
+        if (!p->a_row && !((uintptr_t)A & 15)) flags |= S9F_ATMA;
+        // TMA stores: 16-byte aligned output rows
+        const int esz = p->swiglu ? 2 : 4;
+        if ((flags & S9F_EPI_TMA) && (((uintptr_t)p->out & 15) || (p->ldo * esz) % 16)) flags &= ~S9F_EPI_TMA;
+        if ((e = p->swiglu ? s9_attr2<true>() : s9_attr2<false>())) return e;
+        int clusters = 0;
+        if (flags & S9F_PAIRS) {
+            clusters = p->swiglu ? s9_max_clusters<true>(dev) : s9_max_clusters<false>(dev);
+            if (clusters < 1) flags &= ~S9F_PAIRS;  // no room for clusters: one CTA per unit
+        }
+        q.flags = flags;
+        CUtensorMap am, om;
+        memset(&am, 0, sizeof am);  // (unused without S9F_ATMA)
+        // the activations' rows: dense, known; grouped, bounded on the device by the prep kernel
+        if ((flags & S9F_ATMA) &&
+            (e = s9_encode2(&am, A, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, p->K, grouped ? 1 : p->n_rows, lda, 64)))
+            return e;
+        // output rows: only whole 64-row halves of valid rows are stored through the map
+        if (flags & S9F_EPI_TMA) {
+            if ((e = s9_encode2(&om, p->out, p->swiglu ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
+                                esz, p->O, grouped ? 0x7fffffff : p->n_rows, p->ldo, p->swiglu ? 64 : 32)))
+                return e;
+        } else {
+            om = am;  // unused
+        }
+        if (grouped) {
+            if ((e = s9_encode(&d1, maps, p->K, p->O, p->ldw))) return e;
+            d2 = d1;
+            k_s9_prep2<<<1, 1024, S9_PREP2_SMEM, st>>>(d1, am, (flags & S9F_ATMA) != 0, p->counts, p->n_groups, p->block,
+                                                      q.nb, (flags & S9F_PAIRS) != 0, p->w1,
+                                                      p->swiglu ? p->w2 : NULL, (CUtensorMap *)maps,
+                                                      (CUtensorMap *)amap, (int *)tab);
+            if ((e = (int)cudaGetLastError())) return e;
+        } else {
+            if ((e = s9_encode(&d1, p->w1_0, p->K, p->O, p->ldw))) return e;
+            if (p->swiglu && (e = s9_encode(&d2, p->w2_0, p->K, p->O, p->ldw))) return e;
+            if (!p->swiglu) d2 = d1;
+        }
+        if (flags & S9F_PAIRS) {
+            // a cluster walks units of up to two tiles: at most as many units as tiles
+            long long cl = clusters;
+            if (tiles < cl) cl = tiles;
+            grid = (int)(2 * cl);
+        }
+        return p->swiglu ? s9_launch2<true>(q, d1, d2, am, om, grid, (flags & S9F_PAIRS) != 0, st)
+                         : s9_launch2<false>(q, d1, d2, am, om, grid, (flags & S9F_PAIRS) != 0, st);
+    }
+
     if (grouped) {  // a template (any aligned address) that the prep kernel re-addresses per expert
         if ((e = s9_encode(&d1, maps, p->K, p->O, p->ldw))) return e;
         d2 = d1;
@@ -681,13 +1373,6 @@ extern "C" int lm_cuda_gg_sm90_run(const lm_cuda_gg *p, lm_cuda_stream st) {
         if (p->swiglu && (e = s9_encode(&d2, p->w2_0, p->K, p->O, p->ldw))) return e;
         if (!p->swiglu) d2 = d1;
     }
-
-    // one CTA per SM at most (the kernel walks the tiles); the tile count of a
-    // grouped call is only known on the device: bound it
-    long long mblocks = ((long long)p->n_rows + S9_BM - 1) / S9_BM + (grouped ? p->n_groups : 0);
-    long long tiles = mblocks * q.nb;
-    int grid = g_s9_sms[dev] > 0 ? g_s9_sms[dev] : 132;
-    if (tiles < grid) grid = (int)tiles;
 
     if (v == 1)
         return p->swiglu ? s9_launch<256, 4, true>(q, d1, d2, grid, st) : s9_launch<256, 4, false>(q, d1, d2, grid, st);
@@ -702,22 +1387,32 @@ extern "C" int lm_cuda_gg_sm90_describe(int v, int swiglu, char *buf, int len) {
     const s9_variant var = S9_VARIANTS[v - 1];
     cudaFuncAttributes fa;
     cudaError_t e;
-    if (v == 1)
+    size_t smem = var.body2 ? s9_smem2_bytes() : s9_smem_bytes(var.bn, var.stages);
+    int dev = 0, clusters = -1;
+    if (var.body2) {
+        e = swiglu ? cudaFuncGetAttributes(&fa, k_s9_gemm2<true>) : cudaFuncGetAttributes(&fa, k_s9_gemm2<false>);
+        if (e == cudaSuccess && (var.flags & S9F_PAIRS) && cudaGetDevice(&dev) == cudaSuccess && s9_device_ok(dev)) {
+            int ae = swiglu ? s9_attr2<true>() : s9_attr2<false>();
+            clusters = ae ? 0 : swiglu ? s9_max_clusters<true>(dev) : s9_max_clusters<false>(dev);
+        }
+    } else if (v == 1) {
         e = swiglu ? cudaFuncGetAttributes(&fa, k_s9_gemm<256, 4, true, true>)
                    : cudaFuncGetAttributes(&fa, k_s9_gemm<256, 4, false, true>);
-    else if (v == 3)
+    } else if (v == 3) {
         e = swiglu ? cudaFuncGetAttributes(&fa, k_s9_gemm<256, 4, true, false>)
                    : cudaFuncGetAttributes(&fa, k_s9_gemm<256, 4, false, false>);
-    else
+    } else {
         e = swiglu ? cudaFuncGetAttributes(&fa, k_s9_gemm<128, 6, true, true>)
                    : cudaFuncGetAttributes(&fa, k_s9_gemm<128, 6, false, true>);
+    }
     if (e != cudaSuccess) return (int)e;
+    char cl[64] = "";
+    if (clusters >= 0) snprintf(cl, sizeof cl, ", %d clusters of 2 fit", clusters);
     snprintf(buf, (size_t)len,
-             "v%d %s: tile %dx%d (x%d k), %d stages%s, %d threads (2 consumer WGs, 1 producer WG), dyn smem %zu B, "
+             "v%d %s: tile %dx%d (x%d k), %d stages%s%s, %d threads (2 consumer WGs, 1 producer WG), dyn smem %zu B, "
              "%d regs/thread at entry (setmaxnreg %d/%d), local %zu B, binary sm_%d",
-             v, swiglu ? "swiglu" : "f32out", S9_BM, var.bn, S9_BK, var.stages,
-             var.fence ? "" : ", no proxy fence", S9_THREADS,
-             s9_smem_bytes(var.bn, var.stages), fa.numRegs, S9_CONS_REGS, S9_PROD_REGS, (size_t)fa.localSizeBytes,
-             fa.binaryVersion);
+             v, swiglu ? "swiglu" : "f32out", S9_BM, var.bn, S9_BK, var.stages, var.what, cl, S9_THREADS, smem,
+             fa.numRegs, var.body2 ? S9_CONS_REGS2 : S9_CONS_REGS,
+             var.body2 ? S9_PROD_REGS2 : S9_PROD_REGS, (size_t)fa.localSizeBytes, fa.binaryVersion);
     return 0;
 }

@@ -26,6 +26,14 @@
 //   groups' first rows and tile offsets; the GEMM's producer acquires each
 //   map (fence.proxy.tensormap::generic.acquire) before its first use.
 //   Dense calls pass host-encoded maps as __grid_constant__ parameters.
+// - Variants 4 and up (s9_body2; the launcher's choice is 6) add, after the
+//   first H200 run: tail tiles of <= 64 valid rows on one consumer
+//   warpgroup (half the time), raster bands of balanced widths, packed
+//   activations by TMA (the down GEMM, dense calls), an epilogue through
+//   shared memory and TMA stores, and 2-CTA clusters that multicast the
+//   weight boxes (each SM reads 32 instead of 48 KB per stage from L2). The
+//   cluster count comes from cudaOccupancyMaxActiveClusters; with none the
+//   call runs without clusters.
 //
 // Activations: bf16 rows (lda % 8 == 0, 16-byte aligned). f32 activations
 // (a_f32) are converted into p->scratch first (bf16 [a_rows][K], as gemm.cu's
@@ -40,7 +48,8 @@
 // executor runs a layer).
 //
 // The first call per device asks the device whether this build holds
-// sm_90a code (a synchronous copy): make it before capturing a graph.
+// sm_90a code (a synchronous copy), and the first of a variant with
+// clusters how many clusters fit: make them before capturing a graph.
 #ifndef LM_KERNELS_CUDA_GEMM_SM90_H
 #define LM_KERNELS_CUDA_GEMM_SM90_H
 
@@ -61,10 +70,17 @@ int lm_cuda_gg_sm90_supported(const lm_cuda_gg *p);
 // cudaErrorInvalidValue for a short scratch or a bad group count).
 int lm_cuda_gg_sm90_run(const lm_cuda_gg *p, lm_cuda_stream st);
 
-// Kernel lab and tests: compile-time variants, chosen for later calls
-// (0 auto, 1..lm_cuda_gg_sm90_variants()); the name and resources of one.
+// Kernel lab and tests: variants, chosen for later calls (0 auto,
+// 1..lm_cuda_gg_sm90_variants()); the name and resources of one.
+// 1: 128x256 tiles, 4 stages; 2: 128x128, 6 stages; 3: 1 without the
+// consumers' proxy fence; 4: s9_body2 (half tiles, balanced bands, TMA
+// activations where packed); 5: 4 + TMA-store epilogue; 6: 5 + 2-CTA
+// clusters; 7: 4 + 2-CTA clusters; 8, 9, 10: diagnostics of 6 without
+// MMAs, without loads, without the epilogue (timing only: their output is
+// not the product, lm_cuda_gg_sm90_diagnostic says 1).
 int lm_cuda_gg_sm90_variants(void);
 int lm_cuda_gg_sm90_set_variant(int v);
+int lm_cuda_gg_sm90_diagnostic(int v);
 // Writes a one-line description (tile, stages, threads, shared memory,
 // registers per thread from cudaFuncGetAttributes) of variant v (1-based)
 // into buf; returns 0 or a cudaError_t.
