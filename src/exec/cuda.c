@@ -1094,6 +1094,19 @@ lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
         return lm_err(LM_ERR_INVALID_ARG, "LIGHTMOE_KERNELS=%s: expected fast, portable or simple", kn);
     }
     c->kernels = !kn || !*kn || !strcmp(kn, "fast") ? 0 : !strcmp(kn, "simple") ? 1 : 2;
+    // LIGHTMOE_SM90_VARIANT=N picks a variant of the Hopper large-M kernel
+    // (gemm_sm90.h; 0 or unset: its own choice), for comparisons on a GPU.
+    const char *sv = getenv("LIGHTMOE_SM90_VARIANT");
+    if (sv && *sv) {
+        char *end;
+        long v = strtol(sv, &end, 10);
+        if (*end || v < 0 || v > lm_cuda_gg_sm90_variants() || (v && lm_cuda_gg_sm90_diagnostic((int)v)) ||
+            lm_cuda_gg_sm90_set_variant((int)v)) {
+            free(c);
+            return lm_err(LM_ERR_INVALID_ARG, "LIGHTMOE_SM90_VARIANT=%s: expected 0..%d, not a timing-only variant", sv,
+                          lm_cuda_gg_sm90_variants());
+        }
+    }
     const char *pd = getenv("LIGHTMOE_PDL");
     c->no_pdl = pd && !strcmp(pd, "0");
     int cc = 0;
