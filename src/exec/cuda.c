@@ -40,6 +40,7 @@ lm_status lm_exec_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
 
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/gemm_sm90.h"
+#include "kernels/cuda/gemm_sm90_stream.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/kernels.h"
 #include "util/buf.h"
@@ -96,6 +97,7 @@ typedef struct cuda_exec {
     uint64_t clock;              // steps, for least-recently-used eviction
     int graphs_off;              // LIGHTMOE_PROFILE: never capture
     int no_pdl;                  // LIGHTMOE_PDL=0: plain launches (for comparison)
+    int no_sm90s;                // LIGHTMOE_SM90S=0: gemm.cu's streaming kernel for small row counts on sm_90
     void *gg_ws;                 // split-K workspace of the streaming GEMMs (zeroed once; calls leave it zero)
     size_t gg_ws_bytes;
     // sampling
@@ -320,9 +322,17 @@ static lm_status cu_reserve(lm_exec *ex, int max_tokens, int max_ctx) {
         int H = f->hidden, qd = f->n_heads * f->head_dim, kvd = f->n_kv_heads * f->head_dim, n = max_tokens;
         int inter = f->dense_inter > f->shared_inter ? f->dense_inter : f->shared_inter;
         size_t need = lm_cuda_gg_ws_bytes(n, 0, qd + 2 * kvd, H);
-        size_t cand[] = {lm_cuda_gg_ws_bytes(n, 0, H, qd), lm_cuda_gg_ws_bytes(n, 0, f->n_experts > 0 ? f->n_experts : 1, H),
+        int E = f->n_experts > 0 ? f->n_experts : 1, Ek = f->n_experts > 0 ? f->n_experts : 0;
+        size_t cand[] = {lm_cuda_gg_ws_bytes(n, 0, H, qd), lm_cuda_gg_ws_bytes(n, 0, E, H),
                          lm_cuda_gg_ws_bytes(n, 0, f->vocab, H), inter > 0 ? lm_cuda_gg_ws_bytes(n, 0, H, inter) : 0,
-                         f->n_experts > 0 ? lm_cuda_gg_ws_bytes(n * f->top_k, f->n_experts, H, f->moe_inter) : 0};
+                         Ek ? lm_cuda_gg_ws_bytes(n * f->top_k, Ek, H, f->moe_inter) : 0,
+                         // the Hopper streaming kernel's stream-K (small row counts only, but sized for all)
+                         lm_cuda_gg_sm90s_ws_bytes(n, 0, qd + 2 * kvd, H, 0), lm_cuda_gg_sm90s_ws_bytes(n, 0, H, qd, 0),
+                         lm_cuda_gg_sm90s_ws_bytes(n, 0, f->vocab, H, 0), lm_cuda_gg_sm90s_ws_bytes(n, 0, E, H, 0),
+                         inter > 0 ? lm_cuda_gg_sm90s_ws_bytes(n, 0, inter, H, 1) : 0,
+                         inter > 0 ? lm_cuda_gg_sm90s_ws_bytes(n, 0, H, inter, 0) : 0,
+                         Ek ? lm_cuda_gg_sm90s_ws_bytes(n * f->top_k, Ek, f->moe_inter, H, 1) : 0,
+                         Ek ? lm_cuda_gg_sm90s_ws_bytes(n * f->top_k, Ek, H, f->moe_inter, 0) : 0};
         for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++)
             if (cand[i] > need) need = cand[i];
         if (need > c->gg_ws_bytes) {
@@ -684,21 +694,26 @@ static bool fast_gemm(cuda_exec *c, int wdt, size_t ldw, int K, size_t lda, int 
 // streaming kernels read the weights once at full bandwidth.
 #define SM90_MIN_ROWS 96
 
-// A tensor-core GEMM: the Hopper (TMA + wgmma) kernel for large row counts
-// on sm_90 (LIGHTMOE_KERNELS=fast), else the portable mma.sync kernels.
+// A tensor-core GEMM. On sm_90 (LIGHTMOE_KERNELS=fast) the Hopper TMA +
+// wgmma kernels: gemm_sm90 for large row counts, gemm_sm90_stream (weights
+// streamed once, swap-AB) below (LIGHTMOE_SM90S=0: the portable one there);
+// elsewhere the portable mma.sync kernels of gemm.cu.
 // pdl: the gemm.cu launch mode (1 programmatic dependent launch, 2 also
 // prefetching the counts' weights: only where the counts were written two
 // launches back, i.e. the down GEMM right after the gate+up GEMM); ws: may
 // split K through the workspace (f32 outputs).
 static int gg_run(cuda_exec *c, const lm_cuda_gg *g0, int pdl, bool ws) {
     lm_cuda_gg q = *g0;
-    const lm_cuda_gg *g = &q;
     q.pdl = PDL(c) ? pdl : 0;
+    int groups = q.counts ? (q.n_groups < q.n_rows ? q.n_groups : q.n_rows) : 1;
+    int per = groups > 0 ? (q.n_rows + groups - 1) / groups : 0;
+    if (c->kernels == 0 && per >= SM90_MIN_ROWS && lm_cuda_gg_sm90_supported(&q)) return lm_cuda_gg_sm90_run(&q, S0(c));
+    if (c->kernels == 0 && !c->no_sm90s && per < SM90_MIN_ROWS && lm_cuda_gg_sm90s_supported(&q)) {
+        q.ws = c->gg_ws, q.ws_bytes = c->gg_ws_bytes;  // stream-K partials (SwiGLU too)
+        return lm_cuda_gg_sm90s_run(&q, S0(c));
+    }
     if (ws && !q.swiglu) q.ws = c->gg_ws, q.ws_bytes = c->gg_ws_bytes;
-    int groups = g->counts ? (g->n_groups < g->n_rows ? g->n_groups : g->n_rows) : 1;
-    int per = groups > 0 ? (g->n_rows + groups - 1) / groups : 0;
-    if (c->kernels == 0 && per >= SM90_MIN_ROWS && lm_cuda_gg_sm90_supported(g)) return lm_cuda_gg_sm90_run(g, S0(c));
-    return lm_cuda_gg_run(g, S0(c));
+    return lm_cuda_gg_run(&q, S0(c));
 }
 
 static lm_status cu_matmul(lm_exec *ex, const lm_mat *W, const lm_mat *bias, lm_tensor x, lm_tensor y) {
@@ -1107,6 +1122,8 @@ lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
                           lm_cuda_gg_sm90_variants());
         }
     }
+    const char *s9 = getenv("LIGHTMOE_SM90S");
+    c->no_sm90s = s9 && !strcmp(s9, "0");
     const char *pd = getenv("LIGHTMOE_PDL");
     c->no_pdl = pd && !strcmp(pd, "0");
     int cc = 0;
