@@ -37,7 +37,7 @@
 // k_gg_large), "sm90" = lm_cuda_gg_sm90_run (the large-M TMA kernel), and
 // the sm90s variants (knob sets):
 //   -v auto            (the launcher's choices)
-//   -v kc=1 / kc=4     (64-k chunks per stage; the default is 2)
+//   -v kc=2 / kc=4     (64-k chunks per stage; the default is 1)
 //   -v mode=whole / mode=stream, stages=N, nt=N, ctas=N, f32nt=N
 // several knobs joined by ',' (e.g. -v kc=4,stages=3), several -v allowed.
 //
@@ -464,7 +464,7 @@ int main(int argc, char **argv) {
         }
     }
     if (vars.empty())
-        for (const char *s : {"auto", "kc=1", "kc=4", "mode=whole"}) {
+        for (const char *s : {"auto", "kc=2", "kc=4", "mode=whole"}) {
             variant v;
             parse_knobs(s, &v), vars.push_back(v);
         }
