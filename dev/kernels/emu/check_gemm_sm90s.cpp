@@ -376,8 +376,8 @@ static std::vector<gcase> cases() {
     // ---- workspace and grid
     v.push_back(gcase("f32out groups{3,1}/16 K2048 O130 no workspace: whole items").groups({3, 1}, 16).k(2048).o(130)
                     .no_ws().expects("gemm<8,f32out>(3)").desc("no ws"));
-    v.push_back(gcase("swiglu groups{1,1}/16 K1024 O64 132 SMs (more CTAs than stages? no: grid capped)")
-                    .groups({1, 1}, 16).swiglu().k(1024).o(64).smcount(132).expects("gemm<8,swiglu>(16)"));
+    v.push_back(gcase("swiglu groups{1,1}/16 K1024 O64 132 SMs (grid capped at the stages: 2 x 16)")
+                    .groups({1, 1}, 16).swiglu().k(1024).o(64).smcount(132).expects("gemm<8,swiglu>(32)"));
     v.push_back(gcase("f32out groups{2}/16 K128 O64 n_rows 64: grid 8 for 1 stage (empty CTAs)").groups({2}, 16).k(128)
                     .o(64).knobs(2, 0, 8, 1, 8).smcount(8).expects("gemm<8,f32out>(8)"));
     v.back().n_rows_override = 64;
@@ -474,6 +474,45 @@ static std::string run_walk(std::string *info) {
     return "";
 }
 
+// The launcher's plans over shapes and knobs: shared memory within the
+// opt-in limit, at least 2 stages, a kernel for the block size, a grid.
+static std::string run_plans(std::string *info) {
+    long n_ok = 0, n_none = 0;
+    char msg[300];
+    for (int swi = 0; swi < 2; swi++)
+        for (int G : {0, 8, 128, 1024})
+            for (int n : {1, 2, 8, 16, 64, 128, 256, 512, 4096, 65536})
+                for (int af32 = 0; af32 < 2; af32++)
+                    for (int conv = 0; conv < 2; conv++)
+                        for (int kc : {0, 1, 2, 4})
+                            for (int st : {0, 2, 16})
+                                for (int nt : {0, 8, 48, 128, 256}) {
+                                    lm_cuda_gg_sm90s_knobs kn = {};
+                                    kn.kc = kc, kn.stages = st, kn.nt = nt;
+                                    s9s_plan pl;
+                                    if (s9s_make_plan(swi, G, n, 4096, 14336, af32, conv, 1, (size_t)-1, kn, 132,
+                                                      227 * 1024, &pl)) {
+                                        n_none++;
+                                        continue;
+                                    }
+                                    const char *bad = pl.smem > 227 * 1024 ? "shared memory over the limit"
+                                                      : pl.S < 2             ? "fewer than 2 stages"
+                                                      : !s9s_kernel(pl.nt, swi) ? "no kernel for the block size"
+                                                      : pl.grid < 1 || pl.grid > 132 ? "grid"
+                                                      : pl.af32 && pl.nt > 32 ? "f32 staged beyond 32 rows"
+                                                                              : NULL;
+                                    if (bad) {
+                                        snprintf(msg, sizeof msg, "%s: swiglu %d G %d n %d a32 %d conv %d kc %d stages %d nt %d -> "
+                                                 "nt %d kc %d S %d smem %zu", bad, swi, G, n, af32, conv, kc, st, nt, pl.nt,
+                                                 pl.kc, pl.S, pl.smem);
+                                        return msg;
+                                    }
+                                    n_ok++;
+                                }
+    *info = std::to_string(n_ok) + " plans, " + std::to_string(n_none) + " refused";
+    return n_none ? "a plan was refused" : "";
+}
+
 static bool g_quiet;
 
 static bool run_case(const std::string &name, const std::function<std::string(std::string *)> &fn) {
@@ -521,6 +560,8 @@ int main(int argc, char **argv) {
     int n = 0, failed = 0;
     const std::string wname = "stream-K partition: coverage, fixup owners, slots";
     if (strstr(wname.c_str(), filter)) n++, failed += !run_case(wname, run_walk);
+    const std::string pname = "plans over shapes and knobs: shared memory, stages, kernels";
+    if (strstr(pname.c_str(), filter)) n++, failed += !run_case(pname, run_plans);
     for (auto &c : cases())
         if (strstr(c.name.c_str(), filter)) n++, failed += !run_case(c.name, [&](std::string *i) { return run_gemm(c, i); });
     printf("gemm_sm90s (EMU_SCHED=%s): %d of %d cases failed\n", emu_sched_name(), failed, n);

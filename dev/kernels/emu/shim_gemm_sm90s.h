@@ -1,23 +1,16 @@
 // Emulated versions of the inline-PTX helpers of
 // src/kernels/cuda/gemm_sm90_stream.cu (same names and signatures; prep.py
 // drops the originals), and what its launcher needs beyond the emulator
-// core: cudaLaunchKernelEx and __stcg (emu_ext.h) and named barriers
-// (here). LM_SM90S_EMU selects the sm_90a kernel bodies.
+// core (cudaLaunchKernelEx and __stcg: emu_ext.h). LM_SM90S_EMU selects the
+// sm_90a kernel bodies.
 #pragma once
 #define LM_SM90S_EMU 1
 #include "emu.h"
 #include "emu_ext.h"
 #include "cuda.h"
 
-// bar.sync id, n: a barrier of n threads (whole warps) other than
-// __syncthreads' (id 0). The state is the emulator's generic barrier; a
-// barrier left half-way would deadlock the block, which the emulator reports.
-static emu_bar g_s9s_named[16];
-static inline void s9s_bar_sync(int id, int n) {
-    EMU_CHECK(id >= 1 && id < 16 && n > 0 && n % 32 == 0 && n <= (int)(blockDim.x * blockDim.y * blockDim.z),
-              "bar.sync %d, %d: bad operands", id, n);
-    emu_wait(g_s9s_named[id], n, "bar.sync (named)");
-}
+// bar.sync id, n: a named barrier of n threads (the core's, per block)
+static inline void s9s_bar_sync(int id, int n) { emu_bar_sync(id, n); }
 
 // launches are synchronous here: the predecessor has finished
 static inline void s9s_griddep_wait() {}

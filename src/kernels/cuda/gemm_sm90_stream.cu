@@ -6,7 +6,7 @@
 // - Bytes in flight. 4.5 TB/s / 132 SMs = 34 KB/us per SM (~19 B/clock);
 //   with ~1.5-2 us of loaded HBM latency an SM must keep >= 50-70 KB of
 //   reads outstanding, and more to ride out jitter: the ring holds ~200 KB
-//   (S stages of 33-66 KB) and the TMA warp keeps S - 1 of them in flight.
+//   (S stages of 17-48 KB) and the TMA warp keeps S - 1 of them in flight.
 //   TMA moves a 64 x 64 bf16 box (8 KB) per instruction from one thread, so
 //   the issue cost is a few instructions per stage, not the thousands of
 //   16-byte cp.async of the mma.sync stream kernel.
@@ -73,7 +73,7 @@
 #define S9S_THREADS 384      // consumer warpgroups 0, 1; warp 8 TMA; warps 9-11 activation loaders
 #define S9S_LOADERS 96
 #define S9S_MAXG 1024
-#define S9S_MAX_STAGES 12
+#define S9S_MAX_STAGES 16
 #define S9S_NSLOT (S9S_MAX_STAGES + 1)  // tensor-map slots per CTA and matrix (see the TMA warp)
 #define S9S_MAX_CTAS 160
 #define S9S_BOX 8192         // 64 weight rows x 128 bytes
@@ -998,17 +998,23 @@ static int s9s_make_plan(int swi, int G, int n, int K, int O, int af32, bool can
             else nt = s9s_n_down(f32_nt);
         }
     }
-    int kc = kn.kc > 0 ? kn.kc : 2, S = 0;
+    // One 64-wide chunk per stage by default: a consumer holds a stage until
+    // the next has landed (wait_group 1), so S - 1 stages are in flight and
+    // smaller stages keep more bytes in flight (SwiGLU at nt 8: 5 x 32 KB
+    // against 2 x 64 KB with kc 2); TMA's 256-byte L2 promotion still
+    // fetches 256 contiguous bytes of a weight row at a time.
+    int kc = kn.kc > 0 ? kn.kc : 1, S = 0;
     s9s_layout L;
     for (;; kc /= 2) {
         const s9s_layout L0 = s9s_layout_of(swi, af32, kc, nt, 0, G > 0 ? G : 1);
-        S = (int)(((long)optin - (long)L0.total) / (long)L0.stage);
+        S = (int)(((long)optin - (long)L0.total) / ((long)L0.stage + 16));  // + its two mbarriers
         if (S > S9S_MAX_STAGES) S = S9S_MAX_STAGES;
         if (kn.stages >= 2 && kn.stages < S) S = kn.stages;
         if (S >= 2 || kc == 1) break;
     }
     if (S < 2) return -1;
     L = s9s_layout_of(swi, af32, kc, nt, S, G > 0 ? G : 1);
+    if ((long)L.total > (long)optin) return -1;
     pl->nt = nt, pl->kc = kc, pl->S = S, pl->af32 = af32 != 0, pl->convert = convert;
     pl->nk = (int)s9s_cdiv(K, 64L * kc), pl->nsl = (int)s9s_cdiv(O, S9S_SLAB);
     // items: sum over groups of ceil(c / nt) blocks <= nonempty groups + n / nt (if the counts sum to <= n)

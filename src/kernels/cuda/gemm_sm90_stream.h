@@ -94,8 +94,8 @@ size_t lm_cuda_gg_sm90s_ws_bytes(int n_rows, int n_groups, int O, int K, int swi
 
 // Run-time choices for later calls (kernel lab and tests); 0 = automatic.
 typedef struct lm_cuda_gg_sm90s_knobs {
-    int kc;      // 64-wide k chunks per stage: 1, 2 or 4 (default 2)
-    int stages;  // ring depth (default: as many as fit, <= 12)
+    int kc;      // 64-wide k chunks per stage: 1, 2 or 4 (default 1)
+    int stages;  // ring depth (default: as many as fit, <= 16)
     int nt;      // rows per block (activation rows per stage: 8..128, 256 for f32 output)
     int mode;    // 1 stream-K, 2 whole items round robin (default: by occupancy)
     int ctas;    // grid (default: one per SM)
