@@ -183,7 +183,7 @@ static int prefilter_top(const float *p, int V, int k, int *idx) {
     for (int i = 0; i < V; i++) {
         uint32_t b;
         memcpy(&b, &p[i], 4);
-        hist[b >> SHIFT]++;  // p >= 0: the sign bit is 0
+        hist[(b & 0x7fffffffu) >> SHIFT]++;  // p >= 0 (a NaN's sign bit must not index past hist)
     }
     int acc = 0, cut = NB - 1;
     for (; cut > 0; cut--)
@@ -193,7 +193,7 @@ static int prefilter_top(const float *p, int V, int k, int *idx) {
     for (int i = 0; i < V; i++) {
         uint32_t b;
         memcpy(&b, &p[i], 4);
-        if (b >= lo) idx[n++] = i;
+        if ((b & 0x7fffffffu) >= lo) idx[n++] = i;
     }
     return n;
 }
@@ -221,6 +221,7 @@ int32_t lm_sampler_sample_with(lm_sampler *s, const float *logits, lm_sample_scr
         for (int i = 0; i < V; i++)
             if (!ban[i] && logits[i] > mx) mx = logits[i];
     }
+    if (!isfinite(mx)) return greedy(s, logits);  // +Inf (or no finite logit): the exps would be NaN
     double z = lm_exp_sum(p, logits, V, mx, inv_t);
     for (int i = 0; ban && i < V; i++)
         if (ban[i]) z -= p[i], p[i] = 0;

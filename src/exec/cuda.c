@@ -38,11 +38,13 @@ lm_status lm_exec_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cuda/attention.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/gemm_sm90.h"
 #include "kernels/cuda/gemm_sm90_stream.h"
 #include "kernels/cpu/kernels.h"
 #include "kernels/cuda/kernels.h"
+#include "kernels/cuda/sample.h"
 #include "util/buf.h"
 
 typedef struct {
@@ -348,8 +350,11 @@ static lm_status cu_reserve(lm_exec *ex, int max_tokens, int max_ctx) {
     }
     size_t need = lm_cuda_attention_workspace_bytes(max_tokens, c->cfg->n_heads, max_ctx, c->cfg->head_dim);
     if (need > c->attn_ws_bytes) {  // a smaller earlier one stays in allocs until free
+        if (c->attn_ws) lm_cuda_attention_ws_forget(c->attn_ws);
         TRYW(dev_alloc(c, need, &c->attn_ws));
         c->attn_ws_bytes = need;
+        // zeroes the decode kernel's split counters once (else every call zeroes them first)
+        TRYW(launched(c, lm_cuda_attention_ws_init(c->attn_ws, need, S0(c)), "attention workspace"));
     }
     return LM_OK;
 }
@@ -958,8 +963,10 @@ static void cu_mem_used(lm_exec *ex, double *allocated, int *graphs, double *gra
     *allocated = c->allocated, *graphs = c->n_graphs, *graph_bytes = c->graph_bytes;
 }
 
-// Greedy ids and the finite check of the step's output rows; the banned map
-// goes through pinned memory (a graph's copy node reads it at replay).
+// The sampler's draws (greedy, temperature, top-k, top-p: sample.c's
+// semantics, src/kernels/cuda/sample.cu) and the finite check of the step's
+// output rows; the banned map goes through pinned memory (a graph's copy
+// node reads it at replay).
 static lm_status cu_sample(lm_exec *ex, lm_tensor logits, lm_tensor params, const uint8_t *banned, int n_banned,
                            lm_tensor out) {
     cuda_exec *c = (cuda_exec *)ex;
@@ -978,8 +985,9 @@ static lm_status cu_sample(lm_exec *ex, lm_tensor logits, lm_tensor params, cons
     }
     if (REPLAYING(c)) return LM_OK;
     if (banned) CK(c, cudaMemcpyAsync(c->banned_dev, c->banned_host, (size_t)n_banned, cudaMemcpyHostToDevice, S0(c)));
-    return launched(c, lm_cuda_sample_greedy(logits.data, logits.ld, logits.rows, logits.cols, params.data,
-                                             (int)params.ld, bd, out.data, S0(c)),
+    if (params.ld < LM_CUDA_SAMPLE_WORDS) return lm_err(LM_ERR_INVALID_ARG, "sample: %zu parameter words", params.ld);
+    return launched(c, lm_cuda_sample(logits.data, logits.ld, logits.rows, logits.cols, params.data, (int)params.ld, bd,
+                                      out.data, NULL, 0, NULL, NULL, S0(c)),
                     "sample");
 }
 
@@ -990,6 +998,7 @@ static void cu_free(lm_exec *ex) {
     if (!c) return;
     cudaDeviceSynchronize();
     prof_report(c);
+    if (c->attn_ws) lm_cuda_attention_ws_forget(c->attn_ws);
     for (int i = 0; i < GRAPH_SLOTS; i++)
         if (c->graph[i].exec) cudaGraphExecDestroy(c->graph[i].exec);
     for (int i = 0; i < c->pcap; i++) cudaEventDestroy(c->pev[i]);
@@ -1050,7 +1059,7 @@ static const lm_exec_ops cuda_ops = {
     .ffn = cu_ffn,
     .gated_add = cu_gated_add,
     .sample = cu_sample,
-    .sample_full = 0,
+    .sample_full = 1,
     .mem_used = cu_mem_used,
     .free = cu_free,
 };

@@ -92,6 +92,25 @@ static int ref_keep(const float *logits, int V, float T, int top_k, float top_p,
 // Sampling against the definition on a vocabulary with ties and a long tail:
 // never an id outside the kept set, frequencies within 5 sigma of the
 // renormalised probabilities, for top-k, top-p and both.
+// Rows with +Inf or NaN (the engine fails such a step, but the public
+// sampler must not read or write out of bounds on them): inf - inf made a
+// negative NaN whose bits indexed past top-k's histogram (found by ASan).
+static void test_sampler_nonfinite(void) {
+    enum { V = 3000 };
+    static float lg[V];
+    for (int i = 0; i < V; i++) lg[i] = (float)(i % 17) * 0.1f;
+    lg[1234] = INFINITY;
+    lm_sampler_params p = lm_sampler_default_params();
+    p.temperature = 0.8f, p.top_k = 40, p.top_p = 0.9f;
+    lm_sampler *s;
+    CHECK(lm_sampler_init(&p, V, &s) == LM_OK);
+    CHECK(lm_sampler_sample(s, lg) == 1234);  // the greedy pick
+    lg[1234] = NAN;
+    int32_t t = lm_sampler_sample(s, lg);
+    CHECK(t >= 0 && t < V);
+    lm_sampler_free(s);
+}
+
 static void test_sampler_exact(void) {
     enum { V = 300 };
     float logits[V];
@@ -481,6 +500,7 @@ int main(void) {
     }
     RUN(test_sampler);
     RUN(test_sampler_exact);
+    RUN(test_sampler_nonfinite);
     RUN(test_sampler_streams);
     RUN(test_sampler_speed);
     RUN(test_batch_equals_single);

@@ -58,7 +58,8 @@ int lm_cuda_rope_kv(float *q, size_t ldq, int nq, float *k, size_t ldk, const fl
 // ws: scratch of at least lm_cuda_attention_workspace_bytes() for this
 // step's sizes, used only by calls on one stream at a time (the fast path
 // runs on a bf16 cache with hd 64 or 128; without ws, or too small a one, or
-// other shapes, the simple kernel runs). Two launches; no host sync.
+// other shapes, the simple kernel runs). One launch for a decode step (one
+// token per sequence), two otherwise; no host sync (attention.h).
 size_t lm_cuda_attention_workspace_bytes(int max_tokens, int n_heads, int max_ctx, int hd);
 int lm_cuda_attention(const float *q, size_t ldq, float *out, size_t ldo, int n, int n_heads, const int *seq_start,
                       int n_seqs, const int *pages, size_t ldp, const int *pos, const void *kv,
