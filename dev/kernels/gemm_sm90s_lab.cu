@@ -38,7 +38,11 @@
 // the sm90s variants (knob sets):
 //   -v auto            (the launcher's choices)
 //   -v kc=2 / kc=4     (64-k chunks per stage; the default is 1)
-//   -v mode=whole / mode=stream, stages=N, nt=N, ctas=N, f32nt=N
+//   -v mode=whole      (whole items round robin: no stream-K)
+//   -v f32nt=64        (f32 rows staged as f32 up to blocks of 64, not 32:
+//                       no conversion kernel, fewer stages)
+//   and mode=stream, stages=N (weight ring), astages=N (activation ring),
+//   nt=N, ctas=N (defaults: the lab's first five)
 // several knobs joined by ',' (e.g. -v kc=4,stages=3), several -v allowed.
 //
 //   gemm_sm90s_lab [-s mixtral,qwen3,dense|all] [-m 1,2,4,...] [-D 1,16,64,256] [-r reps]
@@ -261,6 +265,7 @@ static bool parse_knobs(const std::string &spec, variant *v) {
         int iv = atoi(val.c_str());
         if (k == "kc") v->kn.kc = iv;
         else if (k == "stages") v->kn.stages = iv;
+        else if (k == "astages") v->kn.astages = iv;
         else if (k == "nt") v->kn.nt = iv;
         else if (k == "ctas") v->kn.ctas = iv;
         else if (k == "f32nt") v->kn.f32_nt = iv;
@@ -459,12 +464,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-x")) others = 0;
         else {
             fprintf(stderr, "usage: gemm_sm90s_lab [-s mixtral,qwen3,dense|all] [-m 1,2,...] [-D 1,16,64,256] [-r reps]\n"
-                            "                      [-v auto|kc=N,stages=N,nt=N,mode=stream|whole,ctas=N,f32nt=N]... [-q] [-x]\n");
+                            "                      [-v auto|kc=N,stages=N,astages=N,nt=N,mode=stream|whole,ctas=N,f32nt=N]... [-q] [-x]\n");
             return 2;
         }
     }
     if (vars.empty())
-        for (const char *s : {"auto", "kc=2", "kc=4", "mode=whole"}) {
+        for (const char *s : {"auto", "kc=2", "kc=4", "mode=whole", "f32nt=64"}) {
             variant v;
             parse_knobs(s, &v), vars.push_back(v);
         }

@@ -9,7 +9,7 @@ set -u
 root=$(cd "$(dirname "$0")/../.." && pwd)
 make -C "$root/dev/kernels" sm90s >&2 || exit 1
 lab=$root/build/dev/gemm_sm90s_lab
-vars=${VARS:-auto;kc=2;kc=4;mode=whole}
+vars=${VARS:-auto;kc=2;kc=4;mode=whole;f32nt=64}
 log=${LOG:-/tmp/gemm_sm90s_lab.log}
 extra=()
 for attempt in 1 2 3 4; do

@@ -101,8 +101,9 @@ struct gcase {
     gcase &groups(std::vector<int> c, int b) { counts = std::move(c), block = b; return *this; }
     gcase &gather(int t) { tokens = t; return *this; }
     gcase &pads(int a, int w, int out) { lda_pad = a, ldw_pad = w, ldo_pad = out; return *this; }
-    gcase &knobs(int kc, int stages, int nt, int mode, int ctas = 0, int f32_nt = 0) {
+    gcase &knobs(int kc, int stages, int nt, int mode, int ctas = 0, int f32_nt = 0, int astages = 0) {
         kn.kc = kc, kn.stages = stages, kn.nt = nt, kn.mode = mode, kn.ctas = ctas, kn.f32_nt = f32_nt;
+        kn.astages = astages;
         return *this;
     }
     gcase &smcount(int n) { sms = n; return *this; }
@@ -335,6 +336,15 @@ static std::vector<gcase> cases() {
                     .groups({1, 2, 0, 1}, 16).k(14336).o(72).smcount(4).expects("gemm<8,f32out>(4)"));
     v.push_back(gcase("f32out groups{3,1}/16 packed K14336 O130 kc4 stream-K over 7 CTAs (items cut 3 ways)")
                     .groups({3, 1}, 16).k(14336).o(130).knobs(4, 3, 0, 1).smcount(7).expects("gemm<8,f32out>(7)"));
+    // ---- the activation ring at its shallowest (2 stages) under a deeper weight ring
+    v.push_back(gcase("f32out groups{7,17,1}/8 gather bf16 K1024 O130 stages 6 astages 2 stream-K")
+                    .groups({7, 17, 1}, 8).gather(30).k(1024).o(130).knobs(1, 6, 0, 1, 0, 0, 2)
+                    .expects("gemm<32,f32out>(3)").desc("A ring 2 x"));
+    v.push_back(gcase("swiglu a32 groups{7,17,1}/8 gather K1024 O130 stages 5 astages 2 (f32 slots freed early)")
+                    .groups({7, 17, 1}, 8).gather(30).a32().swiglu().k(1024).o(130).knobs(1, 5, 0, 1, 0, 0, 2)
+                    .expects("gemm<32,swiglu>(3)").desc("A ring 2 x"));
+    v.push_back(gcase("f32out dense 40 a32 K512 O64 kc2 stages 2 astages 2").dense(40).a32().k(512).o(64)
+                    .knobs(2, 2, 0, 1, 0, 64, 2).expects("gemm<64,f32out>(3)").desc(" a32 nt 64"));
     // ---- K tails and tiny K: 8 (one chunk), 72, 136 (kc 4: a stage of 256 with 120 past K)
     v.push_back(gcase("f32out dense 3 K8 O3 odd ldo").dense(3).k(8).o(3).pads(8, 8, 1).expects("gemm<8,f32out>(1)"));
     v.push_back(gcase("swiglu dense 5 K8 O1").dense(5).k(8).o(1).swiglu().expects("gemm<8,swiglu>(1)"));
@@ -486,9 +496,10 @@ static std::string run_plans(std::string *info) {
                     for (int conv = 0; conv < 2; conv++)
                         for (int kc : {0, 1, 2, 4})
                             for (int st : {0, 2, 16})
-                                for (int nt : {0, 8, 48, 128, 256}) {
+                                for (int nt : {0, 8, 48, 128, 256})
+                                    for (int sa : {0, 2, 16}) {
                                     lm_cuda_gg_sm90s_knobs kn = {};
-                                    kn.kc = kc, kn.stages = st, kn.nt = nt;
+                                    kn.kc = kc, kn.stages = st, kn.nt = nt, kn.astages = sa;
                                     s9s_plan pl;
                                     if (s9s_make_plan(swi, G, n, 4096, 14336, af32, conv, 1, (size_t)-1, kn, 132,
                                                       227 * 1024, &pl)) {
@@ -496,15 +507,15 @@ static std::string run_plans(std::string *info) {
                                         continue;
                                     }
                                     const char *bad = pl.smem > 227 * 1024 ? "shared memory over the limit"
-                                                      : pl.S < 2             ? "fewer than 2 stages"
+                                                      : pl.S < 2 || pl.SA < 2 || pl.SA > pl.S ? "ring depths"
                                                       : !s9s_kernel(pl.nt, swi) ? "no kernel for the block size"
                                                       : pl.grid < 1 || pl.grid > 132 ? "grid"
                                                       : pl.af32 && pl.nt > 32 ? "f32 staged beyond 32 rows"
                                                                               : NULL;
                                     if (bad) {
-                                        snprintf(msg, sizeof msg, "%s: swiglu %d G %d n %d a32 %d conv %d kc %d stages %d nt %d -> "
-                                                 "nt %d kc %d S %d smem %zu", bad, swi, G, n, af32, conv, kc, st, nt, pl.nt,
-                                                 pl.kc, pl.S, pl.smem);
+                                        snprintf(msg, sizeof msg, "%s: swiglu %d G %d n %d a32 %d conv %d kc %d stages %d nt %d "
+                                                 "astages %d -> nt %d kc %d S %d SA %d smem %zu", bad, swi, G, n, af32, conv,
+                                                 kc, st, nt, sa, pl.nt, pl.kc, pl.S, pl.SA, pl.smem);
                                         return msg;
                                     }
                                     n_ok++;

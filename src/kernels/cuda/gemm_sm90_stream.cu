@@ -5,8 +5,11 @@
 // Why it is shaped this way (H200: 132 SMs at ~1.8 GHz, HBM ~4.5 TB/s):
 // - Bytes in flight. 4.5 TB/s / 132 SMs = 34 KB/us per SM (~19 B/clock);
 //   with ~1.5-2 us of loaded HBM latency an SM must keep >= 50-70 KB of
-//   reads outstanding, and more to ride out jitter: the ring holds ~200 KB
-//   (S stages of 17-48 KB) and the TMA warp keeps S - 1 of them in flight.
+//   reads outstanding, and more to ride out jitter: the weight ring holds
+//   ~200 KB (S stages of 16-32 KB) and the TMA warp keeps S - 1 of them in
+//   flight. The activations (a few token rows, read by every CTA: L2 hits)
+//   have a ring of their own, 4 stages deep, so that large blocks (nt 128:
+//   16 KB a stage) do not take the weights' depth.
 //   TMA moves a 64 x 64 bf16 box (8 KB) per instruction from one thread, so
 //   the issue cost is a few instructions per stage, not the thousands of
 //   16-byte cp.async of the mma.sync stream kernel.
@@ -34,11 +37,11 @@
 //   pdl 2).
 //
 // Shared memory of a CTA (1024-byte aligned; a stage covers KC chunks of 64 k):
-//   ring[S]: W boxes [CW=2 warpgroups][NM matrices][KC][64 rows][128 B]  (TMA, 128B swizzle)
-//            A      [KC][nt rows][128 B] bf16, 128B swizzle (cp.async), or
-//                   [KC][nt rows][256 B] f32 (cp.async; rounded to bf16 by the consumers)
+//   W ring [S]:  [CW=2 warpgroups][NM matrices][KC][64 rows][128 B]  (TMA, 128B swizzle)
+//   A ring [SA]: [KC][nt rows][128 B] bf16, 128B swizzle (cp.async), or
+//                [KC][nt rows][256 B] f32 (cp.async; rounded to bf16 by the consumers)
 //   Bp [2 warpgroups][2 parities][KC][nt][128 B]  f32 path only: the rounded rows
-//   maps[2] (staging for tensormap.replace), full[S], empty[S] mbarriers,
+//   maps[2] (staging for tensormap.replace), full/empty mbarriers of both rings,
 //   small ints, the activation-row offsets of the current item (two buffers),
 //   the group tables tP[G + 1] (items before g), tF[G] (first packed row), tC[G].
 // 128-byte swizzle: 16-byte chunk c of row r of an 8-row, 1024-byte atom
@@ -96,7 +99,8 @@ struct s9s_params {
     int bias_dt;
     int nt;         // rows per block: the kernel's wgmma N
     int kc;         // 64-wide k chunks per stage
-    int stages;     // ring depth
+    int stages;     // weight ring depth
+    int astages;    // activation ring depth
     int nk;         // stages per item: ceil(K / (64 kc))
     int nsl;        // 128-output slabs: ceil(O / 128)
     int mode;       // 0 auto, 1 stream-K, 2 whole items
@@ -110,17 +114,17 @@ struct s9s_params {
 // Shared-memory layout (offsets from the 1024-aligned base), the same
 // arithmetic on the host (sizing) and the device.
 struct s9s_layout {
-    uint32_t wbytes, abytes, stage, bp, maps, bars, ints, arow, tabs, total;
+    uint32_t wbytes, abytes, ring_a, bp, maps, bars, ints, arow, tabs, total;
 };
-__host__ __device__ inline s9s_layout s9s_layout_of(int swi, int af32, int kc, int nt, int S, int G) {
+__host__ __device__ inline s9s_layout s9s_layout_of(int swi, int af32, int kc, int nt, int S, int SA, int G) {
     s9s_layout L;
-    L.wbytes = 2u * (swi ? 2 : 1) * kc * S9S_BOX;
-    L.abytes = (uint32_t)kc * nt * (af32 ? 256 : 128);
-    L.stage = L.wbytes + L.abytes;  // a multiple of 1024 (nt % 8 == 0)
-    L.bp = (uint32_t)S * L.stage;
+    L.wbytes = 2u * (swi ? 2 : 1) * kc * S9S_BOX;          // a weight stage
+    L.abytes = (uint32_t)kc * nt * (af32 ? 256 : 128);     // an activation stage: a multiple of 1024 (nt % 8 == 0)
+    L.ring_a = (uint32_t)S * L.wbytes;
+    L.bp = L.ring_a + (uint32_t)SA * L.abytes;
     L.maps = L.bp + (af32 ? 2u * 2 * kc * nt * 128 : 0);
     L.bars = L.maps + 256;
-    L.ints = L.bars + 16u * S;
+    L.ints = L.bars + 16u * (S + SA);
     L.arow = L.ints + 128;
     L.tabs = L.arow + 16u * nt;
     L.total = L.tabs + (3u * G + 1) * 4 + 1024;  // + alignment slack of the base
@@ -500,11 +504,11 @@ struct s9s_walk {
 // Consumer state (per thread; both warpgroups run the same sequence).
 struct s9s_cons {
     unsigned char *gsm;  // generic address of the shared base
-    uint32_t base, full0, empty0, bp;
-    uint32_t stage, wbytes;
-    int S, kc, nt;
-    int s;         // ring slot
-    uint32_t ph;   // its phase parity
+    uint32_t base, fullw, emptyw, fulla, emptya, ring_a, bp;
+    uint32_t wbytes, abytes;
+    int S, SA, kc, nt;
+    int s, sa;          // weight and activation ring slots
+    uint32_t ph, pha;   // their phase parities
     uint32_t par;  // f32 path: which of the two rounded-row buffers
     int wg, warp, lane, t;
     int *s_last;
@@ -543,12 +547,14 @@ __device__ __forceinline__ void s9s_consume(const s9s_params &p, s9s_cons &C, co
     constexpr int NM = SWI ? 2 : 1, NA = N / 2;
     float acc[NM][NA];
     const bool active = it.o0 + 64 * C.wg < p.O;  // this warpgroup's rows exist (uniform in the warpgroup)
-    int prev = -1;
+    int prev = -1, preva = -1;
     for (int kt = sg.kb; kt < sg.ke; kt++) {
-        while (!s9s_mbar_try_wait(C.full0 + 8u * C.s, C.ph)) {
+        while (!s9s_mbar_try_wait(C.fullw + 8u * C.s, C.ph)) {
         }
-        const uint32_t st = C.base + (uint32_t)C.s * C.stage;
-        uint32_t bsrc = st + C.wbytes;
+        while (!s9s_mbar_try_wait(C.fulla + 8u * C.sa, C.pha)) {
+        }
+        const uint32_t st = C.base + (uint32_t)C.s * C.wbytes;
+        uint32_t bsrc = C.ring_a + (uint32_t)C.sa * C.abytes;
         if (p.af32) {
             // the buffer was last read by the wgmma of two stages back, done
             // since the previous stage's wait_group 1
@@ -556,6 +562,8 @@ __device__ __forceinline__ void s9s_consume(const s9s_params &p, s9s_cons &C, co
             s9s_round_rows(C, bsrc, dst, C.kc, (it.ntok + 7) & ~7);
             s9s_fence_proxy_async();
             s9s_bar_sync(1 + C.wg, 128);
+            // the f32 rows are read (by every thread of this warpgroup): their slot is free
+            if (C.lane == 0) s9s_mbar_arrive(C.emptya + 8u * C.sa);
             bsrc = dst, C.par ^= 1;
         } else {
             s9s_fence_proxy_async();  // the cp.async (generic proxy) rows, read by wgmma (async proxy)
@@ -580,17 +588,24 @@ __device__ __forceinline__ void s9s_consume(const s9s_params &p, s9s_cons &C, co
         for (int m = 0; m < NM; m++)
 #pragma unroll
             for (int i = 0; i < NA; i++) s9s_fence_reg(acc[m][i]);
-        s9s_wgmma_wait<1>();  // the previous stage's group is done: hand its slot back
-        if (prev >= 0 && C.lane == 0) s9s_mbar_arrive(C.empty0 + 8u * prev);
-        prev = C.s;
+        s9s_wgmma_wait<1>();  // the previous stage's group is done: hand its slots back
+        if (prev >= 0 && C.lane == 0) {
+            s9s_mbar_arrive(C.emptyw + 8u * prev);
+            if (!p.af32) s9s_mbar_arrive(C.emptya + 8u * preva);
+        }
+        prev = C.s, preva = C.sa;
         if (++C.s == C.S) C.s = 0, C.ph ^= 1;
+        if (++C.sa == C.SA) C.sa = 0, C.pha ^= 1;
     }
     s9s_wgmma_wait<0>();
 #pragma unroll
     for (int m = 0; m < NM; m++)
 #pragma unroll
         for (int i = 0; i < NA; i++) s9s_fence_reg(acc[m][i]);
-    if (C.lane == 0) s9s_mbar_arrive(C.empty0 + 8u * prev);
+    if (C.lane == 0) {
+        s9s_mbar_arrive(C.emptyw + 8u * prev);
+        if (!p.af32) s9s_mbar_arrive(C.emptya + 8u * preva);
+    }
     if (!active) return;
 
     if (W.stream && (sg.kb > 0 || sg.ke < W.nk)) {
@@ -684,9 +699,9 @@ __device__ __forceinline__ void s9s_body(const s9s_params &p, const CUtensorMap 
     // the swizzle patterns repeat every 1024 bytes: align the ring to that
     const uint32_t raw = s9s_smem(s9s_sm), base = raw + ((1024u - (raw & 1023u)) & 1023u);
     unsigned char *gsm = s9s_sm + (base - raw);
-    const int G = p.counts ? p.n_groups : 1, S = p.stages;
-    const s9s_layout L = s9s_layout_of(SWI, p.af32, p.kc, p.nt, S, G);
-    const uint32_t full0 = base + L.bars, empty0 = full0 + 8u * S;
+    const int G = p.counts ? p.n_groups : 1, S = p.stages, SA = p.astages;
+    const s9s_layout L = s9s_layout_of(SWI, p.af32, p.kc, p.nt, S, SA, G);
+    const uint32_t fullw = base + L.bars, emptyw = fullw + 8u * S, fulla = emptyw + 8u * S, emptya = fulla + 8u * SA;
     int *ints = (int *)(gsm + L.ints);  // s_last[2], scan[24]
     long long *arow = (long long *)(gsm + L.arow);
     int *tP = (int *)(gsm + L.tabs), *tF = tP + G + 1, *tC = tF + G;
@@ -694,8 +709,12 @@ __device__ __forceinline__ void s9s_body(const s9s_params &p, const CUtensorMap 
     const int tid = threadIdx.x;
     if (tid == 0) {
         for (int s = 0; s < S; s++) {
-            s9s_mbar_init(full0 + 8u * s, S9S_LOADERS + 1);  // the loaders' cp.async arrivals + the TMA expect_tx
-            s9s_mbar_init(empty0 + 8u * s, 8);               // one arrival per consumer warp
+            s9s_mbar_init(fullw + 8u * s, 1);   // the TMA warp's expect_tx
+            s9s_mbar_init(emptyw + 8u * s, 8);  // one arrival per consumer warp
+        }
+        for (int s = 0; s < SA; s++) {
+            s9s_mbar_init(fulla + 8u * s, S9S_LOADERS);  // the loaders' cp.async arrivals
+            s9s_mbar_init(emptya + 8u * s, 8);
         }
         s9s_fence_mbar_init();
     }
@@ -728,8 +747,13 @@ __device__ __forceinline__ void s9s_body(const s9s_params &p, const CUtensorMap 
                 const int nwg = p.O - it.o0 > 64 ? 2 : 1;
                 for (int kt = sg.kb; kt < sg.ke; kt++) {
                     if (!waited && issued == S) s9s_griddep_wait(), s9s_griddep_launch(), waited = true;
-                    while (!s9s_mbar_try_wait(empty0 + 8u * s, ph ^ 1)) {
-                    }
+                    // lane 0 alone polls: the other lanes add nothing to the slot's
+                    // cycle, so one that polled late could find it freed a second
+                    // time (the same parity again) and wait for a phase long gone
+                    if (lane == 0)
+                        while (!s9s_mbar_try_wait(emptyw + 8u * s, ph ^ 1)) {
+                        }
+                    __syncwarp();
                     if (p.counts && it.g != cur_g) {
                         CUtensorMap *slot = p.maps + ((size_t)blockIdx.x * S9S_NSLOT + sw % S9S_NSLOT) * 2;
                         for (int m = 0; m < NM; m++) {
@@ -746,13 +770,13 @@ __device__ __forceinline__ void s9s_body(const s9s_params &p, const CUtensorMap 
                     }
                     if (lane == 0) {
                         const int k0 = kt * 64 * p.kc;
-                        const uint32_t st = base + (uint32_t)s * L.stage;
-                        s9s_mbar_arrive_tx(full0 + 8u * s, (uint32_t)(nwg * NM * p.kc * S9S_BOX));
+                        const uint32_t st = base + (uint32_t)s * L.wbytes;
+                        s9s_mbar_arrive_tx(fullw + 8u * s, (uint32_t)(nwg * NM * p.kc * S9S_BOX));
                         for (int w = 0; w < nwg; w++)
                             for (int m = 0; m < NM; m++)
                                 for (int kc = 0; kc < p.kc; kc++)
                                     s9s_tma_2d(st + (uint32_t)(((w * NM + m) * p.kc + kc) * S9S_BOX), mp[m], k0 + kc * 64,
-                                               it.o0 + 64 * w, full0 + 8u * s);
+                                               it.o0 + 64 * w, fullw + 8u * s);
                     }
                     __syncwarp();
                     issued++;
@@ -784,9 +808,9 @@ __device__ __forceinline__ void s9s_body(const s9s_params &p, const CUtensorMap 
                 s9s_bar_sync(3, S9S_LOADERS);
                 for (int kt = sg.kb; kt < sg.ke; kt++) {
                     const int k0 = kt * 64 * p.kc;
-                    while (!s9s_mbar_try_wait(empty0 + 8u * s, ph ^ 1)) {
+                    while (!s9s_mbar_try_wait(emptya + 8u * s, ph ^ 1)) {
                     }
-                    const uint32_t dst0 = base + (uint32_t)s * L.stage + L.wbytes;
+                    const uint32_t dst0 = base + L.ring_a + (uint32_t)s * L.abytes;
                     const int nq = p.kc * it.ntok * cpr;
                     for (int q = lt; q < nq; q += S9S_LOADERS) {
                         const int c = q % cpr, r = q / cpr, j = r % it.ntok, kc = r / it.ntok;
@@ -803,8 +827,8 @@ __device__ __forceinline__ void s9s_body(const s9s_params &p, const CUtensorMap 
                                            ok ? (const void *)((const uint16_t *)p.a + off + k) : p.a, ok);
                         }
                     }
-                    s9s_cp_async_arrive(full0 + 8u * s);
-                    if (++s == S) s = 0, ph ^= 1;
+                    s9s_cp_async_arrive(fulla + 8u * s);
+                    if (++s == SA) s = 0, ph ^= 1;
                 }
             }
             s9s_cp_async_wait_all();  // leave no copy of this thread in flight past its exit
@@ -815,9 +839,10 @@ __device__ __forceinline__ void s9s_body(const s9s_params &p, const CUtensorMap 
         if (p.pre) s9s_griddep_wait();  // outputs and the workspace: after the predecessor
         s9s_griddep_launch();
         s9s_cons C;
-        C.gsm = gsm, C.base = base, C.full0 = full0, C.empty0 = empty0, C.bp = base + L.bp;
-        C.stage = L.stage, C.wbytes = L.wbytes, C.S = S, C.kc = p.kc, C.nt = p.nt;
-        C.s = 0, C.ph = 0, C.par = 0;
+        C.gsm = gsm, C.base = base, C.fullw = fullw, C.emptyw = emptyw, C.fulla = fulla, C.emptya = emptya;
+        C.ring_a = base + L.ring_a, C.bp = base + L.bp;
+        C.wbytes = L.wbytes, C.abytes = L.abytes, C.S = S, C.SA = SA, C.kc = p.kc, C.nt = p.nt;
+        C.s = 0, C.sa = 0, C.ph = 0, C.pha = 0, C.par = 0;
         C.wg = tid >> 7, C.warp = (tid >> 5) & 3, C.lane = tid & 31, C.t = tid & 127;
         C.s_last = ints;
         while (W.next(sg)) {
@@ -923,8 +948,9 @@ extern "C" int lm_cuda_gg_sm90s_set_knobs(const lm_cuda_gg_sm90s_knobs *k) {
         return 0;
     }
     if ((k->kc && k->kc != 1 && k->kc != 2 && k->kc != 4) || k->stages < 0 || k->stages == 1 ||
-        k->stages > S9S_MAX_STAGES || k->nt < 0 || k->nt > 256 || k->mode < 0 || k->mode > 2 || k->ctas < 0 ||
-        k->ctas > S9S_MAX_CTAS || k->f32_nt < 0 || k->f32_nt > 256)
+        k->stages > S9S_MAX_STAGES || k->astages < 0 || k->astages == 1 || k->astages > S9S_MAX_STAGES || k->nt < 0 ||
+        k->nt > 256 || k->mode < 0 || k->mode > 2 || k->ctas < 0 || k->ctas > S9S_MAX_CTAS || k->f32_nt < 0 ||
+        k->f32_nt > 256)
         return (int)cudaErrorInvalidValue;
     g_s9s_knobs = *k;
     return 0;
@@ -962,7 +988,7 @@ static s9s_kernel_t s9s_kernel(int nt, bool swi) { return swi ? s9s_kernel_swi<t
 
 // What a call runs.
 struct s9s_plan {
-    int nt, kc, S, nk, nsl, grid, mode, max_items, pre;
+    int nt, kc, S, SA, wbytes, abytes, nk, nsl, grid, mode, max_items, pre;
     bool af32, convert;
     long items_ub;
     size_t smem, ws_need;
@@ -1000,22 +1026,38 @@ static int s9s_make_plan(int swi, int G, int n, int K, int O, int af32, bool can
     }
     // One 64-wide chunk per stage by default: a consumer holds a stage until
     // the next has landed (wait_group 1), so S - 1 stages are in flight and
-    // smaller stages keep more bytes in flight (SwiGLU at nt 8: 5 x 32 KB
-    // against 2 x 64 KB with kc 2); TMA's 256-byte L2 promotion still
-    // fetches 256 contiguous bytes of a weight row at a time.
-    int kc = kn.kc > 0 ? kn.kc : 1, S = 0;
+    // smaller stages keep more bytes in flight (SwiGLU: 5 x 32 KB against
+    // 2 x 64 KB with kc 2); TMA's 256-byte L2 promotion still fetches 256
+    // contiguous bytes of a weight row at a time. The activation ring takes
+    // 4 or 3 stages (L2 hits: a bf16 slot is refilled ~SA - 2 stages ahead of
+    // its use), whichever leaves more weight bytes in flight (nt 128 SwiGLU:
+    // 3, for a 5th weight stage); 2 only where nothing else fits.
+    int kc = kn.kc > 0 ? kn.kc : 1, S = 0, SA = 0;
     s9s_layout L;
     for (;; kc /= 2) {
-        const s9s_layout L0 = s9s_layout_of(swi, af32, kc, nt, 0, G > 0 ? G : 1);
-        S = (int)(((long)optin - (long)L0.total) / ((long)L0.stage + 16));  // + its two mbarriers
-        if (S > S9S_MAX_STAGES) S = S9S_MAX_STAGES;
-        if (kn.stages >= 2 && kn.stages < S) S = kn.stages;
+        const s9s_layout L0 = s9s_layout_of(swi, af32, kc, nt, 0, 0, G > 0 ? G : 1);
+        auto fit = [&](int sa) {  // weight stages that fit next to sa activation stages (+ two mbarriers a stage)
+            const long rest = (long)optin - (long)L0.total - (long)sa * ((long)L0.abytes + 16);
+            int w = rest > 0 ? (int)(rest / ((long)L0.wbytes + 16)) : 0;
+            if (w > S9S_MAX_STAGES) w = S9S_MAX_STAGES;
+            if (kn.stages >= 2 && kn.stages < w) w = kn.stages;
+            return w;
+        };
+        const int hi = kn.astages >= 2 ? kn.astages : 4, lo = kn.astages >= 2 ? kn.astages : 3;
+        S = 0, SA = hi;
+        for (int sa = hi; sa >= lo; sa--) {
+            const int w = fit(sa);
+            if (w > S) S = w, SA = sa;
+        }
+        for (; S < 2 && SA > 2;) S = fit(--SA);  // a shallower activation ring before none fits
+        if (SA > S) SA = S;  // no use for more activation than weight stages
         if (S >= 2 || kc == 1) break;
     }
     if (S < 2) return -1;
-    L = s9s_layout_of(swi, af32, kc, nt, S, G > 0 ? G : 1);
+    L = s9s_layout_of(swi, af32, kc, nt, S, SA, G > 0 ? G : 1);
     if ((long)L.total > (long)optin) return -1;
-    pl->nt = nt, pl->kc = kc, pl->S = S, pl->af32 = af32 != 0, pl->convert = convert;
+    pl->nt = nt, pl->kc = kc, pl->S = S, pl->SA = SA, pl->af32 = af32 != 0, pl->convert = convert;
+    pl->wbytes = (int)L.wbytes, pl->abytes = (int)L.abytes;
     pl->nk = (int)s9s_cdiv(K, 64L * kc), pl->nsl = (int)s9s_cdiv(O, S9S_SLAB);
     // items: sum over groups of ceil(c / nt) blocks <= nonempty groups + n / nt (if the counts sum to <= n)
     pl->items_ub = G > 0 ? pl->nsl * ((G < n ? G : n) + (long)n / nt) : pl->nsl * s9s_cdiv(n, nt);
@@ -1108,7 +1150,7 @@ extern "C" int lm_cuda_gg_sm90s_run(const lm_cuda_gg *p, lm_cuda_stream st) {
     q.counts = p->counts, q.n_groups = grouped ? p->n_groups : 0, q.block = p->block, q.rows = p->n_rows;
     q.w1 = p->w1, q.w2 = p->swiglu ? p->w2 : NULL, q.K = p->K, q.O = p->O;
     q.out = p->out, q.ldo = p->ldo, q.bias = p->bias, q.bias_dt = p->bias_dt;
-    q.nt = pl.nt, q.kc = pl.kc, q.stages = pl.S, q.nk = pl.nk, q.nsl = pl.nsl, q.mode = pl.mode;
+    q.nt = pl.nt, q.kc = pl.kc, q.stages = pl.S, q.astages = pl.SA, q.nk = pl.nk, q.nsl = pl.nsl, q.mode = pl.mode;
     q.max_items = pl.max_items, q.pre = pl.pre;
     if (pl.max_items) {
         q.ws_cnt = (int *)p->ws;
@@ -1165,13 +1207,11 @@ extern "C" int lm_cuda_gg_sm90s_describe(const lm_cuda_gg *p, char *buf, int len
     const s9s_kernel_t k = s9s_kernel(pl.nt, p->swiglu != 0);
     cudaError_t e = k ? cudaFuncGetAttributes(&fa, k) : cudaErrorInvalidValue;
     if (e != cudaSuccess) return (int)e;
-    const int NM = p->swiglu ? 2 : 1;
     snprintf(buf, (size_t)len,
-             "sm90s %s%s nt %d, stage %d KB (%d x 64 k, W %d KB), %d stages, grid %d, items<=%ld x %d stages, %s%s, "
-             "smem %zu B, %d regs (setmaxnreg %d/%d), local %zu B",
-             p->swiglu ? "swiglu" : "f32out", pl.af32 ? " a32" : pl.convert ? " +to_bf16" : "", pl.nt,
-             (int)((2 * NM * pl.kc * S9S_BOX + pl.kc * pl.nt * (pl.af32 ? 256 : 128)) / 1024), pl.kc,
-             2 * NM * pl.kc * S9S_BOX / 1024, pl.S, pl.grid, pl.items_ub, pl.nk,
+             "sm90s %s%s nt %d, %d x 64 k a stage, W ring %d x %d KB, A ring %d x %d KB, grid %d, items<=%ld x %d "
+             "stages, %s%s, smem %zu B, %d regs (setmaxnreg %d/%d), local %zu B",
+             p->swiglu ? "swiglu" : "f32out", pl.af32 ? " a32" : pl.convert ? " +to_bf16" : "", pl.nt, pl.kc, pl.S,
+             pl.wbytes / 1024, pl.SA, (pl.abytes + 1023) / 1024, pl.grid, pl.items_ub, pl.nk,
              pl.mode == 2 ? "whole items" : pl.max_items ? (pl.mode == 1 ? "stream-K" : "stream-K/whole auto")
                                                          : "whole items (no ws)",
              pl.pre ? (p->pdl ? ", pdl early weights" : "") : ", pdl", pl.smem, fa.numRegs, S9S_CONS_REGS,

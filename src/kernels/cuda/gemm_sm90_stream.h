@@ -16,7 +16,8 @@
 // - CTA of 384 threads, one per SM, persistent: consumer warpgroups 0 and 1
 //   (64 weight rows each: a stage covers 128 output columns; with SwiGLU the
 //   64 gate rows and the same 64 up rows), one TMA warp, three activation
-//   loader warps. A ring of stages (~200 KB) guarded by mbarriers.
+//   loader warps. A ring of weight stages (~200 KB) and a short ring of
+//   activation stages, each guarded by mbarriers.
 // - Work: items (group, 128-output slab, block of up to `nt` rows) x k-stages.
 //   Stream-K: every CTA takes the same number of stages (a contiguous range,
 //   so it streams contiguous weight rows); an item cut between CTAs is summed
@@ -95,7 +96,8 @@ size_t lm_cuda_gg_sm90s_ws_bytes(int n_rows, int n_groups, int O, int K, int swi
 // Run-time choices for later calls (kernel lab and tests); 0 = automatic.
 typedef struct lm_cuda_gg_sm90s_knobs {
     int kc;      // 64-wide k chunks per stage: 1, 2 or 4 (default 1)
-    int stages;  // ring depth (default: as many as fit, <= 16)
+    int stages;  // weight ring depth (default: as many as fit, <= 16)
+    int astages; // activation ring depth (default 4, <= the weight ring's)
     int nt;      // rows per block (activation rows per stage: 8..128, 256 for f32 output)
     int mode;    // 1 stream-K, 2 whole items round robin (default: by occupancy)
     int ctas;    // grid (default: one per SM)
