@@ -30,6 +30,35 @@ for s in "$@"; do
         timeout 150 ./.devbin/gemm_sm90_lab ${SM90_ARGS:-} 2>&1 | tee "$OUT/sm90.log" | tail -45
         cuobjdump -sass ./.devbin/gemm_sm90_lab 2>/dev/null | grep -cE "HGMMA" | sed 's/^/HGMMA instructions in the lab binary: /'
         cuobjdump -sass ./.devbin/moe_cuda 2>/dev/null | grep -cE "LDL|STL" | sed 's/^/LDL|STL in moe_cuda: /' ;;
+    sm90-retry) stage "Hopper large-M GEMM lab (variants; a hung one is dropped and the run repeated)"
+        vars=${SM90_VARS:-1,4,5,6,7,8,9,10}
+        for attempt in 1 2 3; do
+            timeout 200 ./.devbin/gemm_sm90_lab -v "$vars" ${SM90_ARGS:-} > "$OUT/sm90.log" 2>&1; rc=$?
+            echo "sm90 lab rc=$rc (variants $vars)"
+            [ "$rc" -ne 3 ] && break
+            hung=$(grep '^WATCHDOG:' "$OUT/sm90.log" | grep -o 'sm90-v[0-9]*' | tail -1 | sed 's/sm90-v//')
+            [ -z "$hung" ] && break
+            echo "variant $hung hung"; echo "$hung" >> "$OUT/sm90_hung.txt"
+            vars=$(echo ",$vars," | sed "s/,$hung,/,/; s/^,//; s/,\$//")
+        done
+        tail -40 "$OUT/sm90.log" ;;
+    sm90s) stage "Hopper streaming GEMM lab (small M)"
+        vars=${SM90S_VARS:-auto;kc=2;kc=4;mode=whole;f32nt=64}
+        for attempt in 1 2 3; do
+            args=(); IFS=';' read -ra vs <<< "$vars"; for v in "${vs[@]}"; do args+=(-v "$v"); done
+            timeout 240 ./.devbin/gemm_sm90s_lab "${args[@]}" ${SM90S_ARGS:-} > "$OUT/sm90s.log" 2>&1; rc=$?
+            echo "sm90s lab rc=$rc (variants $vars)"
+            [ "$rc" -ne 3 ] && break
+            hung=$(grep '^WATCHDOG: variant ' "$OUT/sm90s.log" | tail -1 | sed 's/^WATCHDOG: variant \([^:]*\):.*/\1/')
+            [ -z "$hung" ] && break
+            echo "variant $hung hung"; echo "$hung" >> "$OUT/sm90s_hung.txt"
+            vars=$(echo ";$vars;" | sed "s/;$hung;/;/; s/^;//; s/;\$//")
+        done
+        tail -45 "$OUT/sm90s.log" ;;
+    sample) stage "GPU sampler lab"
+        timeout 150 ./.devbin/sample_cuda > "$OUT/sample.log" 2>&1; echo "rc=$?"; tail -30 "$OUT/sample.log" ;;
+    attn-quick2) stage "attention lab --quick (checks, graph replays)"
+        timeout 150 ./.devbin/attn_cuda --quick > "$OUT/attn_quick.log" 2>&1; echo "rc=$?"; tail -15 "$OUT/attn_quick.log" ;;
     moe-small) stage "MoE lab, small kernel forced"; timeout 120 ./.devbin/moe_cuda -f small -m 1,16,64,128,256 -q 2>&1 | tee "$OUT/moe_small.log" ;;
     attn-quick) stage "attention lab --quick under memcheck"
         timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 ./.devbin/attn_cuda --quick > "$OUT/attn_memcheck.log" 2>&1
