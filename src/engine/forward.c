@@ -451,6 +451,12 @@ lm_status lm_decode(lm_context *ctx, const lm_batch *b) {
         if (bn) banned = bn, n_banned = lm_sampler_vocab(sm);
     }
     if (dev_sample && full && !op->sample_full) dev_sample = false;
+    // The GPU sampler departs from the CPU's semantics at very high
+    // temperatures (T = 100 with top-k: a different id than the CPU at logit
+    // margins of 0.01-0.4, H200 lab 2026-12-04): such steps sample on the host.
+    for (int j = 0; j < n_out && dev_sample && b->samplers; j++)
+        if (b->samplers[j] && lm_sampler_draws(b->samplers[j]) && lm_sampler_temperature(b->samplers[j]) > 20.0f)
+            dev_sample = false;
     for (int j = 0; j < n_out && dev_sample; j++) {
         lm_sampler *sm = b->samplers ? b->samplers[j] : NULL;
         const uint8_t *bn;

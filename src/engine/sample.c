@@ -89,6 +89,7 @@ void lm_sampler_ban(lm_sampler *s, const uint8_t *banned) { s->banned = banned; 
 
 const uint8_t *lm_sampler_banned(const lm_sampler *s) { return s->banned; }
 int lm_sampler_vocab(const lm_sampler *s) { return s->vocab; }
+float lm_sampler_temperature(const lm_sampler *s) { return s->p.temperature; }
 
 bool lm_sampler_draws(const lm_sampler *s) { return s->p.temperature > 0 && isfinite(1.0f / s->p.temperature); }
 

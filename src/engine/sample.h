@@ -24,6 +24,7 @@ bool lm_sampler_draws(const lm_sampler *s);
 void lm_sampler_take_row(lm_sampler *s, lm_sample_row *row, const uint8_t **banned);
 const uint8_t *lm_sampler_banned(const lm_sampler *s);
 int lm_sampler_vocab(const lm_sampler *s);  // ids [0, vocab) may be drawn
+float lm_sampler_temperature(const lm_sampler *s);
 
 // Working memory of sampling (probabilities and ids of a vocabulary), shared
 // by the samplers one thread drives instead of one per sampler.

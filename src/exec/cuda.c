@@ -100,6 +100,7 @@ typedef struct cuda_exec {
     int graphs_off;              // LIGHTMOE_PROFILE: never capture
     int no_pdl;                  // LIGHTMOE_PDL=0: plain launches (for comparison)
     int no_sm90s;                // LIGHTMOE_SM90S=0: gemm.cu's streaming kernel for small row counts on sm_90
+    int fused_route_align;       // LIGHTMOE_ROUTE_ALIGN=1: the one-launch route+align (off: see cu_route_align)
     void *gg_ws;                 // split-K workspace of the streaming GEMMs (zeroed once; calls leave it zero)
     size_t gg_ws_bytes;
     // sampling
@@ -846,7 +847,11 @@ static lm_status cu_route_align(lm_exec *ex, lm_tensor logits, int k, bool norm_
     if (REPLAYING(c)) return LM_OK;
     int E = logits.cols;
     if (E < 1 || k < 1 || k > E || k > 32) return lm_err(LM_ERR_INVALID_ARG, "route: top-%d of %d experts", k, E);
-    if (c->kernels == 1 || E > 1024) {
+    // The one-launch kernel for <= 8 tokens gave a plan that differs from
+    // route + align on the H200 for 128 experts, top-8, one token (kernel lab,
+    // 2026-12-04; the emulator passes it): route and align run as two
+    // launches until that is found.
+    if (c->kernels == 1 || E > 1024 || !c->fused_route_align) {
         TRYW(cu_route(ex, logits, k, norm_topk, sel, w));
         return cu_align(ex, sel, E, layer, p);
     }
@@ -1121,6 +1126,11 @@ lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
     // LIGHTMOE_SM90_VARIANT=N picks a variant of the Hopper large-M kernel
     // (gemm_sm90.h; 0 or unset: its own choice), for comparisons on a GPU.
     const char *sv = getenv("LIGHTMOE_SM90_VARIANT");
+    // Variant 1 (128x256 tiles, 4 stages, no clusters) was the fastest of
+    // 1..7 for every MoE shape on the H200 (2026-12-04: 598 / 629 TFLOP/s
+    // for Mixtral's whole layer at 4096 / 8192 tokens; the clustered 6, the
+    // kernel's own choice, 390 / 388).
+    lm_cuda_gg_sm90_set_variant(1);
     if (sv && *sv) {
         char *end;
         long v = strtol(sv, &end, 10);
@@ -1131,6 +1141,8 @@ lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
                           lm_cuda_gg_sm90_variants());
         }
     }
+    const char *ra = getenv("LIGHTMOE_ROUTE_ALIGN");
+    c->fused_route_align = ra && !strcmp(ra, "1");
     const char *s9 = getenv("LIGHTMOE_SM90S");
     c->no_sm90s = s9 && !strcmp(s9, "0");
     const char *pd = getenv("LIGHTMOE_PDL");
