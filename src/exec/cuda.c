@@ -99,7 +99,7 @@ typedef struct cuda_exec {
     uint64_t clock;              // steps, for least-recently-used eviction
     int graphs_off;              // LIGHTMOE_PROFILE: never capture
     int no_pdl;                  // LIGHTMOE_PDL=0: plain launches (for comparison)
-    int no_sm90s;                // LIGHTMOE_SM90S=0: gemm.cu's streaming kernel for small row counts on sm_90
+    int no_sm90s;                // small row counts on sm_90: gemm.cu's streaming kernel (LIGHTMOE_SM90S=1: the Hopper one)
     int fused_route_align;       // LIGHTMOE_ROUTE_ALIGN=1: the one-launch route+align (off: see cu_route_align)
     void *gg_ws;                 // split-K workspace of the streaming GEMMs (zeroed once; calls leave it zero)
     size_t gg_ws_bytes;
@@ -701,9 +701,9 @@ static bool fast_gemm(cuda_exec *c, int wdt, size_t ldw, int K, size_t lda, int 
 #define SM90_MIN_ROWS 96
 
 // A tensor-core GEMM. On sm_90 (LIGHTMOE_KERNELS=fast) the Hopper TMA +
-// wgmma kernels: gemm_sm90 for large row counts, gemm_sm90_stream (weights
-// streamed once, swap-AB) below (LIGHTMOE_SM90S=0: the portable one there);
-// elsewhere the portable mma.sync kernels of gemm.cu.
+// wgmma kernel gemm_sm90 for large row counts; below, gemm.cu's streaming
+// mma.sync kernel (faster than gemm_sm90_stream in the engine so far;
+// LIGHTMOE_SM90S=1 picks that one); elsewhere gemm.cu's kernels throughout.
 // pdl: the gemm.cu launch mode (1 programmatic dependent launch, 2 also
 // prefetching the counts' weights: only where the counts were written two
 // launches back, i.e. the down GEMM right after the gate+up GEMM); ws: may
@@ -1143,8 +1143,12 @@ lm_status lm_exec_cuda_init(const lm_config *cfg, lm_exec **out) {
     }
     const char *ra = getenv("LIGHTMOE_ROUTE_ALIGN");
     c->fused_route_align = ra && !strcmp(ra, "1");
+    // gemm.cu's streaming kernel beat the Hopper streaming kernel in the
+    // engine on the H200 (2026-12-04, Mixtral 8 layers: batch-1 decode 408 vs
+    // 351 tok/s, batch 256 18,649 vs 17,040), so small row counts take it;
+    // LIGHTMOE_SM90S=1 runs gemm_sm90_stream there instead.
     const char *s9 = getenv("LIGHTMOE_SM90S");
-    c->no_sm90s = s9 && !strcmp(s9, "0");
+    c->no_sm90s = !(s9 && !strcmp(s9, "1"));
     const char *pd = getenv("LIGHTMOE_PDL");
     c->no_pdl = pd && !strcmp(pd, "0");
     int cc = 0;
